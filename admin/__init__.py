@@ -1,0 +1,1 @@
+"""travel-admin: datasets, training, deployments and experiments."""

@@ -1,0 +1,75 @@
+"""What every admin command shares: settings, the store, output helpers, the acting OS user."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from chatapp.settings import ConfigError, Settings, get_settings
+from chatapp.store import Store, StoreError
+
+T = TypeVar("T")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def actor() -> str:
+    """Who did it, for the audit trail: the OS user running the command."""
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def settings() -> Settings:
+    try:
+        return get_settings()
+    except ConfigError as err:
+        fail(str(err), 2)
+
+
+def with_store(fn: Callable[[Store], Awaitable[T]]) -> T:
+    """Open the store (creating/migrating the schema), run `fn`, close; errors become messages."""
+
+    async def run() -> T:
+        store = await Store.open(settings().db_url)
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except StoreError as err:
+        fail(str(err))
+
+
+def emit(rows: Sequence[dict[str, Any]], columns: Iterable[str], *, as_json: bool,
+         title: str | None = None) -> None:
+    cols = list(columns)
+    if as_json:
+        sys.stdout.write(json.dumps([{c: r.get(c) for c in cols} for r in rows], default=str,
+                                    indent=2) + "\n")
+        return
+    table = Table(title=title)
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in cols))
+    console.print(table)
+
+
+JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")

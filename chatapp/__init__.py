@@ -1,0 +1,1 @@
+"""travel-chat: the chat app, its routing, storage and model backends."""

@@ -1,0 +1,169 @@
+"""Chainlit handlers: thin glue between the UI and `chatapp.conversation`.
+
+Started by `travel-chat` (see chatapp/cli.py), which bootstraps the data folder first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import chainlit as cl
+from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
+from chainlit.input_widget import Select
+from chainlit.types import Feedback, ThreadDict
+
+from chatapp.domain import Arm
+from chatapp.providers.base import Message
+from chatapp.runtime import Runtime
+from chatapp.settings import get_settings
+from chatapp.starters import STARTERS
+from chatapp.store import async_url
+
+settings = get_settings()
+runtime = Runtime(settings)
+
+ARM_CHOICES = ["auto", "base", "fine_tuned"]
+
+
+@cl.data_layer
+def data_layer() -> SQLAlchemyDataLayer:
+    return SQLAlchemyDataLayer(conninfo=async_url(settings.db_url))
+
+
+if settings.auth_mode == "header":
+
+    @cl.header_auth_callback
+    async def header_auth(headers: Any) -> cl.User | None:
+        # Only for deployments behind a proxy that authenticates and sets this header.
+        username = headers.get(settings.auth_header)
+        if not username:
+            return None
+        role = "admin" if await runtime.is_admin(username) else "user"
+        return cl.User(identifier=username, metadata={"role": role})
+
+else:
+
+    @cl.password_auth_callback
+    async def password_auth(username: str, password: str) -> cl.User | None:
+        result = await runtime.check_login(username, password)
+        if result is None:
+            return None
+        return cl.User(identifier=username,
+                       metadata={"role": "admin" if result["is_admin"] else "user"})
+
+
+@cl.set_starters
+async def starters(user: cl.User | None = None, language: str | None = None) -> list[cl.Starter]:
+    return [cl.Starter(label=label, message=message) for label, message in STARTERS]
+
+
+def _user() -> cl.User:
+    return cast(cl.User, cl.user_session.get("user"))
+
+
+def _is_admin() -> bool:
+    return _user().metadata.get("role") == "admin"
+
+
+async def _admin_setup() -> None:
+    """Admins may force an arm for their own chat and see how routing stands."""
+    if not _is_admin():
+        return
+    await cl.ChatSettings(
+        [Select(id="arm", label="Arm for my chat (admin)", values=ARM_CHOICES,
+                initial_value=cl.user_session.get("arm_choice") or "auto")]
+    ).send()
+    service = await runtime.service()
+    exp = await service.watcher.current()
+    if exp is not None and not exp.fine_tuned_deployment:
+        await cl.Message(
+            content="Admin note: the fine-tuned arm is not deployed yet; everyone is served by"
+            f" `{exp.base_deployment}` (experiment `{exp.id}`).",
+            author="routing",
+        ).send()
+
+
+@cl.on_chat_start
+async def on_chat_start() -> None:
+    cl.user_session.set("history", [])
+    cl.user_session.set("turn", 0)
+    await _admin_setup()
+
+
+@cl.on_settings_update
+async def on_settings_update(values: dict[str, Any]) -> None:
+    if _is_admin():
+        cl.user_session.set("arm_choice", values.get("arm", "auto"))
+
+
+@cl.on_chat_resume
+async def on_chat_resume(thread: ThreadDict) -> None:
+    store = await runtime.store()
+    history: list[Message] = []
+    exchanges = await store.thread_exchanges(thread["id"])
+    for ex in exchanges:
+        if ex.user_id != _user().identifier:
+            continue  # Chainlit checks thread ownership; this is a second lock on the door
+        if ex.outcome in ("ok", "fallback"):
+            history += [{"role": "user", "content": ex.messages[-1]["content"]},
+                        {"role": "assistant", "content": ex.reply}]
+    cl.user_session.set("history", history)
+    cl.user_session.set("turn", len(exchanges))
+    await _admin_setup()
+
+
+class _MessageSink:
+    def __init__(self, msg: cl.Message) -> None:
+        self.msg = msg
+
+    async def token(self, text: str) -> None:
+        await self.msg.stream_token(text)
+
+    async def reset(self) -> None:
+        # A fallback or a filtered reply replaces what was streamed so far.
+        self.msg.content = ""
+        await self.msg.update()
+
+
+@cl.on_message
+async def on_message(message: cl.Message) -> None:
+    service = await runtime.service()
+    history: list[Message] = cl.user_session.get("history") or []
+    turn: int = cl.user_session.get("turn") or 0
+    choice = cl.user_session.get("arm_choice") or "auto"
+    forced = cast(Arm, choice) if _is_admin() and choice != "auto" else None
+    run = cl.context.current_run
+    reply = cl.Message(content="")
+    exchange = await service.reply(
+        user_id=_user().identifier,
+        thread_id=cl.context.session.thread_id,
+        turn_index=turn,
+        history=history,
+        user_text=message.content,
+        # Chainlit attaches feedback to the run step around on_message, not to the reply.
+        step_id=run.id if run else None,
+        forced_arm=forced,
+        sink=_MessageSink(reply),
+    )
+    if _is_admin():
+        reply.content = exchange.reply + (
+            f"\n\n`arm {exchange.arm_served}` · `{exchange.deployment}` · `{exchange.model}`"
+            + (f" · fallback ({exchange.error_kind})" if exchange.outcome == "fallback" else "")
+        )
+    await reply.send()
+    if exchange.outcome in ("ok", "fallback"):
+        history += [{"role": "user", "content": message.content},
+                    {"role": "assistant", "content": exchange.reply}]
+    cl.user_session.set("history", history)
+    cl.user_session.set("turn", turn + 1)
+
+
+@cl.on_feedback
+async def on_feedback(feedback: Feedback) -> None:
+    store = await runtime.store()
+    exchange = await store.exchange_by_step(feedback.forId)
+    user = _user()
+    if exchange is None or exchange.user_id != user.identifier:
+        return  # a rating for a step that is not this user's reply is ignored
+    await store.add_rating(exchange.id, int(feedback.value), user_id=user.identifier,
+                           comment=feedback.comment, feedback_id=feedback.id)

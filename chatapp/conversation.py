@@ -1,0 +1,258 @@
+"""One chat turn, from the traveller's message to a stored exchange.
+
+Route to an arm, trim history to the deployment's token budget, stream the reply with bounded
+retries on 429, fall back to base when the fine-tuned deployment fails, turn content-filter
+refusals and outages into friendly replies, and record everything. Chainlit handlers call
+`ChatService.reply`; simulated users and tests call it the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from chatapp import policy
+from chatapp.domain import Arm, Deployment, Exchange, Source
+from chatapp.providers import build_chat_model
+from chatapp.providers.base import (
+    ChatModel,
+    ContentFiltered,
+    Message,
+    ProviderError,
+    RateLimited,
+)
+from chatapp.routing import ExperimentWatcher, Route, choose
+from chatapp.settings import Settings
+from chatapp.store import Store
+from chatapp.tokens import TokenCounter, counter_for_deployment, trim_history
+
+log = logging.getLogger(__name__)
+
+
+class ReplySink(Protocol):
+    """Where streamed text goes (a Chainlit message, a list in tests, nothing for simulations)."""
+
+    async def token(self, text: str) -> None: ...
+
+    async def reset(self) -> None: ...
+
+
+class NullSink:
+    async def token(self, text: str) -> None:
+        return None
+
+    async def reset(self) -> None:
+        return None
+
+
+@dataclass
+class _Attempt:
+    text: str = ""
+    finish_reason: str | None = None
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_ms: float | None = None
+    messages: list[Message] = field(default_factory=list)
+
+
+class ModelRegistry:
+    """Deployments by name and one ChatModel per deployment, built on first use.
+
+    Deployments never change in place, so caching them for the life of the process is safe.
+    """
+
+    def __init__(self, settings: Settings, store: Store,
+                 build: Callable[[Deployment, Settings], ChatModel] = build_chat_model) -> None:
+        self._settings, self._store, self._build = settings, store, build
+        self._deployments: dict[str, Deployment] = {}
+        self._models: dict[str, ChatModel] = {}
+
+    async def deployment(self, name: str) -> Deployment:
+        dep = self._deployments.get(name)
+        if dep is None:
+            dep = await self._store.get_deployment(name)
+            if dep is None:
+                raise _MissingDeployment(f"deployment {name!r} is not registered")
+            self._deployments[name] = dep
+        return dep
+
+    async def model(self, name: str) -> tuple[Deployment, ChatModel]:
+        dep = await self.deployment(name)
+        if name not in self._models:
+            self._models[name] = self._build(dep, self._settings)
+        return dep, self._models[name]
+
+    def counter(self, dep: Deployment) -> TokenCounter:
+        return counter_for_deployment(dep, self._settings)
+
+    async def aclose(self) -> None:
+        for model in self._models.values():
+            await model.aclose()
+        self._models.clear()
+
+
+class _MissingDeployment(ProviderError):
+    kind = "not_found"
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        registry: ModelRegistry | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.settings, self.store = settings, store
+        self.registry = registry or ModelRegistry(settings, store)
+        self.watcher = ExperimentWatcher(store.active_experiment, settings.routing_poll_s)
+        self._sleep = sleep
+
+    async def route(self, user_id: str, forced_arm: Arm | None = None) -> Route:
+        exp = await self.watcher.current()
+        if exp is None:
+            raise RuntimeError("no experiment is configured; run `travel-chat` once to bootstrap")
+        return choose(user_id, exp, forced_arm)
+
+    async def reply(
+        self,
+        *,
+        user_id: str,
+        thread_id: str,
+        turn_index: int,
+        history: Sequence[Message],
+        user_text: str,
+        step_id: str | None = None,
+        source: Source = "web",
+        forced_arm: Arm | None = None,
+        sink: ReplySink | None = None,
+    ) -> Exchange:
+        sink = sink or NullSink()
+        started = time.perf_counter()
+        route = await self.route(user_id, forced_arm)
+        user_msg: Message = {"role": "user", "content": user_text}
+        system: Message = {"role": "system",
+                           "content": policy.system_prompt(self.settings.system_prompt)}
+        arm: Arm = route.arm
+        deployment = route.deployment
+        outcome, error_kind = "ok", None
+        attempt = _Attempt(messages=[system, *history, user_msg])
+        try:
+            n_input = await self._count_input(route, user_text)
+            if n_input > self.settings.max_input_tokens:
+                # Bounded cost: refuse before any model call, and keep the message on record.
+                text = policy.TOO_LONG_REPLY.format(tokens=n_input,
+                                                    limit=self.settings.max_input_tokens)
+                await sink.token(text)
+                attempt.text, outcome, error_kind = text, "rejected", "input_too_long"
+            else:
+                try:
+                    attempt = await self._attempt(deployment, system, history, user_msg, sink)
+                except ContentFiltered:
+                    raise
+                except ProviderError as err:
+                    if arm == "base":
+                        raise
+                    log.warning("fine-tuned deployment %s failed (%s); falling back to base",
+                                deployment, err.kind)
+                    await sink.reset()
+                    outcome, error_kind = "fallback", err.kind
+                    arm, deployment = "base", route.base_deployment
+                    attempt = await self._attempt(deployment, system, history, user_msg, sink)
+                if attempt.finish_reason == "content_filter":
+                    raise ContentFiltered("the reply was filtered")
+        except ContentFiltered:
+            await sink.reset()
+            await sink.token(policy.CONTENT_FILTER_REPLY)
+            attempt.text, outcome, error_kind = policy.CONTENT_FILTER_REPLY, "content_filter", (
+                "content_filter")
+        except Exception as err:  # a traveller never sees a stack trace
+            kind = err.kind if isinstance(err, ProviderError) else "internal"
+            if kind == "internal":
+                log.exception("chat turn failed")
+            else:
+                log.warning("chat turn failed: %s: %s", kind, err)
+            await sink.reset()
+            await sink.token(policy.UNAVAILABLE_REPLY)
+            attempt.text, outcome, error_kind = policy.UNAVAILABLE_REPLY, "error", kind
+        exchange = Exchange(
+            thread_id=thread_id,
+            turn_index=turn_index,
+            user_id=user_id,
+            source=source,
+            experiment_id=route.experiment_id,
+            arm_assigned=route.arm_assigned,
+            arm_served=arm,
+            forced=route.forced,
+            deployment=deployment,
+            model=attempt.model,
+            messages=[dict(m) for m in attempt.messages],
+            reply=attempt.text,
+            finish_reason=attempt.finish_reason,
+            prompt_tokens=attempt.prompt_tokens,
+            completion_tokens=attempt.completion_tokens,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            ttft_ms=attempt.ttft_ms,
+            outcome=outcome,
+            error_kind=error_kind,
+            step_id=step_id,
+        )
+        return await self.store.add_exchange(exchange)
+
+    async def _count_input(self, route: Route, text: str) -> int:
+        try:
+            dep = await self.registry.deployment(route.deployment)
+        except ProviderError:
+            dep = await self.registry.deployment(route.base_deployment)
+        return self.registry.counter(dep).count_text(text)
+
+    async def _attempt(
+        self,
+        deployment: str,
+        system: Message,
+        history: Sequence[Message],
+        user_msg: Message,
+        sink: ReplySink,
+    ) -> _Attempt:
+        """Stream one deployment's reply, retrying 429s as the service asks (bounded)."""
+        dep, model = await self.registry.model(deployment)
+        messages = trim_history(system, list(history), user_msg, self.registry.counter(dep),
+                                self.settings.history_token_budget)
+        for attempt_no in range(1, self.settings.retry_attempts + 1):
+            out = _Attempt(messages=list(messages), model=dep.model)
+            t0 = time.perf_counter()
+            try:
+                async for chunk in model.stream(
+                    messages,
+                    max_tokens=self.settings.max_reply_tokens,
+                    temperature=self.settings.temperature,
+                    stop=policy.LOCAL_STOP if dep.provider == "local" else None,
+                ):
+                    if chunk.text:
+                        if out.ttft_ms is None:
+                            out.ttft_ms = (time.perf_counter() - t0) * 1000
+                        out.text += chunk.text
+                        await sink.token(chunk.text)
+                    if chunk.finish_reason:
+                        out.finish_reason = chunk.finish_reason
+                    if chunk.model:
+                        out.model = chunk.model
+                    if chunk.usage:
+                        out.prompt_tokens = chunk.usage.prompt_tokens
+                        out.completion_tokens = chunk.usage.completion_tokens
+                return out
+            except RateLimited as err:
+                if attempt_no == self.settings.retry_attempts or out.text:
+                    raise
+                wait = err.retry_after if err.retry_after is not None else 2.0 ** attempt_no
+                if wait > self.settings.retry_max_wait_s:
+                    raise  # the service asks for longer than a traveller should wait
+                log.info("429 from %s; retrying in %.1fs", deployment, wait)
+                await self._sleep(wait)
+        raise AssertionError("unreachable")

@@ -1,0 +1,73 @@
+"""Plain records shared by the chat app and the admin CLI (what the store returns)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Arm = Literal["base", "fine_tuned"]
+ARMS: tuple[Arm, ...] = ("base", "fine_tuned")
+Source = Literal["web", "simulated", "eval"]
+
+# The packaged local model; a local deployment's `model` may name it instead of a path.
+SMOLLM2 = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A model as served: never changed in place, so an arm never mixes two models."""
+
+    name: str
+    connection: str
+    provider: str
+    model: str
+    adapter_path: str | None = None
+    adapter_sha256: str | None = None
+    source_job: str | None = None
+    created_at: datetime | None = None
+    created_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str
+    name: str
+    weights: dict[str, float]
+    base_deployment: str
+    fine_tuned_deployment: str | None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    created_by: str | None = None
+
+    def deployment_for(self, arm: Arm) -> str | None:
+        return self.base_deployment if arm == "base" else self.fine_tuned_deployment
+
+
+@dataclass
+class Exchange:
+    """One assistant reply with everything needed to rate, audit and retrain on it."""
+
+    thread_id: str
+    turn_index: int
+    user_id: str
+    source: Source
+    experiment_id: str | None
+    arm_assigned: Arm
+    arm_served: Arm
+    forced: bool
+    deployment: str | None
+    model: str | None
+    messages: list[dict[str, str]]
+    reply: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: float | None
+    ttft_ms: float | None
+    outcome: str  # ok | fallback | content_filter | error
+    error_kind: str | None = None
+    step_id: str | None = None
+    id: str = ""
+    created_at: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,97 @@
+"""Which arm answers a user: sticky hash of (user, experiment), admin override, fallback.
+
+The hash makes the choice deterministic without storing assignments: the same user gets the same
+arm across conversations and restarts, and a new experiment id reshuffles everyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from chatapp.domain import Arm, Experiment
+
+log = logging.getLogger(__name__)
+
+
+def bucket(user_id: str, experiment_id: str) -> float:
+    """A uniform number in [0, 1) fixed for this user in this experiment."""
+    digest = hashlib.sha256(f"{experiment_id}\x1f{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_arm(user_id: str, experiment: Experiment) -> Arm:
+    weight = float(experiment.weights.get("fine_tuned", 0.0))
+    if weight <= 0 or not experiment.fine_tuned_deployment:
+        return "base"
+    return "fine_tuned" if bucket(user_id, experiment.id) < weight else "base"
+
+
+@dataclass(frozen=True)
+class Route:
+    experiment_id: str
+    arm_assigned: Arm
+    arm: Arm  # the arm to try first (assigned, or forced by an admin)
+    forced: bool
+    deployment: str
+    base_deployment: str
+
+
+def choose(user_id: str, experiment: Experiment, forced_arm: Arm | None = None) -> Route:
+    assigned = assign_arm(user_id, experiment)
+    arm: Arm = assigned
+    if forced_arm is not None:
+        # Forcing an arm that has no deployment yet serves base; the override is still recorded.
+        arm = forced_arm if experiment.deployment_for(forced_arm) else "base"
+    return Route(
+        experiment_id=experiment.id,
+        arm_assigned=assigned,
+        arm=arm,
+        forced=forced_arm is not None,
+        deployment=experiment.deployment_for(arm) or experiment.base_deployment,
+        base_deployment=experiment.base_deployment,
+    )
+
+
+class ExperimentWatcher:
+    """Caches the active experiment and re-reads it every `poll_s` seconds.
+
+    Admin commands write experiments to the database; polling (rather than a restart or a
+    message bus) is what lets the running app follow them within seconds.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[], Awaitable[Experiment | None]],
+        poll_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._load = load
+        self._poll_s = poll_s
+        self._clock = clock
+        self._value: Experiment | None = None
+        self._loaded_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def current(self) -> Experiment | None:
+        if self._loaded_at is not None and self._clock() - self._loaded_at < self._poll_s:
+            return self._value
+        async with self._lock:
+            if self._loaded_at is None or self._clock() - self._loaded_at >= self._poll_s:
+                try:
+                    value = await self._load()
+                except Exception:
+                    if self._loaded_at is None:
+                        raise
+                    # A database hiccup must not stop the chat: keep routing on the last config.
+                    log.warning("could not reload the experiment; keeping the previous one",
+                                exc_info=True)
+                    value = self._value
+                if value is not None and (self._value is None or value != self._value):
+                    log.info("routing: experiment %s weights %s", value.id, value.weights)
+                self._value, self._loaded_at = value, self._clock()
+        return self._value

@@ -1,0 +1,90 @@
+"""Process-wide objects of the running chat app and its first-start bootstrap.
+
+Kept out of `app.py` so the handlers stay thin and this logic is testable without Chainlit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+
+from chatapp.auth import hash_password, random_password, verify_password
+from chatapp.conversation import ChatService
+from chatapp.domain import SMOLLM2, Deployment
+from chatapp.settings import LOCAL_CONNECTION, Settings
+from chatapp.store import Store
+
+log = logging.getLogger(__name__)
+
+LOCAL_BASE = "local-base"
+SECRET_FILE = "chainlit-auth-secret"
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    auth_secret: str
+    admin_password: str | None  # set only when the admin account was just created
+
+
+async def bootstrap(settings: Settings, store: Store) -> BootstrapResult:
+    """Create what a first start needs; idempotent, so every start may call it."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secret = _auth_secret(settings)
+    password = None
+    if not await store.list_accounts():
+        password = random_password()
+        await store.add_account("admin", hash_password(password), is_admin=True)
+    if await store.active_experiment() is None:
+        if await store.get_deployment(LOCAL_BASE) is None:
+            await store.add_deployment(
+                Deployment(name=LOCAL_BASE, connection=LOCAL_CONNECTION, provider="local",
+                           model=SMOLLM2, created_by="bootstrap")
+            )
+        await store.start_experiment(name="default", base=LOCAL_BASE, fine_tuned=None,
+                                     fine_tuned_weight=0.0, actor="bootstrap",
+                                     action="bootstrap")
+    return BootstrapResult(auth_secret=secret, admin_password=password)
+
+
+def _auth_secret(settings: Settings) -> str:
+    if settings.auth_secret is not None:
+        return settings.auth_secret.get_secret_value()
+    path = settings.data_dir / SECRET_FILE
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+class Runtime:
+    """The store and chat service, created on first use inside Chainlit's event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._service: ChatService | None = None
+        self._lock = asyncio.Lock()
+
+    async def service(self) -> ChatService:
+        if self._service is None:
+            async with self._lock:
+                if self._service is None:
+                    store = await Store.open(self.settings.db_url)
+                    self._service = ChatService(self.settings, store)
+        return self._service
+
+    async def store(self) -> Store:
+        return (await self.service()).store
+
+    async def check_login(self, username: str, password: str) -> dict[str, bool] | None:
+        account = await (await self.store()).get_account(username)
+        if account is None or not verify_password(password, account["password_hash"]):
+            return None
+        return {"is_admin": bool(account["is_admin"]) or self.settings.is_admin(username)}
+
+    async def is_admin(self, username: str) -> bool:
+        if self.settings.is_admin(username):
+            return True
+        account = await (await self.store()).get_account(username)
+        return bool(account and account["is_admin"])

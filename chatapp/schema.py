@@ -1,0 +1,198 @@
+"""Database schema and versioned migrations (SQLite and PostgreSQL).
+
+Chainlit's SQLAlchemy data layer does not create its tables, and the DDL on its docs page lacks
+columns that 2.12 writes (`steps.autoCollapse`, `steps.modes`, `steps.icon`, `elements.autoPlay`,
+`elements.playerConfig`): those are created here, per dialect. The product's own tables are
+SQLAlchemy Core tables so that queries are portable. Migrations are numbered, run once each, and
+record themselves in `schema_migrations`; running them again is a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+metadata = sa.MetaData()
+
+
+def _ts(name: str, **kw: object) -> sa.Column[datetime]:
+    return sa.Column(name, sa.DateTime(timezone=True), **kw)  # type: ignore[arg-type]
+
+
+schema_migrations = sa.Table(
+    "schema_migrations",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    _ts("applied_at", nullable=False),
+)
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("username", sa.String(200), primary_key=True),
+    sa.Column("password_hash", sa.String(500), nullable=False),
+    sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+)
+
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("connection", sa.String(200), nullable=False),
+    sa.Column("provider", sa.String(40), nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("adapter_path", sa.Text),
+    sa.Column("adapter_sha256", sa.String(64)),
+    sa.Column("source_job", sa.String(200)),
+    _ts("created_at", nullable=False),
+    sa.Column("created_by", sa.String(200)),
+    _ts("removed_at"),
+)
+
+experiments = sa.Table(
+    "experiments",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("weights", sa.JSON, nullable=False),
+    sa.Column("base_deployment", sa.String(200), nullable=False),
+    sa.Column("fine_tuned_deployment", sa.String(200)),
+    _ts("started_at", nullable=False),
+    _ts("ended_at"),
+    sa.Column("created_by", sa.String(200)),
+)
+
+# The audit trail of every routing change: who, when, what.
+experiment_history = sa.Table(
+    "experiment_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _ts("at", nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("experiment_id", sa.String(64)),
+    sa.Column("details", sa.JSON, nullable=False),
+)
+
+exchanges = sa.Table(
+    "exchanges",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("thread_id", sa.String(36), nullable=False, index=True),
+    sa.Column("turn_index", sa.Integer, nullable=False),
+    sa.Column("step_id", sa.String(36), index=True),
+    sa.Column("user_id", sa.String(200), nullable=False, index=True),
+    sa.Column("source", sa.String(20), nullable=False),
+    sa.Column("experiment_id", sa.String(64), index=True),
+    sa.Column("arm_assigned", sa.String(20), nullable=False),
+    sa.Column("arm_served", sa.String(20), nullable=False),
+    sa.Column("forced", sa.Boolean, nullable=False),
+    sa.Column("deployment", sa.String(200)),
+    sa.Column("model", sa.String(300)),
+    sa.Column("messages", sa.JSON, nullable=False),
+    sa.Column("reply", sa.Text, nullable=False),
+    sa.Column("finish_reason", sa.String(40)),
+    sa.Column("prompt_tokens", sa.Integer),
+    sa.Column("completion_tokens", sa.Integer),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("ttft_ms", sa.Float),
+    sa.Column("outcome", sa.String(20), nullable=False),
+    sa.Column("error_kind", sa.String(40)),
+    _ts("created_at", nullable=False, index=True),
+)
+
+# Append-only: the latest row per exchange is the rating; earlier rows are its history.
+ratings = sa.Table(
+    "ratings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("exchange_id", sa.String(36), sa.ForeignKey("exchanges.id"), nullable=False),
+    sa.Column("value", sa.Integer, nullable=False),
+    sa.Column("comment", sa.Text),
+    sa.Column("user_id", sa.String(200), nullable=False),
+    sa.Column("feedback_id", sa.String(36)),
+    _ts("created_at", nullable=False),
+    sa.Index("ix_ratings_exchange", "exchange_id", "id"),
+)
+
+# Chainlit 2.12 tables. {uuid}/{json}/{tags}/{bool} are filled per dialect.
+_CHAINLIT_DDL = (
+    """CREATE TABLE IF NOT EXISTS users (
+        "id" {uuid} PRIMARY KEY, "identifier" TEXT NOT NULL UNIQUE,
+        "metadata" {json} NOT NULL, "createdAt" TEXT)""",
+    """CREATE TABLE IF NOT EXISTS threads (
+        "id" {uuid} PRIMARY KEY, "createdAt" TEXT, "name" TEXT, "userId" {uuid},
+        "userIdentifier" TEXT, "tags" {tags}, "metadata" {json},
+        FOREIGN KEY ("userId") REFERENCES users("id") ON DELETE CASCADE)""",
+    """CREATE TABLE IF NOT EXISTS steps (
+        "id" {uuid} PRIMARY KEY, "name" TEXT NOT NULL, "type" TEXT NOT NULL,
+        "threadId" {uuid} NOT NULL, "parentId" {uuid}, "streaming" {bool} NOT NULL,
+        "waitForAnswer" {bool}, "isError" {bool}, "metadata" {json}, "tags" {tags},
+        "input" TEXT, "output" TEXT, "createdAt" TEXT, "command" TEXT, "modes" {json},
+        "start" TEXT, "end" TEXT, "generation" {json}, "showInput" TEXT, "language" TEXT,
+        "indent" INT, "defaultOpen" {bool}, "autoCollapse" {bool}, "icon" TEXT,
+        FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
+    """CREATE TABLE IF NOT EXISTS elements (
+        "id" {uuid} PRIMARY KEY, "threadId" {uuid}, "type" TEXT, "url" TEXT,
+        "chainlitKey" TEXT, "name" TEXT NOT NULL, "display" TEXT, "objectKey" TEXT,
+        "size" TEXT, "page" INT, "language" TEXT, "forId" {uuid}, "mime" TEXT,
+        "props" {json}, "autoPlay" {bool}, "playerConfig" {json},
+        FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
+    """CREATE TABLE IF NOT EXISTS feedbacks (
+        "id" {uuid} PRIMARY KEY, "forId" {uuid} NOT NULL, "threadId" {uuid} NOT NULL,
+        "value" INT NOT NULL, "comment" TEXT,
+        FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
+    """CREATE INDEX IF NOT EXISTS ix_steps_thread ON steps ("threadId")""",
+    """CREATE INDEX IF NOT EXISTS ix_threads_user ON threads ("userIdentifier")""",
+)
+_TYPES = {
+    "postgresql": {"uuid": "UUID", "json": "JSONB", "tags": "TEXT[]", "bool": "BOOLEAN"},
+    "sqlite": {"uuid": "TEXT", "json": "TEXT", "tags": "TEXT", "bool": "INTEGER"},
+}
+
+
+async def _m1_initial(conn: AsyncConnection) -> None:
+    types = _TYPES[conn.dialect.name]
+    for ddl in _CHAINLIT_DDL:
+        await conn.execute(sa.text(ddl.format(**types)))
+    await conn.run_sync(metadata.create_all)
+
+
+Migration = Callable[[AsyncConnection], "object"]
+MIGRATIONS: list[tuple[int, str, Callable[[AsyncConnection], object]]] = [
+    (1, "initial: chainlit tables, accounts, deployments, experiments, exchanges, ratings",
+     _m1_initial),
+]
+
+
+async def migrate(conn: AsyncConnection) -> list[int]:
+    """Apply pending migrations inside the caller's transaction; return the versions applied."""
+    dialect = conn.dialect.name
+    if dialect not in _TYPES:
+        raise RuntimeError(f"unsupported database dialect {dialect!r} (use sqlite or postgresql)")
+    if dialect == "postgresql":
+        # Two processes starting at once (app + admin) must not both run migration 1.
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(724151)"))
+    await conn.run_sync(lambda c: schema_migrations.create(c, checkfirst=True))
+    done = set((await conn.execute(sa.select(schema_migrations.c.version))).scalars())
+    applied = []
+    for version, name, step in MIGRATIONS:
+        if version in done:
+            continue
+        await step(conn)  # type: ignore[misc]
+        await conn.execute(
+            schema_migrations.insert().values(
+                version=version, name=name, applied_at=datetime.now(UTC)
+            )
+        )
+        applied.append(version)
+    return applied
+
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]

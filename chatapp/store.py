@@ -1,0 +1,375 @@
+"""The only door to the product's tables, for the chat app and the admin CLI alike.
+
+Async SQLAlchemy Core on SQLite (default, WAL) or PostgreSQL (asyncpg). `Store.open()` creates
+and migrates the schema, so a fresh data folder or an empty database just works.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from chatapp import schema as t
+from chatapp.domain import Deployment, Exchange, Experiment
+
+# Chainlit's data layer passes Python lists/dicts (thread tags, metadata) as SQL parameters;
+# sqlite3 cannot bind them unless told how, and the failure is swallowed as a log warning.
+sqlite3.register_adapter(list, json.dumps)
+sqlite3.register_adapter(dict, json.dumps)
+
+
+class StoreError(Exception):
+    """A request the store refuses (unknown name, duplicate, invalid state)."""
+
+
+def async_url(url: str) -> str:
+    """Accept the URLs users write and pick the async driver the app needs."""
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"):
+        u = u.set(drivername="postgresql+asyncpg")
+    elif u.drivername in ("sqlite", "sqlite+pysqlite"):
+        u = u.set(drivername="sqlite+aiosqlite")
+    return u.render_as_string(hide_password=False)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite returns naive datetimes; everything is stored in UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _row_to(cls: type[Any], row: sa.Row[Any]) -> Any:
+    names = {f.name for f in fields(cls)}
+    data = {k: v for k, v in row._mapping.items() if k in names}
+    for k, v in data.items():
+        if isinstance(v, datetime):
+            data[k] = _aware(v)
+    return cls(**data)
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True) -> Store:
+        url = async_url(url)
+        is_sqlite = url.startswith("sqlite")
+        db_file = make_url(url).database
+        if is_sqlite and db_file and db_file != ":memory:":
+            Path(db_file).parent.mkdir(parents=True, exist_ok=True)  # a fresh data folder
+        engine = create_async_engine(
+            url,
+            # A wait beats "database is locked" reaching a user when admin and app write at once.
+            connect_args={"timeout": 30} if is_sqlite else {},
+            pool_pre_ping=not is_sqlite,
+        )
+        if is_sqlite:
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        if migrate:
+            await store.migrate()
+        return store
+
+    async def migrate(self) -> list[int]:
+        async with self.engine.begin() as conn:
+            return await t.migrate(conn)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- accounts -------------------------------------------------------------------------
+
+    async def add_account(self, username: str, password_hash: str, is_admin: bool) -> None:
+        async with self.engine.begin() as conn:
+            if await self._account(conn, username) is not None:
+                raise StoreError(f"user {username!r} already exists")
+            ts = now()
+            await conn.execute(
+                t.accounts.insert().values(
+                    username=username, password_hash=password_hash, is_admin=is_admin,
+                    created_at=ts, updated_at=ts,
+                )
+            )
+
+    async def _account(self, conn: AsyncConnection, username: str) -> dict[str, Any] | None:
+        row = (
+            await conn.execute(sa.select(t.accounts).where(t.accounts.c.username == username))
+        ).first()
+        return dict(row._mapping) if row else None
+
+    async def get_account(self, username: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            return await self._account(conn, username)
+
+    async def list_accounts(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(t.accounts.c.username, t.accounts.c.is_admin, t.accounts.c.created_at)
+                .order_by(t.accounts.c.username)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    async def update_account(
+        self, username: str, *, password_hash: str | None = None, is_admin: bool | None = None
+    ) -> None:
+        values: dict[str, Any] = {"updated_at": now()}
+        if password_hash is not None:
+            values["password_hash"] = password_hash
+        if is_admin is not None:
+            values["is_admin"] = is_admin
+        async with self.engine.begin() as conn:
+            res = await conn.execute(
+                t.accounts.update().where(t.accounts.c.username == username).values(**values)
+            )
+            if res.rowcount == 0:
+                raise StoreError(f"no user {username!r}")
+
+    async def remove_account(self, username: str) -> None:
+        async with self.engine.begin() as conn:
+            res = await conn.execute(t.accounts.delete().where(t.accounts.c.username == username))
+            if res.rowcount == 0:
+                raise StoreError(f"no user {username!r}")
+
+    # -- deployments ----------------------------------------------------------------------
+
+    async def add_deployment(self, dep: Deployment) -> Deployment:
+        async with self.engine.begin() as conn:
+            exists = await conn.execute(
+                sa.select(t.deployments.c.name).where(t.deployments.c.name == dep.name)
+            )
+            if exists.first():
+                # Deployments are immutable: a new model needs a new name.
+                raise StoreError(f"deployment {dep.name!r} already exists; choose a new name")
+            values = asdict(dep)
+            values["created_at"] = dep.created_at or now()
+            await conn.execute(t.deployments.insert().values(**values))
+        return Deployment(**values)
+
+    async def get_deployment(self, name: str) -> Deployment | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(t.deployments).where(
+                        t.deployments.c.name == name, t.deployments.c.removed_at.is_(None)
+                    )
+                )
+            ).first()
+        return _row_to(Deployment, row) if row else None
+
+    async def list_deployments(self) -> list[Deployment]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(t.deployments)
+                .where(t.deployments.c.removed_at.is_(None))
+                .order_by(t.deployments.c.created_at)
+            )
+            return [_row_to(Deployment, r) for r in rows]
+
+    async def remove_deployment(self, name: str) -> None:
+        exp = await self.active_experiment()
+        if exp and name in (exp.base_deployment, exp.fine_tuned_deployment):
+            raise StoreError(f"deployment {name!r} serves an arm of experiment {exp.id}")
+        async with self.engine.begin() as conn:
+            res = await conn.execute(
+                t.deployments.update()
+                .where(t.deployments.c.name == name, t.deployments.c.removed_at.is_(None))
+                .values(removed_at=now())
+            )
+            if res.rowcount == 0:
+                raise StoreError(f"no deployment {name!r}")
+
+    # -- experiments ----------------------------------------------------------------------
+
+    async def active_experiment(self) -> Experiment | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(t.experiments)
+                    .where(t.experiments.c.ended_at.is_(None))
+                    .order_by(t.experiments.c.started_at.desc())
+                    .limit(1)
+                )
+            ).first()
+        return _row_to(Experiment, row) if row else None
+
+    async def get_experiment(self, exp_id: str) -> Experiment | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(t.experiments).where(t.experiments.c.id == exp_id))
+            ).first()
+        return _row_to(Experiment, row) if row else None
+
+    async def start_experiment(
+        self,
+        *,
+        name: str,
+        base: str,
+        fine_tuned: str | None,
+        fine_tuned_weight: float,
+        actor: str,
+        action: str = "start",
+    ) -> Experiment:
+        """End the running experiment (if any) and start a new one: a new id reshuffles users."""
+        if not 0.0 <= fine_tuned_weight <= 1.0:
+            raise StoreError("fine-tuned weight must be between 0 and 1")
+        if fine_tuned_weight > 0 and not fine_tuned:
+            raise StoreError("a fine-tuned weight above 0 needs a fine-tuned deployment")
+        for dep_name in (base, fine_tuned):
+            if dep_name and await self.get_deployment(dep_name) is None:
+                raise StoreError(f"no deployment {dep_name!r}")
+        exp = Experiment(
+            id=f"exp-{now():%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}",
+            name=name,
+            weights={"base": round(1.0 - fine_tuned_weight, 6), "fine_tuned": fine_tuned_weight},
+            base_deployment=base,
+            fine_tuned_deployment=fine_tuned,
+            started_at=now(),
+            created_by=actor,
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                t.experiments.update().where(t.experiments.c.ended_at.is_(None)).values(
+                    ended_at=exp.started_at
+                )
+            )
+            await conn.execute(t.experiments.insert().values(**asdict(exp)))
+            await self._audit(conn, actor, action, exp.id, asdict(exp))
+        return exp
+
+    async def set_weights(self, fine_tuned_weight: float, actor: str) -> Experiment:
+        exp = await self.active_experiment()
+        if exp is None:
+            raise StoreError("no running experiment")
+        if not 0.0 <= fine_tuned_weight <= 1.0:
+            raise StoreError("fine-tuned weight must be between 0 and 1")
+        if fine_tuned_weight > 0 and not exp.fine_tuned_deployment:
+            raise StoreError("the running experiment has no fine-tuned deployment")
+        weights = {"base": round(1.0 - fine_tuned_weight, 6), "fine_tuned": fine_tuned_weight}
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                t.experiments.update().where(t.experiments.c.id == exp.id).values(weights=weights)
+            )
+            await self._audit(conn, actor, "set_weights", exp.id, {"weights": weights,
+                                                                     "previous": exp.weights})
+        return await self.get_experiment(exp.id) or exp
+
+    async def _audit(
+        self, conn: AsyncConnection, actor: str, action: str, exp_id: str | None,
+        details: dict[str, Any],
+    ) -> None:
+        await conn.execute(
+            t.experiment_history.insert().values(
+                at=now(), actor=actor, action=action, experiment_id=exp_id,
+                details=json.loads(json.dumps(details, default=str)),
+            )
+        )
+
+    async def history(self, limit: int = 100) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(t.experiment_history)
+                .order_by(t.experiment_history.c.id.desc())
+                .limit(limit)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    # -- exchanges and ratings ------------------------------------------------------------
+
+    async def add_exchange(self, ex: Exchange) -> Exchange:
+        values = asdict(ex)
+        values.pop("extra")
+        values["id"] = ex.id or str(uuid.uuid4())
+        values["created_at"] = ex.created_at or now()
+        async with self.engine.begin() as conn:
+            await conn.execute(t.exchanges.insert().values(**values))
+        ex.id, ex.created_at = values["id"], values["created_at"]
+        return ex
+
+    async def thread_exchanges(self, thread_id: str) -> list[Exchange]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(t.exchanges)
+                .where(t.exchanges.c.thread_id == thread_id)
+                .order_by(t.exchanges.c.turn_index, t.exchanges.c.created_at)
+            )
+            return [_row_to(Exchange, r) for r in rows]
+
+    async def exchange_by_step(self, step_id: str) -> Exchange | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(t.exchanges).where(t.exchanges.c.step_id == step_id))
+            ).first()
+        return _row_to(Exchange, row) if row else None
+
+    async def add_rating(
+        self, exchange_id: str, value: int, *, user_id: str, comment: str | None = None,
+        feedback_id: str | None = None,
+    ) -> int:
+        if value not in (0, 1):
+            raise StoreError("rating value must be 0 (down) or 1 (up)")
+        async with self.engine.begin() as conn:
+            res = await conn.execute(
+                t.ratings.insert().values(
+                    exchange_id=exchange_id, value=value, comment=comment or None,
+                    user_id=user_id, feedback_id=feedback_id, created_at=now(),
+                )
+            )
+            return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+    async def ratings_for(self, exchange_id: str) -> list[dict[str, Any]]:
+        """Every rating of an exchange, oldest first; the last one is the current rating."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(t.ratings).where(t.ratings.c.exchange_id == exchange_id)
+                .order_by(t.ratings.c.id)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    def latest_rating_subquery(self) -> sa.Subquery:
+        """(exchange_id, value, comment) of the newest rating per exchange, for admin queries."""
+        newest = (
+            sa.select(sa.func.max(t.ratings.c.id).label("id"))
+            .group_by(t.ratings.c.exchange_id)
+            .subquery()
+        )
+        return (
+            sa.select(t.ratings.c.exchange_id, t.ratings.c.value, t.ratings.c.comment)
+            .join(newest, newest.c.id == t.ratings.c.id)
+            .subquery("latest_rating")
+        )
+
+    async def stream_rows(
+        self, query: sa.Select[Any], batch: int = 2000
+    ) -> AsyncIterator[Sequence[sa.Row[Any]]]:
+        """Rows in batches without loading a large table into memory."""
+        async with self.engine.connect() as conn:
+            result = await conn.stream(query.execution_options(yield_per=batch))
+            async for part in result.partitions(batch):
+                yield part
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets the chat read while `dataset build` reads and an admin command writes.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

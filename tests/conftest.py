@@ -1,0 +1,101 @@
+"""Shared fixtures: settings in a temp data folder, a store on SQLite and on real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SEED_LAB = SHARED / "data" / "seed-lab"
+
+# Importing chainlit writes .chainlit/ and .files/ into the app root: point it at the repo's.
+os.environ.setdefault("CHAINLIT_APP_ROOT", str(REPO))
+
+from chatapp.settings import Settings, load_settings, running_in_ci, test_postgres_url  # noqa: E402
+from chatapp.store import Store  # noqa: E402
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def settings(data_dir: Path) -> Settings:
+    return load_settings(data_dir=data_dir, _env_file=None)
+
+
+async def _pg_admin_conn():  # type: ignore[no-untyped-def]
+    import asyncpg
+
+    url = test_postgres_url().replace("postgresql+asyncpg://", "postgresql://")
+    return await asyncpg.connect(url, timeout=5)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the test server for this run, dropped afterwards.
+
+    Unreachable server: skip with the reason, except under CI=true where it fails the run.
+    """
+    name = f"travel_test_{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        conn = await _pg_admin_conn()
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        conn = await _pg_admin_conn()
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(create())
+    except Exception as err:
+        msg = f"PostgreSQL at {test_postgres_url()} unreachable: {err}"
+        if running_in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    base = test_postgres_url().rsplit("/", 1)[0]
+    yield f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://")
+    asyncio.run(drop())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, data_dir: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{data_dir / 'travel.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    s = await Store.open(db_url)
+    yield s
+    await _truncate(s)
+    await s.close()
+
+
+async def _truncate(store: Store) -> None:
+    """Postgres is shared by the whole run: empty the tables so tests stay independent."""
+    if store.engine.dialect.name != "postgresql":
+        return
+    from sqlalchemy import text
+
+    async with store.engine.begin() as conn:
+        await conn.execute(text(
+            "TRUNCATE ratings, exchanges, experiment_history, experiments, deployments,"
+            " accounts, feedbacks, elements, steps, threads, users CASCADE"))

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from chatapp.domain import Experiment
+from chatapp.routing import ExperimentWatcher, assign_arm, bucket, choose
+
+
+def exp(weight: float, exp_id: str = "exp-1", ft: str | None = "ft-1") -> Experiment:
+    return Experiment(id=exp_id, name="t", weights={"base": 1 - weight, "fine_tuned": weight},
+                      base_deployment="base-1", fine_tuned_deployment=ft)
+
+
+def test_bucket_is_deterministic_and_uniform_range() -> None:
+    assert bucket("alice", "exp-1") == bucket("alice", "exp-1")
+    values = [bucket(f"user{i}", "exp-1") for i in range(1000)]
+    assert all(0 <= v < 1 for v in values)
+
+
+def test_sticky_across_calls() -> None:
+    e = exp(0.5)
+    arms = {u: assign_arm(u, e) for u in (f"u{i}" for i in range(200))}
+    for u, arm in arms.items():
+        assert assign_arm(u, e) == arm
+        assert choose(u, e).arm == arm
+
+
+@pytest.mark.parametrize("weight", [0.1, 0.5, 0.8])
+def test_distribution_within_tolerance_over_10k_users(weight: float) -> None:
+    e = exp(weight)
+    counts = Counter(assign_arm(f"user-{i}", e) for i in range(10_000))
+    share = counts["fine_tuned"] / 10_000
+    # 4 standard deviations of a binomial share at n=10k: a real bias would show, noise won't.
+    sd = (weight * (1 - weight) / 10_000) ** 0.5
+    assert abs(share - weight) < 4 * sd
+
+
+def test_new_experiment_id_reshuffles() -> None:
+    a = {u: assign_arm(u, exp(0.5, "exp-A")) for u in (f"u{i}" for i in range(2000))}
+    b = {u: assign_arm(u, exp(0.5, "exp-B")) for u in a}
+    changed = sum(a[u] != b[u] for u in a)
+    assert 800 < changed < 1200  # about half move when independent
+
+
+def test_weight_zero_or_no_deployment_means_base() -> None:
+    assert all(assign_arm(f"u{i}", exp(0.0)) == "base" for i in range(500))
+    assert all(assign_arm(f"u{i}", exp(1.0, ft=None)) == "base" for i in range(500))
+    assert all(assign_arm(f"u{i}", exp(1.0)) == "fine_tuned" for i in range(500))
+
+
+def test_forced_arm() -> None:
+    e = exp(0.0)
+    r = choose("admin", e, "fine_tuned")
+    assert (r.arm, r.arm_assigned, r.forced, r.deployment) == ("fine_tuned", "base", True, "ft-1")
+    r = choose("admin", exp(0.0, ft=None), "fine_tuned")
+    assert (r.arm, r.forced, r.deployment) == ("base", True, "base-1")
+    assert choose("u", e).forced is False
+
+
+async def test_watcher_polls_and_survives_errors() -> None:
+    now = [0.0]
+    values: list[object] = [exp(0.1), exp(0.9), RuntimeError("db down")]
+    loads = 0
+
+    async def load() -> Experiment | None:
+        nonlocal loads
+        loads += 1
+        v = values.pop(0)
+        if isinstance(v, Exception):
+            raise v
+        return v  # type: ignore[return-value]
+
+    w = ExperimentWatcher(load, poll_s=3, clock=lambda: now[0])
+    first = await w.current()
+    assert first and first.weights["fine_tuned"] == 0.1
+    now[0] = 2.0
+    assert (await w.current()) is first and loads == 1  # cached within the poll interval
+    now[0] = 3.5
+    second = await w.current()
+    assert second and second.weights["fine_tuned"] == 0.9
+    now[0] = 7.0
+    assert (await w.current()) is second  # a failed reload keeps the last known config
+    assert loads == 3

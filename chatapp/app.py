@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import chainlit as cl
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
-from chainlit.input_widget import Select
+from chainlit.input_widget import InputWidget, Select
 from chainlit.types import Feedback, ThreadDict
 
 from chatapp.domain import Arm
@@ -23,6 +23,11 @@ settings = get_settings()
 runtime = Runtime(settings)
 
 ARM_CHOICES = ["auto", "base", "fine_tuned"]
+
+
+@cl.on_app_startup
+async def warm_up() -> None:
+    await runtime.warm()
 
 
 @cl.data_layer
@@ -69,10 +74,11 @@ async def _admin_setup() -> None:
     """Admins may force an arm for their own chat and see how routing stands."""
     if not _is_admin():
         return
-    await cl.ChatSettings(
-        [Select(id="arm", label="Arm for my chat (admin)", values=ARM_CHOICES,
-                initial_value=cl.user_session.get("arm_choice") or "auto")]
-    ).send()
+    widgets: list[InputWidget] = [
+        Select(id="arm", label="Arm for my chat (admin)", values=ARM_CHOICES,
+               initial_value=cl.user_session.get("arm_choice") or "auto")
+    ]
+    await cl.ChatSettings(widgets).send()
     service = await runtime.service()
     exp = await service.watcher.current()
     if exp is not None and not exp.fine_tuned_deployment:

@@ -192,7 +192,7 @@ class ChatService:
             forced=route.forced,
             deployment=deployment,
             model=attempt.model,
-            messages=[dict(m) for m in attempt.messages],
+            messages=[{"role": m["role"], "content": m["content"]} for m in attempt.messages],
             reply=attempt.text,
             finish_reason=attempt.finish_reason,
             prompt_tokens=attempt.prompt_tokens,

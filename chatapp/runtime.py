@@ -74,6 +74,22 @@ class Runtime:
                     self._service = ChatService(self.settings, store)
         return self._service
 
+    async def warm(self) -> None:
+        """Load the active arms' tokenizers and local models before the first traveller arrives."""
+        service = await self.service()
+        exp = await service.watcher.current()
+        if exp is None:
+            return
+        for name in filter(None, (exp.base_deployment, exp.fine_tuned_deployment)):
+            try:
+                dep, model = await service.registry.model(name)
+                await asyncio.to_thread(service.registry.counter, dep)
+                load = getattr(model, "load", None)
+                if load is not None:
+                    await asyncio.to_thread(load)
+            except Exception as err:  # the chat still starts; the turn will fall back or explain
+                log.warning("could not warm deployment %s: %s", name, err)
+
     async def store(self) -> Store:
         return (await self.service()).store
 

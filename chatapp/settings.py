@@ -83,7 +83,8 @@ class Settings(BaseSettings):
 
     # The names users know from the Azure docs: when set, they define the connection "azure".
     azure_openai_endpoint: str | None = Field(
-        default=None, validation_alias=AliasChoices("AZURE_OPENAI_ENDPOINT", "azure_openai_endpoint")
+        default=None,
+        validation_alias=AliasChoices("AZURE_OPENAI_ENDPOINT", "azure_openai_endpoint"),
     )
     azure_openai_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("AZURE_OPENAI_API_KEY", "azure_openai_api_key")

@@ -256,7 +256,8 @@ class LocalCounter:
         self.name = "gguf:" + self.path.name.split(".")[0]
 
     def render(self, messages: Sequence[Mapping[str, Any]], *, generation_prompt: bool) -> str:
-        return str(self._formatters[generation_prompt](messages=[dict(m) for m in messages]).prompt)
+        formatter = self._formatters[generation_prompt]
+        return str(formatter(messages=[dict(m) for m in messages]).prompt)  # type: ignore[misc]
 
     def tokenize_prompt(self, prompt: str) -> list[int]:
         # As llama_cpp's Jinja chat handler does: the template writes BOS itself (added_special),

@@ -70,7 +70,7 @@ async def test_ok_turn_is_streamed_and_recorded(world: dict) -> None:
     store, service, models = world["store"], world["service"], world["models"]
     await start(store, 1.0)
     models["ft-1"].push("Try Lisbon in May! What pace do you like?")
-    ex, sink = await turn(service)
+    _, sink = await turn(service)
     assert sink.text == "Try Lisbon in May! What pace do you like?"
     stored = await store.exchange_by_step("s1")
     assert stored is not None

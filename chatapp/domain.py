@@ -71,3 +71,48 @@ class Exchange:
     id: str = ""
     created_at: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass
+class TrainingJob:
+    """A fine-tuning job as recorded by travel-admin (status is an open string: Azure adds
+    `pending`, `validating_files`, ...; only TERMINAL_STATUSES end it)."""
+
+    id: str
+    backend: str
+    base_model: str
+    status: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    backend_job_id: str | None = None
+    suffix: str | None = None
+    train_sha256: str | None = None
+    validation_sha256: str | None = None
+    train_file_id: str | None = None
+    validation_file_id: str | None = None
+    fine_tuned_model: str | None = None
+    error: str | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+    pid: int | None = None
+    heartbeat_at: datetime | None = None
+    created_by: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    id: int
+    job_id: str
+    at: datetime
+    level: str
+    message: str
+    data: dict[str, Any]

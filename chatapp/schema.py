@@ -9,7 +9,7 @@ record themselves in `schema_migrations`; running them again is a no-op.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -121,6 +121,62 @@ ratings = sa.Table(
     sa.Index("ix_ratings_exchange", "exchange_id", "id"),
 )
 
+# One row per built JSONL file, keyed by its sha256, so a training job given a file can find
+# exactly which data (query, counts, tokenizer) it holds.
+datasets = sa.Table(
+    "datasets",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),  # train | validation
+    sa.Column("n_examples", sa.Integer, nullable=False),
+    sa.Column("tokenizer", sa.String(200)),
+    sa.Column("manifest", sa.JSON, nullable=False),
+    _ts("created_at", nullable=False),
+    sa.Column("created_by", sa.String(200)),
+)
+
+training_jobs = sa.Table(
+    "training_jobs",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("backend", sa.String(20), nullable=False),  # azure | local | foundry
+    sa.Column("backend_job_id", sa.String(200)),
+    sa.Column("base_model", sa.String(300), nullable=False),
+    sa.Column("suffix", sa.String(40)),
+    sa.Column("hyperparameters", sa.JSON, nullable=False),
+    sa.Column("train_sha256", sa.String(64)),
+    sa.Column("validation_sha256", sa.String(64)),
+    sa.Column("train_file_id", sa.String(200)),
+    sa.Column("validation_file_id", sa.String(200)),
+    sa.Column("status", sa.String(40), nullable=False),  # open string; terminal: see domain
+    sa.Column("fine_tuned_model", sa.String(300)),
+    sa.Column("error", sa.Text),
+    sa.Column("progress", sa.JSON, nullable=False),  # step, total_steps, epoch, loss ...
+    sa.Column("result", sa.JSON, nullable=False),  # adapter path + sha256, best epoch ...
+    sa.Column("pid", sa.Integer),
+    _ts("heartbeat_at"),
+    sa.Column("created_by", sa.String(200)),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+    _ts("finished_at"),
+)
+
+job_events = sa.Table(
+    "job_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(200), sa.ForeignKey("training_jobs.id"), nullable=False),
+    _ts("at", nullable=False),
+    sa.Column("level", sa.String(20), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    # metrics events carry step, train_loss, valid_loss, token accuracy, epoch
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Index("ix_job_events_job", "job_id", "id"),
+)
+
+_M2_TABLES = (datasets, training_jobs, job_events)
+
 # Chainlit 2.12 tables. {uuid}/{json}/{tags}/{bool} are filled per dialect.
 _CHAINLIT_DDL = (
     """CREATE TABLE IF NOT EXISTS users (
@@ -157,17 +213,24 @@ _TYPES = {
 }
 
 
+_M1_TABLES = (accounts, deployments, experiments, experiment_history, exchanges, ratings)
+
+
 async def _m1_initial(conn: AsyncConnection) -> None:
     types = _TYPES[conn.dialect.name]
     for ddl in _CHAINLIT_DDL:
         await conn.execute(sa.text(ddl.format(**types)))
-    await conn.run_sync(metadata.create_all)
+    await conn.run_sync(lambda c: metadata.create_all(c, tables=list(_M1_TABLES)))
 
 
-Migration = Callable[[AsyncConnection], "object"]
-MIGRATIONS: list[tuple[int, str, Callable[[AsyncConnection], object]]] = [
+async def _m2_training(conn: AsyncConnection) -> None:
+    await conn.run_sync(lambda c: metadata.create_all(c, tables=list(_M2_TABLES)))
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[AsyncConnection], Awaitable[None]]]] = [
     (1, "initial: chainlit tables, accounts, deployments, experiments, exchanges, ratings",
      _m1_initial),
+    (2, "datasets, training jobs and their events", _m2_training),
 ]
 
 
@@ -185,7 +248,7 @@ async def migrate(conn: AsyncConnection) -> list[int]:
     for version, name, step in MIGRATIONS:
         if version in done:
             continue
-        await step(conn)  # type: ignore[misc]
+        await step(conn)
         await conn.execute(
             schema_migrations.insert().values(
                 version=version, name=name, applied_at=datetime.now(UTC)

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from chatapp import schema as t
-from chatapp.domain import Deployment, Exchange, Experiment
+from chatapp.domain import Deployment, Exchange, Experiment, JobEvent, TrainingJob
 
 # Chainlit's data layer passes Python lists/dicts (thread tags, metadata) as SQL parameters;
 # sqlite3 cannot bind them unless told how, and the failure is swallowed as a log warning.
@@ -354,6 +354,82 @@ class Store:
             .join(newest, newest.c.id == t.ratings.c.id)
             .subquery("latest_rating")
         )
+
+    # -- datasets -------------------------------------------------------------------------
+
+    async def add_dataset(
+        self, *, sha256: str, path: str, kind: str, n_examples: int, manifest: dict[str, Any],
+        tokenizer: str | None, created_by: str | None,
+    ) -> None:
+        """Record a built file; the same content built again keeps its first record."""
+        async with self.engine.begin() as conn:
+            exists = await conn.execute(
+                sa.select(t.datasets.c.sha256).where(t.datasets.c.sha256 == sha256))
+            if exists.first():
+                return
+            await conn.execute(t.datasets.insert().values(
+                sha256=sha256, path=path, kind=kind, n_examples=n_examples,
+                manifest=json.loads(json.dumps(manifest, default=str)), tokenizer=tokenizer,
+                created_at=now(), created_by=created_by))
+
+    async def get_dataset(self, sha256: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                sa.select(t.datasets).where(t.datasets.c.sha256 == sha256))).first()
+        return dict(row._mapping) if row else None
+
+    # -- training jobs ----------------------------------------------------------------------
+
+    async def add_job(self, job: TrainingJob) -> TrainingJob:
+        values = asdict(job)
+        values["created_at"] = values["updated_at"] = job.created_at or now()
+        async with self.engine.begin() as conn:
+            await conn.execute(t.training_jobs.insert().values(**values))
+        return TrainingJob(**values)
+
+    async def update_job(self, job_id: str, **fields_: Any) -> TrainingJob:
+        """Set fields of a job; finishing it (terminal status) stamps finished_at once."""
+        fields_["updated_at"] = now()
+        async with self.engine.begin() as conn:
+            if fields_.get("status") in ("succeeded", "failed", "cancelled"):
+                row = (await conn.execute(sa.select(t.training_jobs.c.finished_at).where(
+                    t.training_jobs.c.id == job_id))).first()
+                if row is not None and row.finished_at is None:
+                    fields_.setdefault("finished_at", fields_["updated_at"])
+            res = await conn.execute(
+                t.training_jobs.update().where(t.training_jobs.c.id == job_id).values(**fields_))
+            if res.rowcount == 0:
+                raise StoreError(f"no training job {job_id!r}")
+        job = await self.get_job(job_id)
+        assert job is not None
+        return job
+
+    async def get_job(self, job_id: str) -> TrainingJob | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                sa.select(t.training_jobs).where(t.training_jobs.c.id == job_id))).first()
+        return _row_to(TrainingJob, row) if row else None
+
+    async def list_jobs(self, limit: int = 100) -> list[TrainingJob]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(t.training_jobs)
+                                      .order_by(t.training_jobs.c.created_at.desc()).limit(limit))
+            return [_row_to(TrainingJob, r) for r in rows]
+
+    async def add_job_event(self, job_id: str, message: str, *, level: str = "info",
+                            data: dict[str, Any] | None = None) -> int:
+        async with self.engine.begin() as conn:
+            res = await conn.execute(t.job_events.insert().values(
+                job_id=job_id, at=now(), level=level, message=message, data=data or {}))
+            return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+    async def job_events(self, job_id: str, after_id: int = 0) -> list[JobEvent]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(t.job_events)
+                .where(t.job_events.c.job_id == job_id, t.job_events.c.id > after_id)
+                .order_by(t.job_events.c.id))
+            return [_row_to(JobEvent, r) for r in rows]
 
     async def stream_rows(
         self, query: sa.Select[Any], batch: int = 2000

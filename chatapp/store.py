@@ -225,6 +225,7 @@ class Store:
         fine_tuned_weight: float,
         actor: str,
         action: str = "start",
+        note: dict[str, Any] | None = None,
     ) -> Experiment:
         """End the running experiment (if any) and start a new one: a new id reshuffles users."""
         if not 0.0 <= fine_tuned_weight <= 1.0:
@@ -250,7 +251,7 @@ class Store:
                 )
             )
             await conn.execute(t.experiments.insert().values(**asdict(exp)))
-            await self._audit(conn, actor, action, exp.id, asdict(exp))
+            await self._audit(conn, actor, action, exp.id, {**asdict(exp), **(note or {})})
         return exp
 
     async def set_weights(self, fine_tuned_weight: float, actor: str) -> Experiment:
@@ -289,6 +290,61 @@ class Store:
                 .limit(limit)
             )
             return [dict(r._mapping) for r in rows]
+
+    async def promote(self, actor: str) -> Experiment:
+        """The fine-tuned deployment becomes the base; everyone is served by it."""
+        exp = await self.active_experiment()
+        if exp is None or not exp.fine_tuned_deployment:
+            raise StoreError("nothing to promote: the running experiment has no fine-tuned arm")
+        return await self.start_experiment(
+            name=f"promoted {exp.fine_tuned_deployment}", base=exp.fine_tuned_deployment,
+            fine_tuned=None, fine_tuned_weight=0.0, actor=actor, action="promote",
+            note={"previous_base": exp.base_deployment, "from_experiment": exp.id})
+
+    async def rollback(self, actor: str) -> Experiment:
+        """Restore the base that the latest not-yet-undone promotion replaced."""
+        undone = 0
+        for row in await self.history(limit=10_000):
+            if row["action"] == "rollback":
+                undone += 1
+            elif row["action"] == "promote":
+                if undone:
+                    undone -= 1
+                    continue
+                details = row["details"]
+                previous, promoted = details["previous_base"], details["base_deployment"]
+                return await self.start_experiment(
+                    name=f"rolled back to {previous}", base=previous, fine_tuned=promoted,
+                    fine_tuned_weight=0.0, actor=actor, action="rollback",
+                    note={"undoes_experiment": row["experiment_id"]})
+        raise StoreError("nothing to roll back: no promotion in the history")
+
+    async def experiment_rows(self, exp_id: str, sources: Sequence[str]) -> list[dict[str, Any]]:
+        """One row per exchange of an experiment with its latest rating, for `ab report`."""
+        latest = self.latest_rating_subquery()
+        ex = t.exchanges
+        query = (
+            sa.select(ex.c.thread_id, ex.c.arm_assigned, ex.c.arm_served, ex.c.forced,
+                      ex.c.outcome, ex.c.latency_ms, ex.c.prompt_tokens, ex.c.completion_tokens,
+                      latest.c.value.label("rating"))
+            .outerjoin(latest, latest.c.exchange_id == ex.c.id)
+            .where(ex.c.experiment_id == exp_id, ex.c.source.in_(list(sources)))
+        )
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
+    async def eval_adherence(self, deployment: str) -> tuple[int, int]:
+        """(compliant, rated) over the `eval` replies of a deployment (rated by `eval`)."""
+        latest = self.latest_rating_subquery()
+        ex = t.exchanges
+        query = (
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(latest.c.value), 0))
+            .select_from(ex.join(latest, latest.c.exchange_id == ex.c.id))
+            .where(ex.c.deployment == deployment, ex.c.source == "eval")
+        )
+        async with self.engine.connect() as conn:
+            n, up = (await conn.execute(query)).one()
+        return int(up), int(n)
 
     # -- exchanges and ratings ------------------------------------------------------------
 
@@ -439,6 +495,70 @@ class Store:
             result = await conn.stream(query.execution_options(yield_per=batch))
             async for part in result.partitions(batch):
                 yield part
+
+    # -- dataset queries (travel-admin dataset build) --------------------------------------------
+
+    def dataset_exchanges_query(
+        self,
+        *,
+        ratings: Sequence[int] = (1,),
+        sources: Sequence[str] = ("web",),
+        outcomes: Sequence[str] = ("ok", "fallback"),
+        arms: Sequence[str] = (),
+        deployments: Sequence[str] = (),
+        models: Sequence[str] = (),
+        users: Sequence[str] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+        whole_threads: bool = False,
+    ) -> sa.Select[Any]:
+        """Exchanges for a training set with their current rating (`rating`: 1 up, 0 down, None
+        unrated), grouped by thread in turn order; stream it with `stream_rows`.
+
+        Empty filter lists mean "any". `since` is inclusive, `until` exclusive (UTC when naive).
+        whole_threads=False: the exchanges whose current rating is in `ratings`;
+        True: every matching exchange, rated or not, of the threads holding at least one of those.
+        Only ok/fallback outcomes by default: canned error replies are nothing to learn from.
+        """
+        ex = t.exchanges
+        rating = self.latest_rating_subquery()
+        conds: list[sa.ColumnElement[bool]] = [ex.c.source.in_(list(sources)),
+                                               ex.c.outcome.in_(list(outcomes))]
+        for column, values in ((ex.c.arm_served, arms), (ex.c.deployment, deployments),
+                               (ex.c.model, models), (ex.c.user_id, users)):
+            if values:
+                conds.append(column.in_(list(values)))
+        if since is not None:
+            conds.append(ex.c.created_at >= self._utc(since))
+        if until is not None:
+            conds.append(ex.c.created_at < self._utc(until))
+        rated = rating.c.value.in_(list(ratings))
+        joined = ex.outerjoin(rating, rating.c.exchange_id == ex.c.id)
+        query = sa.select(ex, rating.c.value.label("rating")).select_from(joined).where(*conds)
+        if whole_threads:
+            threads = (sa.select(ex.c.thread_id)
+                       .select_from(ex.join(rating, rating.c.exchange_id == ex.c.id))
+                       .where(*conds, rated))
+            query = query.where(ex.c.thread_id.in_(threads))
+        else:
+            query = query.where(rated)
+        return query.order_by(ex.c.thread_id, ex.c.turn_index, ex.c.created_at, ex.c.id)
+
+    async def count_rows(self, query: sa.Select[Any]) -> int:
+        """How many rows a query returns (for progress bars), without fetching them."""
+        async with self.engine.connect() as conn:
+            counted = sa.select(sa.func.count()).select_from(query.order_by(None).subquery())
+            return int((await conn.execute(counted)).scalar_one())
+
+    async def remove_dataset(self, sha256: str) -> None:
+        """Forget a dataset record (a build undoing its own half-finished commit)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(t.datasets.delete().where(t.datasets.c.sha256 == sha256))
+
+    @staticmethod
+    def _utc(value: datetime) -> datetime:
+        # Stored times are UTC (SQLite keeps them naive): compare in UTC whatever the caller gave.
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -1,0 +1,390 @@
+"""Rated exchanges -> train/validation JSONL files that the fine-tuning services accept.
+
+Pipeline (streaming; memory holds keys and offsets, not examples):
+1. candidates: the seed set (optional), then exchanges from the store in batches (see
+   `Selection`), turned into examples by `admin.examples`;
+2. PII scrubbed in user and assistant text (or the example dropped) before anything is written,
+   even the spool;
+3. exact and near duplicates removed (first seen wins: the seed set, then older threads);
+4. the survivors parked in a spool file next to the outputs;
+5. the split: per arm (stratum), conversations in the order of a seeded hash go to validation
+   while that brings it closer to the ratio, so both files keep the arm mix and a conversation
+   never straddles the two;
+6. both files written to temp files in conversation-hash order (deterministic, shuffled,
+   independent of the database), validated, hashed, then moved into place with their manifests,
+   and recorded in the `datasets` table. Any failure before that leaves no output file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import sqlalchemy as sa
+
+from admin import examples as ex
+from admin.dataset_io import JsonlWriter, Spool, dumps_line, read_seed, sha256_file
+from admin.manifest import Manifests
+from admin.pii import ScrubResult, scrub
+from admin.validate import Kind, ValidationReport, validate_file
+from chatapp.settings import Settings
+from chatapp.store import Store
+
+DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
+RatingMode = Literal["up", "up+down"]
+MultiTurn = Literal["prefix", "whole"]
+PiiMode = Literal["scrub", "drop"]
+MAX_NOTES = 20
+# A thread's history repeats in each of its prefix examples: scrub each text once (results are
+# only read, never changed).
+_scrub = lru_cache(maxsize=8192)(scrub)
+
+
+class BuildError(Exception):
+    """The build cannot produce a dataset (nothing selected, outputs exist, bad seed file)."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which exchanges: recorded verbatim in the manifest as the dataset's query."""
+
+    ratings: RatingMode = "up"
+    multi_turn: MultiTurn = "prefix"
+    sources: tuple[str, ...] = ("web",)
+    arms: tuple[str, ...] = ()
+    deployments: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    min_turns: int = 1
+
+    def query(self, store: Store) -> sa.Select[Any]:
+        return store.dataset_exchanges_query(
+            ratings=(1,) if self.ratings == "up" else (1, 0), sources=self.sources,
+            arms=self.arms, deployments=self.deployments, models=self.models, users=self.users,
+            since=self.since, until=self.until, whole_threads=self.multi_turn == "whole")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (v.isoformat() if isinstance(v, datetime) else v)
+                for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    out_dir: Path
+    name: str
+    selection: Selection = field(default_factory=Selection)
+    model: str = DEFAULT_MODEL  # whose tokenizer and limits the outputs are validated with
+    seed: int = 0
+    validation_ratio: float = 0.2
+    seed_files: tuple[Path, ...] = ()  # the project's seed set, merged first when given
+    pii: PiiMode = "scrub"
+    near_dedupe: bool = True
+    overwrite: bool = False
+    batch: int = 2000
+
+    def target(self, kind: Kind) -> Path:
+        return self.out_dir / f"{self.name}.{kind}.jsonl"
+
+
+class Progress(Protocol):
+    def stage(self, name: str, total: int | None) -> None: ...
+
+    def advance(self, n: int = 1) -> None: ...
+
+
+class NullProgress:
+    def stage(self, name: str, total: int | None) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+@dataclass
+class Counts:
+    exchanges_read: int = 0
+    seed_examples: int = 0
+    candidates: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> examples left out
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    pii_found: Counter[str] = field(default_factory=Counter)  # type -> occurrences
+    pii_examples: int = 0  # examples that held any
+    weight_zero_examples: int = 0  # written, but every assistant turn has weight 0
+    rated_turns_trimmed: int = 0  # whole mode: up-rated turns the chat had trimmed away
+    kept: int = 0
+    examples: Counter[str] = field(default_factory=Counter)  # kind -> examples
+    conversations: Counter[str] = field(default_factory=Counter)  # kind -> groups
+    by_arm: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+
+    def as_dict(self) -> dict[str, Any]:
+        # (dataclasses.asdict cannot copy a defaultdict)
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class OutputFile:
+    kind: Kind
+    path: Path
+    sha256: str
+    n_examples: int
+    report: ValidationReport
+    manifest_path: Path
+
+
+@dataclass
+class BuildResult:
+    files: list[OutputFile]
+    counts: Counts
+    notes: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return all(f.report.ok for f in self.files)
+
+
+@dataclass(frozen=True)
+class _Record:
+    at: int
+    length: int
+    group: str
+    fixed_kind: str | None
+    exchange_ids: tuple[str, ...]
+
+
+def group_order(seed: int, group: str) -> bytes:
+    return hashlib.sha256(f"{seed}\x00{group}".encode()).digest()
+
+
+def split_groups(groups: Iterable[tuple[str, str, int]], ratio: float,
+                 seed: int) -> dict[str, Kind]:
+    """(group, stratum, n examples) -> train/validation per group. In each stratum, groups are
+    taken in seeded-hash order, each going to validation when that brings the stratum's
+    validation examples strictly closer to ratio x its examples (rounded half up)."""
+    strata: dict[str, dict[str, int]] = defaultdict(dict)
+    for group, stratum, n in groups:
+        strata[stratum][group] = strata[stratum].get(group, 0) + n
+    kinds: dict[str, Kind] = {}
+    for members in strata.values():
+        target = int(ratio * sum(members.values()) + 0.5)  # half up (round() goes to even)
+        taken = 0
+        for group in sorted(members, key=lambda g: group_order(seed, g)):
+            n = members[group]
+            closer = abs(taken + n - target) < abs(taken - target)
+            kinds[group] = "validation" if closer else "train"
+            taken += n if closer else 0
+    return kinds
+
+
+Writer = Callable[[Path], JsonlWriter]
+
+
+class Builder:
+    def __init__(self, store: Store, opts: BuildOptions, settings: Settings, actor: str,
+                 progress: Progress | None = None, writer: Writer = JsonlWriter) -> None:
+        if not 0 <= opts.validation_ratio < 1:
+            raise BuildError("validation ratio must be in [0, 1)")
+        self.store, self.opts, self.settings, self.actor = store, opts, settings, actor
+        self.progress = progress or NullProgress()
+        self.writer = writer
+        self.counts = Counts()
+        self.notes: list[str] = []
+        self._seen_exact: set[bytes] = set()
+        self._seen_near: set[bytes] = set()
+
+    def _note(self, text: str) -> None:
+        if len(self.notes) < MAX_NOTES:
+            self.notes.append(text)
+
+    async def _candidates(self) -> AsyncIterator[ex.Candidate]:
+        for path in self.opts.seed_files:
+            kind = "validation" if "valid" in path.name.lower() else "train"
+            for number, messages in read_seed(path):
+                self.counts.seed_examples += 1
+                yield ex.Candidate([ex.canonical(m) for m in messages],
+                                   f"seed:{path.name}:{number}", "seed", kind, ())
+        sel = self.opts.selection
+        query = sel.query(self.store)
+        self.progress.stage("reading exchanges", await self.store.count_rows(query))
+        thread: list[Any] = []
+        async for batch in self.store.stream_rows(query, self.opts.batch):
+            for row in batch:
+                self.counts.exchanges_read += 1
+                if sel.multi_turn == "prefix":
+                    if (c := self._prefix(row)) is not None:
+                        yield c
+                    continue
+                if thread and row.thread_id != thread[0].thread_id:
+                    if (c := self._whole(thread)) is not None:
+                        yield c
+                    thread = []
+                thread.append(row)
+            self.progress.advance(len(batch))
+        if thread and (c := self._whole(thread)) is not None:
+            yield c
+
+    def _prefix(self, row: Any) -> ex.Candidate | None:
+        try:
+            return ex.from_exchange(row, min_turns=self.opts.selection.min_turns)
+        except ex.Skip as skip:
+            self._skipped(skip)
+            return None
+
+    def _whole(self, rows: list[Any]) -> ex.Candidate | None:
+        try:
+            candidate, trimmed = ex.from_thread(rows, min_turns=self.opts.selection.min_turns)
+        except ex.Skip as skip:
+            self._skipped(skip)
+            return None
+        self.counts.rated_turns_trimmed += trimmed
+        return candidate
+
+    def _skipped(self, skip: ex.Skip) -> None:
+        self.counts.skipped[skip.reason] += 1
+        if skip.detail:
+            self._note(f"skipped: {skip.detail}")
+
+    def _admit(self, c: ex.Candidate) -> bytes | None:
+        """Scrub, then dedupe: the bytes to spool, or None when the example is left out."""
+        found: Counter[str] = Counter()
+        for m in c.messages:
+            if m["role"] in ("user", "assistant"):
+                result: ScrubResult = _scrub(m["content"])
+                if result.found:
+                    found.update(result.counts)
+                    m["content"] = result.text
+        if found:
+            self.counts.pii_examples += 1
+            self.counts.pii_found.update(found)
+            if self.opts.pii == "drop":
+                self.counts.skipped["pii"] += 1
+                return None
+        line = dumps_line({"messages": c.messages})
+        key = ex.exact_key(line)
+        if key in self._seen_exact:
+            self.counts.exact_duplicates += 1
+            return None
+        self._seen_exact.add(key)
+        if self.opts.near_dedupe:
+            near = ex.near_key(c.messages)
+            if near in self._seen_near:
+                self.counts.near_duplicates += 1
+                return None
+            self._seen_near.add(near)
+        if ex.trains_nothing(c.messages):
+            self.counts.weight_zero_examples += 1
+        return line
+
+    async def run(self) -> BuildResult:
+        opts = self.opts
+        kinds: tuple[Kind, ...] = ("train", "validation") if opts.validation_ratio > 0 else (
+            "train",)
+        for kind in kinds:
+            if opts.target(kind).exists() and not opts.overwrite:
+                raise BuildError(f"{opts.target(kind)} exists (use --overwrite, or a new --name)")
+        opts.out_dir.mkdir(parents=True, exist_ok=True)
+        spool = Spool(opts.out_dir)
+        writers: dict[Kind, JsonlWriter] = {}
+        try:
+            records, strata = await self._spool(spool)
+            if not records:
+                raise BuildError("no examples: the selection matched nothing usable"
+                                 " (see the skipped counts); nothing written")
+            split = split_groups(((r.group, strata[r.group], 1) for r in records
+                                  if r.fixed_kind is None), opts.validation_ratio, opts.seed)
+            assigned = self._assign(records, split, kinds)
+            if not assigned["train"]:
+                raise BuildError("every conversation went to validation: lower"
+                                 " --validation-ratio or select more data; nothing written")
+            self.progress.stage("writing", len(records))
+            for kind in kinds:
+                if assigned[kind]:
+                    writers[kind] = self.writer(opts.target(kind))
+            for kind, members in assigned.items():
+                for r in members:
+                    writers[kind].write(spool.get(r.at, r.length))
+                    self.progress.advance()
+            for w in writers.values():
+                w.close()
+            if "validation" in kinds and "validation" not in writers:
+                self._note("no validation file: every conversation went to train (too few"
+                           " conversations for the ratio)")
+            return await self._finish(writers, assigned, strata)
+        finally:
+            spool.close()
+            for w in writers.values():
+                w.discard()  # no-op for committed files (their temp name is gone)
+
+    async def _spool(self, spool: Spool) -> tuple[list[_Record], dict[str, str]]:
+        records: list[_Record] = []
+        strata: dict[str, str] = {}  # group -> the arm of its first example
+        async for c in self._candidates():
+            self.counts.candidates += 1
+            line = self._admit(c)
+            if line is None:
+                continue
+            at, length = spool.put(line)
+            strata.setdefault(c.group, c.stratum)
+            records.append(_Record(at, length, c.group, c.fixed_kind, c.exchange_ids))
+        self.counts.kept = len(records)
+        return records, strata
+
+    def _assign(self, records: list[_Record], split: dict[str, Kind],
+                kinds: tuple[Kind, ...]) -> dict[Kind, list[_Record]]:
+        seed = self.opts.seed
+        order = sorted(range(len(records)), key=lambda i: (group_order(seed, records[i].group), i))
+        out: dict[Kind, list[_Record]] = {k: [] for k in kinds}
+        groups: dict[Kind, set[str]] = {k: set() for k in kinds}
+        for i in order:
+            r = records[i]
+            kind: Kind = split.get(r.group, "train") if r.fixed_kind is None else (
+                "validation" if r.fixed_kind == "validation" else "train")
+            if kind not in out:
+                kind = "train"  # ratio 0: one file, seed validation examples included
+            out[kind].append(r)
+            groups[kind].add(r.group)
+        for kind in kinds:
+            self.counts.examples[kind] = len(out[kind])
+            self.counts.conversations[kind] = len(groups[kind])
+        return out
+
+    async def _finish(self, writers: dict[Kind, JsonlWriter], assigned: dict[Kind, list[_Record]],
+                      strata: dict[str, str]) -> BuildResult:
+        self.progress.stage("validating", None)
+        reports: dict[Kind, ValidationReport] = {}
+        for kind, w in writers.items():
+            report = await asyncio.to_thread(validate_file, w.tmp, model=self.opts.model,
+                                             kind=kind, settings=self.settings)
+            reports[kind] = report.at_path(w.target)
+            for r in assigned[kind]:
+                self.counts.by_arm[kind][strata[r.group]] += 1
+        manifests = Manifests(self, writers, assigned, reports,
+                              [(p, sha256_file(p)) for p in self.opts.seed_files])
+        files = await manifests.commit()
+        return BuildResult(files, self.counts, self.notes)
+
+
+async def build_dataset(store: Store, opts: BuildOptions, *, settings: Settings, actor: str,
+                        progress: Progress | None = None,
+                        writer: Writer = JsonlWriter) -> BuildResult:
+    """Build, validate, write and record a dataset (see the module doc)."""
+    return await Builder(store, opts, settings, actor, progress, writer).run()
+
+
+def default_name() -> str:
+    return f"travel-{datetime.now(UTC):%Y%m%d-%H%M%S}"

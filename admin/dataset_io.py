@@ -1,0 +1,163 @@
+"""Files of a dataset build: atomic outputs, the spool of scrubbed examples, seed files.
+
+An output is written to a temp file in its target's folder (same file system, so `os.replace`
+is atomic) and moved into place only once everything is written, validated and hashed; until
+then a failure leaves no output file, only a temp file that `discard` removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+class AtomicFile:
+    """A file that appears at `target` on `commit()` only; sha256 and sizes kept as written."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        self.tmp = Path(name)
+        os.chmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
+        self._fh: BinaryIO | None = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.n_bytes = 0
+        self.n_lines = 0
+
+    def write(self, data: bytes) -> None:
+        assert self._fh is not None, "written after close"
+        self._fh.write(data)
+        self._hash.update(data)
+        self.n_bytes += len(data)
+        self.n_lines += data.count(b"\n")
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        """Flush to disk (before a rename, or a crash could leave an empty file in place)."""
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+
+    def commit(self) -> Path:
+        self.close()
+        os.replace(self.tmp, self.target)
+        _fsync_dir(self.target.parent)
+        return self.target
+
+    def discard(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self.tmp.unlink(missing_ok=True)
+
+
+class JsonlWriter(AtomicFile):
+    """One JSON object per line, UTF-8 (not ASCII-escaped), `\\n` line ends."""
+
+    def write_example(self, example: dict[str, Any]) -> None:
+        self.write(dumps_line(example))
+
+
+def dumps_line(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode("utf-8")
+
+
+def write_json_atomic(target: Path, obj: Any) -> AtomicFile:
+    """A JSON document written to a temp file; the caller commits it with the data files."""
+    out = AtomicFile(target)
+    try:
+        out.write((json.dumps(obj, ensure_ascii=False, indent=2, default=str) + "\n")
+                  .encode("utf-8"))
+        out.close()
+    except BaseException:
+        out.discard()
+        raise
+    return out
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not possible on every platform; the rename itself is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Scrubbed, deduplicated examples parked on disk (next to the outputs) until the split is
+    known, so 100k conversations never sit in memory; read back by offset in any order."""
+
+    def __init__(self, folder: Path) -> None:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".dataset-", suffix=".spool")
+        self.path = Path(name)
+        self._fh = os.fdopen(fd, "w+b")
+        self._end = 0
+
+    def put(self, line: bytes) -> tuple[int, int]:
+        self._fh.seek(self._end)
+        self._fh.write(line)
+        at = self._end
+        self._end += len(line)
+        return at, len(line)
+
+    def get(self, at: int, length: int) -> bytes:
+        self._fh.seek(at)
+        return self._fh.read(length)
+
+    def close(self) -> None:
+        self._fh.close()
+        self.path.unlink(missing_ok=True)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class SeedError(ValueError):
+    """A seed file line that cannot be used: the message names file, line and field."""
+
+
+def read_seed(path: Path) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """(line number, messages) of a seed JSONL file (BOM and blank lines tolerated)."""
+    with path.open("r", encoding="utf-8-sig") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SeedError(f"{path}:{number}: not JSON ({err.msg})") from None
+            messages = obj.get("messages") if isinstance(obj, dict) else None
+            if not isinstance(messages, list) or not all(
+                    isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+                raise SeedError(f"{path}:{number}: messages: expected a list of"
+                                " {role, content} objects")
+            yield number, messages

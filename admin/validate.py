@@ -1,0 +1,308 @@
+"""Training-file checks: will Azure OpenAI (or the local trainer) accept this JSONL, and what will
+it cost? The OpenAI cookbook's categories, plus what Azure rejects or users trip on.
+
+The file is read line by line in binary with byte offsets (never whole: a line is capped at
+MAX_LINE_BYTES), so invalid UTF-8 on one line is reported there and the rest still checked; it
+never stops at the first error. Every problem carries file, line (0: the file as a whole),
+category and severity; `ok` is False when any error would make the service reject the file.
+Examples without errors are counted with the model's tokenizer (see chatapp.model_table).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from admin.dataset_stats import CostEstimate, TokenStats
+from chatapp.model_table import ModelInfo, counter_for_info, model_info
+from chatapp.settings import Settings, get_settings
+from chatapp.tokens import TokenCounter, num_assistant_tokens
+
+Kind = Literal["train", "validation"]
+Severity = Literal["error", "warning"]
+
+MAX_FILE_BYTES = 512 * 1024 * 1024  # Azure OpenAI's upload limit for a training file
+MIN_TRAIN_EXAMPLES = 10
+MAX_LINE_BYTES = 32 * 1024 * 1024  # far above any 65k-token example; bounds memory per line
+MAX_KEPT_PER_CATEGORY = 200  # problems kept per category; all are counted
+ALLOWED_KEYS = frozenset({"role", "content", "name", "function_call", "weight"})  # cookbook
+ROLES = ("system", "user", "assistant", "function")  # cookbook
+BOM = b"\xef\xbb\xbf"
+
+CATEGORIES: dict[str, tuple[Severity, str]] = {
+    # the OpenAI cookbook's format errors
+    "data_type": ("error", "a line or a message is not a JSON object"),
+    "missing_messages_list": ("error", "no non-empty `messages` list"),
+    "message_missing_key": ("error", "a message lacks `role` or `content`"),
+    "message_unrecognized_key": ("error", "a message has a key besides role/content/name/"
+                                          "function_call/weight"),
+    "unrecognized_role": ("error", "role is not system/user/assistant/function"),
+    "missing_content": ("error", "content is empty or not a string"),
+    "example_missing_assistant_message": ("error", "no assistant message: nothing to learn"),
+    # what Azure rejects or users trip on
+    "invalid_utf8": ("error", "bytes that are not UTF-8"),
+    "invalid_json": ("error", "the line is not valid JSON"),
+    "empty_line": ("error", "a blank line inside the JSONL"),
+    "line_too_long": ("error", f"a line over {MAX_LINE_BYTES // 2**20} MiB"),
+    "invalid_weight": ("error", "weight is not the integer 0 or 1"),
+    "weight_not_on_assistant": ("error", "weight on a message that is not the assistant's"),
+    "last_message_not_assistant": ("error", "the example does not end with the assistant"),
+    "too_few_examples": ("error", f"fewer than {MIN_TRAIN_EXAMPLES} examples in a training file"),
+    "empty_file": ("error", "no examples at all"),
+    "file_too_large": ("error", f"file over {MAX_FILE_BYTES // 2**20} MB"),
+    # accepted, but worth knowing
+    "bom": ("warning", "UTF-8 byte-order mark at the start (accepted)"),
+    "missing_system_message": ("warning", "no system message"),
+    "missing_user_message": ("warning", "no user message"),
+    "over_token_limit": ("warning", "example over the model's training limit: truncated"),
+    "no_trained_assistant_message": ("warning", "every assistant message has weight 0"),
+    "unknown_model": ("warning", "model not in the model table: counts and limits estimated"),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    line: int  # 1-based; 0 for the file as a whole
+    category: str
+    message: str
+    severity: Severity
+    offset: int | None = None  # byte offset in the file, where it helps (invalid UTF-8)
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.severity}: {self.category}: {self.message}"
+
+
+@dataclass
+class ValidationReport:
+    path: Path
+    model: str
+    kind: Kind
+    info: ModelInfo
+    size_bytes: int = 0
+    n_examples: int = 0  # non-empty lines: what the service would count as examples
+    n_valid: int = 0  # examples without errors (the ones counted in `stats`)
+    bom: bool = False
+    problems: list[Problem] = field(default_factory=list)  # capped per category, see `counts`
+    counts: Counter[str] = field(default_factory=Counter)  # every problem, by category
+    stats: TokenStats = field(default_factory=TokenStats)
+
+    @property
+    def n_errors(self) -> int:
+        return sum(n for c, n in self.counts.items() if CATEGORIES[c][0] == "error")
+
+    @property
+    def n_warnings(self) -> int:
+        return sum(n for c, n in self.counts.items() if CATEGORIES[c][0] == "warning")
+
+    @property
+    def ok(self) -> bool:
+        return self.n_errors == 0
+
+    @property
+    def cost(self) -> CostEstimate | None:
+        """The training estimate (train files only: validation tokens are not trained on)."""
+        if self.kind != "train":
+            return None
+        return CostEstimate.of(self.stats.total, self.info.training_example_limit,
+                               self.info.training_price_per_1m)
+
+    def add(self, line: int, category: str, message: str, offset: int | None = None) -> None:
+        self.counts[category] += 1
+        if self.counts[category] <= MAX_KEPT_PER_CATEGORY:
+            self.problems.append(Problem(self.path, line, category, message,
+                                         CATEGORIES[category][0], offset))
+
+    def at_path(self, path: Path) -> ValidationReport:
+        """The same report for the file renamed to `path` (a temp file validated, then moved)."""
+        return replace(self, path=path, problems=[replace(p, path=path) for p in self.problems])
+
+    def summary(self, *, max_problems: int | None = None) -> dict[str, Any]:
+        problems = self.problems if max_problems is None else self.problems[:max_problems]
+        return {
+            "path": str(self.path), "kind": self.kind, "model": self.model,
+            "model_entry": self.info.key, "model_table_as_of": self.info.as_of.isoformat(),
+            "ok": self.ok, "errors": self.n_errors, "warnings": self.n_warnings,
+            "n_examples": self.n_examples, "n_valid": self.n_valid, "bom": self.bom,
+            "size_bytes": self.size_bytes, "counts": dict(sorted(self.counts.items())),
+            "problems": [{**asdict(p), "path": str(p.path)} for p in problems],
+            "stats": self.stats.summary(), "cost": asdict(self.cost) if self.cost else None,
+        }
+
+
+def _kind_of(value: object) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean",
+            type(None): "null"}.get(type(value), "number")
+
+
+def check_example(obj: object) -> Iterator[tuple[str, str]]:
+    """(category, message naming the field) for each problem of one parsed example."""
+    if not isinstance(obj, dict):
+        yield "data_type", f"the line is a JSON {_kind_of(obj)}, not an object"
+        return
+    messages = obj.get("messages")
+    if not isinstance(messages, list) or not messages:
+        what = "missing" if messages is None else (
+            "empty" if messages == [] else f"a JSON {_kind_of(messages)}, not a list")
+        yield "missing_messages_list", f"messages: {what}"
+        return
+    roles: list[object] = []
+    weights: list[object] = []
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            yield "data_type", f"{where}: a JSON {_kind_of(msg)}, not an object"
+            continue
+        missing = [k for k in ("role", "content") if k not in msg]
+        if missing:
+            yield "message_missing_key", f"{where}: no {' and no '.join(missing)} key"
+        unknown = sorted(set(msg) - ALLOWED_KEYS)
+        if unknown:
+            yield ("message_unrecognized_key",
+                   f"{where}: unrecognized key(s) {', '.join(unknown)}"
+                   f" (allowed: {', '.join(sorted(ALLOWED_KEYS))})")
+        role = msg.get("role")
+        roles.append(role)
+        if "role" in msg and role not in ROLES:
+            yield "unrecognized_role", f"{where}.role: {role!r} is not one of {', '.join(ROLES)}"
+        if "content" in msg:
+            content = msg["content"]
+            if content is None and msg.get("function_call"):
+                pass  # a function call carries no text
+            elif not isinstance(content, str):
+                yield "missing_content", f"{where}.content: a JSON {_kind_of(content)}, not text"
+            elif not content.strip():
+                yield "missing_content", f"{where}.content: empty"
+        if "weight" in msg:
+            weight = msg["weight"]
+            if role != "assistant":
+                yield "weight_not_on_assistant", f"{where}.weight: only assistant messages may" \
+                                                 f" have a weight (role is {role!r})"
+            elif type(weight) is not int or weight not in (0, 1):
+                yield "invalid_weight", f"{where}.weight: {json.dumps(weight)}, must be 0 or 1"
+            else:
+                weights.append(weight)
+        elif role == "assistant":
+            weights.append(1)
+    if "assistant" not in roles:
+        yield "example_missing_assistant_message", "no message with role 'assistant'"
+    elif roles[-1] != "assistant":
+        yield ("last_message_not_assistant",
+               f"messages[{len(roles) - 1}] (the last) is from {roles[-1]!r}, not the assistant")
+    elif weights and not any(weights):
+        yield "no_trained_assistant_message", "every assistant message has weight 0"
+    if "system" not in roles:
+        yield "missing_system_message", "no system message"
+    if "user" not in roles:
+        yield "missing_user_message", "no user message"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse(text: str) -> tuple[object, str | None]:
+    try:
+        return json.loads(text, parse_constant=_reject_constant), None
+    except json.JSONDecodeError as err:
+        return None, f"{err.msg} (column {err.colno})"
+    except ValueError as err:
+        return None, str(err)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, int, bytes | None]]:
+    """(line number, byte offset, bytes without the newline | None if over MAX_LINE_BYTES)."""
+    with path.open("rb") as fh:
+        offset, number = 0, 0
+        while raw := fh.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            start = offset
+            offset += len(raw)
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                while chunk := fh.readline(1 << 20):  # skip the rest of the line
+                    offset += len(chunk)
+                    if chunk.endswith(b"\n"):
+                        break
+                yield number, start, None
+                continue
+            yield number, start, raw.rstrip(b"\r\n")
+
+
+def validate_file(path: Path, *, model: str, kind: Literal["train", "validation"],
+                  settings: Settings | None = None) -> ValidationReport:
+    """Check one JSONL training or validation file for `model` (see the module doc)."""
+    settings = settings or get_settings()
+    info = model_info(model, settings)
+    counter = counter_for_info(info, settings)
+    path = Path(path)
+    report = ValidationReport(path, model, kind, info, size_bytes=path.stat().st_size)
+    report.stats = TokenStats(tokenizer=counter.name, exact=counter.exact,
+                              limit=info.training_example_limit)
+    if not info.known:
+        report.add(0, "unknown_model", f"{model!r} is not in the model table: {counter.name}"
+                   f" counts, limit {info.training_example_limit} (add it to models_file)")
+    if report.size_bytes > MAX_FILE_BYTES:
+        report.add(0, "file_too_large", f"{report.size_bytes / 2**20:.0f} MiB; the limit is"
+                   f" {MAX_FILE_BYTES // 2**20} MB: split the file")
+    for number, offset, body in _lines(path):
+        if body is None:
+            report.n_examples += 1
+            report.add(number, "line_too_long", f"over {MAX_LINE_BYTES} bytes", offset)
+            continue
+        if number == 1 and body.startswith(BOM):
+            report.bom = True
+            report.add(1, "bom", "UTF-8 byte-order mark at the start of the file (accepted)")
+            body, offset = body[len(BOM):], offset + len(BOM)
+        if not body.strip():
+            report.add(number, "empty_line", "blank line: remove it")
+            continue
+        report.n_examples += 1
+        _check_line(report, number, offset, body, counter)
+    if report.n_examples == 0:
+        report.add(0, "empty_file", "the file holds no examples")
+    elif kind == "train" and report.n_examples < MIN_TRAIN_EXAMPLES:
+        report.add(0, "too_few_examples", f"{report.n_examples} examples; a training file"
+                   f" needs at least {MIN_TRAIN_EXAMPLES}")
+    return report
+
+
+def _check_line(report: ValidationReport, number: int, offset: int, body: bytes,
+                counter: TokenCounter) -> None:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        hint = " (the file looks like UTF-16: save it as UTF-8)" if number == 1 and body[:2] in (
+            b"\xff\xfe", b"\xfe\xff") else ""
+        report.add(number, "invalid_utf8", f"byte 0x{body[err.start]:02x} (byte {err.start + 1}"
+                   f" of the line) is not valid UTF-8{hint}", offset + err.start)
+        return
+    if text.startswith("\ufeff"):
+        report.add(number, "invalid_json", "a byte-order mark in the middle of the file", offset)
+        return
+    obj, error = _parse(text)
+    if error is not None:
+        report.add(number, "invalid_json", error)
+        return
+    errors = 0
+    for category, message in check_example(obj):
+        report.add(number, category, message)
+        if CATEGORIES[category][0] == "error":
+            errors += 1
+        elif category == "missing_system_message":
+            report.stats.missing_system += 1
+        elif category == "missing_user_message":
+            report.stats.missing_user += 1
+    if errors:
+        return
+    report.n_valid += 1
+    assert isinstance(obj, Mapping)
+    messages = obj["messages"]
+    n_tokens = counter.count_messages(messages)
+    report.stats.add(len(messages), n_tokens, num_assistant_tokens(counter, messages))
+    if n_tokens > report.info.training_example_limit:
+        report.add(number, "over_token_limit", f"{n_tokens} tokens; {report.model} trains on at"
+                   f" most {report.info.training_example_limit}: the rest is cut off")

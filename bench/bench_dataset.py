@@ -1,0 +1,174 @@
+"""`dataset build` and `dataset validate` on N synthetic rated exchanges vs bare tiktoken.
+
+Builds N exchanges (threads of 1..4 turns, system prompt + history as the chat stores them,
+~70% rated up, 15% down, 15% unrated) into a temp SQLite database with bulk inserts, then times:
+  build     admin.dataset.build_dataset (query, PII scrub, dedupe, split, write, validate, record)
+  validate  admin.validate.validate_file on the files written (what `dataset validate` runs)
+  bare      tiktoken o200k_base encode_ordinary over every message content of those files
+            (a loop on one thread, and encode_ordinary_batch on tiktoken's thread pool)
+and reports seconds and the ratios build/bare and validate/bare (loop).
+Usage: .venv/bin/python bench/bench_dataset.py [--n 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from admin.dataset import BuildOptions, build_dataset
+from admin.validate import validate_file
+from bench._common import write
+from chatapp import policy
+from chatapp import schema as t
+from chatapp.settings import load_settings
+from chatapp.store import Store
+from chatapp.tokens import get_encoding
+
+MODEL = "gpt-4o-mini-2024-07-18"
+CITIES = ["Lisbon", "Kyoto", "Lima", "Oslo", "Marrakech", "Hanoi", "Quebec City", "Cusco",
+          "Tbilisi", "Cape Town", "Reykjavik", "Seville", "Chiang Mai", "Valparaíso", "Porto",
+          "Ljubljana", "Zanzibar", "Hobart", "Oaxaca", "Sarajevo"]
+TOPICS = ["the food", "the weather in spring", "visas for a short stay", "local customs",
+          "getting around", "a rainy day", "festivals", "day trips", "markets", "museums"]
+OPENERS = ["Oh, {c} is a treat!", "{c} has so much to offer.", "What a choice: {c}!",
+           "Good news: {c} rewards curious travellers."]
+FACTS = ["Wander the old quarter early, before the crowds arrive.",
+         "Check an official source for entry rules before you book anything.",
+         "Shoulder seasons bring mild days and fewer queues.",
+         "Markets are the best place to taste what locals really eat.",
+         "Public transport is simple once you know the main lines.",
+         "Museums often have a free evening once a week.",
+         "Pack layers: mornings and evenings can surprise you.",
+         "A day trip to the coast or the hills makes a lovely change of pace.",
+         "Greet shopkeepers when you enter; it goes a long way.",
+         "Festivals fill the streets with music, so plan around them or join in."]
+QUESTIONS = ["What pace do you enjoy on holiday?", "Are you more of a foodie or a hiker?",
+             "Would you rather see sights or slow down in cafés' neighbourhoods?",
+             "How many days do you have?", "Who are you travelling with?"]
+
+
+def reply(rng: random.Random, city: str) -> str:
+    facts = " ".join(rng.sample(FACTS, k=rng.randint(2, 4)))
+    return f"{rng.choice(OPENERS).format(c=city)} {facts} {rng.choice(QUESTIONS)}"
+
+
+def synthetic_rows(n: int, seed: int = 1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    rng = random.Random(seed)
+    exchanges: list[dict[str, Any]] = []
+    ratings: list[dict[str, Any]] = []
+    t0 = datetime(2026, 9, 1, tzinfo=UTC)
+    system = {"role": "system", "content": policy.SYSTEM_PROMPT}
+    while len(exchanges) < n:
+        thread, user = str(uuid.uuid4()), f"user{rng.randrange(5000)}"
+        arm = rng.choice(("base", "fine_tuned"))
+        city = rng.choice(CITIES)
+        history: list[dict[str, str]] = []
+        for turn in range(rng.randint(1, 4)):
+            if len(exchanges) >= n:
+                break
+            question = (f"What about {rng.choice(TOPICS)} in {city}?" if turn else
+                        f"I'm thinking of {city} in month {rng.randint(1, 12)}. Ideas?")
+            answer = reply(rng, city)
+            ex_id = str(uuid.uuid4())
+            at = t0 + timedelta(seconds=len(exchanges) * 7)
+            exchanges.append(dict(
+                id=ex_id, thread_id=thread, turn_index=turn, step_id=None, user_id=user,
+                source="web", experiment_id="exp-bench", arm_assigned=arm, arm_served=arm,
+                forced=False, deployment=f"dep-{arm}", model=MODEL,
+                messages=[system, *history, {"role": "user", "content": question}],
+                reply=answer, finish_reason="stop", prompt_tokens=None, completion_tokens=None,
+                latency_ms=900.0, ttft_ms=200.0, outcome="ok", error_kind=None, created_at=at))
+            roll = rng.random()
+            if roll < 0.85:
+                ratings.append(dict(exchange_id=ex_id, value=1 if roll < 0.70 else 0,
+                                    comment=None, user_id=user, feedback_id=None, created_at=at))
+            history += [{"role": "user", "content": question},
+                        {"role": "assistant", "content": answer}]
+    return exchanges, ratings
+
+
+async def fill(store: Store, n: int) -> float:
+    exchanges, ratings = synthetic_rows(n)
+    started = time.perf_counter()
+    async with store.engine.begin() as conn:
+        for i in range(0, len(exchanges), 5000):
+            await conn.execute(t.exchanges.insert(), exchanges[i:i + 5000])
+        for i in range(0, len(ratings), 5000):
+            await conn.execute(t.ratings.insert(), ratings[i:i + 5000])
+    return time.perf_counter() - started
+
+
+def contents(paths: list[Path]) -> list[str]:
+    texts = []
+    for path in paths:
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                texts.extend(m["content"] for m in json.loads(line)["messages"])
+    return texts
+
+
+async def main(n: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-dataset-") as tmp:
+        folder = Path(tmp)
+        settings = load_settings(data_dir=folder, _env_file=None)
+        store = await Store.open(f"sqlite+aiosqlite:///{folder / 'bench.db'}")
+        try:
+            fill_s = await fill(store, n)
+            get_encoding("o200k_base")  # load once, outside every timing
+            started = time.perf_counter()
+            result = await build_dataset(
+                store, BuildOptions(out_dir=folder / "out", name="bench", model=MODEL,
+                                    validation_ratio=0.1), settings=settings, actor="bench")
+            build_s = time.perf_counter() - started
+        finally:
+            await store.close()
+        paths = [f.path for f in result.files]
+        started = time.perf_counter()
+        reports = [validate_file(f.path, model=MODEL, kind=f.kind, settings=settings)
+                   for f in result.files]
+        validate_s = time.perf_counter() - started
+        texts = contents(paths)
+        enc = get_encoding("o200k_base")
+        started = time.perf_counter()
+        n_tokens = sum(len(enc.encode_ordinary(x)) for x in texts)
+        bare_loop_s = time.perf_counter() - started
+        started = time.perf_counter()
+        enc.encode_ordinary_batch(texts)
+        bare_batch_s = time.perf_counter() - started
+        c = result.counts
+        write("dataset", {
+            "exchanges": n, "fill_db_s": round(fill_s, 2),
+            "examples_written": {f.kind: f.n_examples for f in result.files},
+            "exchanges_read": c.exchanges_read, "exact_duplicates": c.exact_duplicates,
+            "near_duplicates": c.near_duplicates, "pii_examples": c.pii_examples,
+            "files_mb": round(sum(p.stat().st_size for p in paths) / 2**20, 1),
+            "messages_encoded": len(texts), "content_tokens": n_tokens,
+            "all_valid": all(r.ok for r in reports),
+            "build_s": round(build_s, 2),
+            "validate_s": round(validate_s, 2),
+            "bare_tiktoken_loop_s": round(bare_loop_s, 2),
+            "bare_tiktoken_batch_s": round(bare_batch_s, 2),
+            "ratio_build_over_bare_loop": round(build_s / bare_loop_s, 1),
+            "ratio_validate_over_bare_loop": round(validate_s / bare_loop_s, 1),
+            "ratio_build_over_bare_batch": round(build_s / bare_batch_s, 1),
+            "ratio_validate_over_bare_batch": round(validate_s / bare_batch_s, 1),
+            "note": "build includes validating its outputs once; validate is a second, separate"
+                    " pass as `dataset validate` runs it",
+        })
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000, help="synthetic exchanges")
+    asyncio.run(main(parser.parse_args().n))

@@ -86,11 +86,21 @@ class FakeState:
         self.deployments = dict(deployments)  # deployment name -> model name it reports
         self.requests: list[RecordedRequest] = []
         self.chat = ChatScript()
+        self._new_training_state()
+
+    def _new_training_state(self) -> None:
+        # Files and fine-tuning jobs (openai_finetune.py), ARM deployments (azure_arm.py).
+        from .azure_arm import ArmState
+        from .openai_finetune import FineTuneState
+
+        self.finetune = FineTuneState()
+        self.arm = ArmState()
 
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
             self.chat = ChatScript()
+            self._new_training_state()
 
     async def capture(
         self, request: Request, flavor: str | None = None, deployment: str | None = None
@@ -232,9 +242,11 @@ class FakeEntraCredential:
 def route_sets() -> list[Callable[[FakeState], list[Route]]]:
     """One entry per feature; the catch-all 404 is added after all of them."""
     # Feature modules import this one for FakeState and the helpers, hence the late import.
+    from .azure_arm import arm_routes
     from .openai_chat import chat_routes
+    from .openai_finetune import finetune_routes
 
-    return [chat_routes]
+    return [chat_routes, finetune_routes, arm_routes]
 
 
 def build_app(state: FakeState) -> Starlette:

@@ -1,0 +1,399 @@
+"""`travel-admin train ...`, `travel-admin deploy` and `travel-admin cleanup`.
+
+Thin: parsing and printing only; the work is in admin/training/jobs.py and cleanup.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from admin.common import JsonOpt, actor, console, emit, err_console, settings
+from admin.training import cleanup as cleaning
+from admin.training import jobs
+from admin.training.base import JobSpec, TrainingError
+from admin.training.metrics import MissingExtra, is_step_event, metric_rows, plot
+from chatapp.domain import SMOLLM2, JobEvent, TrainingJob
+from chatapp.settings import ConfigError, Settings
+from chatapp.store import Store, StoreError
+
+T = TypeVar("T")
+app = typer.Typer(help="Fine-tuning jobs: Azure OpenAI, or LoRA on this machine (local).",
+                  no_args_is_help=True)
+JobArg = typer.Argument(None, help="Job id or a unique prefix (default: the newest job).")
+# Module-level because Path is mutable to linters (B008); typer reads these as declarations.
+TrainOpt = typer.Option(..., "--train", help="Training JSONL (OpenAI chat format).")
+ValidationOpt = typer.Option(None, "--validation", help="Validation JSONL.")
+PlotOpt = typer.Option(None, "--plot", help="Write a PNG plot here.")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One `error:` line, never wrapped (logs and grep see it whole) and never read as markup
+    (messages quote things like `[train]`)."""
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def say(message: str, *, err: bool = False) -> None:
+    (err_console if err else console).print(escape(message), highlight=False, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,
+                      soft_wrap=True)
+
+
+def register(root: typer.Typer) -> None:
+    """Add `train`, `deploy` and `cleanup` to the root `travel-admin` app."""
+    root.add_typer(app, name="train")
+    root.command("deploy")(deploy)
+    root.command("cleanup", short_help="Delete unused deployments, uploads and job artefacts"
+                 " (lists only, without --yes).")(cleanup)
+
+
+def _run(fn: Callable[[Store, Settings], Awaitable[T]]) -> T:
+    """Run `fn` with an open store; every expected failure becomes one `error:` line."""
+    conf = settings()
+
+    async def main() -> T:
+        store = await Store.open(conf.db_url)
+        try:
+            return await fn(store, conf)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(main())
+    except jobs.InvalidTrainingFiles as err:
+        for line in err.lines():
+            say(line, err=True)
+        fail(str(err))
+    except (TrainingError, ConfigError, StoreError, MissingExtra, ValueError) as err:
+        fail(str(err))
+
+
+def _progress_text(job: TrainingJob) -> str:
+    p = job.progress
+    parts = [f"{k.replace('_', ' ')} {p[k]:.4f}" for k in ("train_loss", "valid_loss")
+             if isinstance(p.get(k), int | float)]
+    if isinstance(p.get("step"), int) and isinstance(p.get("total_steps"), int):
+        parts.insert(0, f"step {p['step']}/{p['total_steps']}")
+    if isinstance(p.get("epoch"), int | float) and p.get("n_epochs"):
+        parts.insert(0, f"epoch {p['epoch']}/{p['n_epochs']}")
+    return ", ".join(parts)
+
+
+# -- train start --------------------------------------------------------------------------------
+
+
+@app.command("start")
+def start(
+    train: Path = TrainOpt,
+    validation: Path | None = ValidationOpt,
+    backend: str = typer.Option("local", "--backend", help="azure or local."),
+    model: str | None = typer.Option(
+        None, "--model", help="Base model. Azure: e.g. gpt-4o-mini-2024-07-18, or a previous"
+        f" job's fine-tuned model to continue training. Local: default {SMOLLM2}."),
+    suffix: str | None = typer.Option("ft-travel", "--suffix",
+                                      help="Added to the fine-tuned model's name (Azure: <= 18)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, max=25),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
+    lr_multiplier: float | None = typer.Option(None, "--learning-rate-multiplier", min=0.0),
+    seed: int | None = typer.Option(None, "--seed"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the job id."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Validate the files, upload them, start a fine-tuning job and record it; prints its id."""
+    if backend not in jobs.BACKENDS:
+        fail(f"--backend {backend!r}: choose one of {', '.join(jobs.BACKENDS)}", 2)
+    if model is None:
+        if backend == "azure":
+            fail("--model is required with --backend azure (e.g. gpt-4o-mini-2024-07-18)", 2)
+        model = SMOLLM2
+    spec = JobSpec(base_model=model, train_path=train, validation_path=validation, suffix=suffix,
+                   epochs=epochs, batch_size=batch_size, learning_rate_multiplier=lr_multiplier,
+                   seed=seed)
+
+    async def run(store: Store, conf: Settings) -> tuple[TrainingJob, list[jobs.InputFile]]:
+        async with jobs.open_trainer(backend, conf, store) as trainer:
+            return await jobs.start_job(store, trainer, spec, settings=conf, actor=actor())
+
+    job, files = _run(run)
+    if as_json:
+        out = {"id": job.id, "backend": job.backend, "status": job.status,
+               "base_model": job.base_model, "files": [
+                   {"kind": f.kind, "path": str(f.path), "sha256": f.sha256,
+                    "examples": f.report.n_examples, "dataset": f.dataset} for f in files]}
+        sys.stdout.write(json.dumps(out, default=str, indent=2) + "\n")
+        return
+    if not quiet:
+        for f in files:
+            known = (f"dataset built {f.dataset['created_at']:%Y-%m-%d %H:%M} by"
+                     f" {f.dataset['created_by']} ({f.dataset['kind']})" if f.dataset
+                     else "not a dataset built by travel-admin (no record with this sha256)")
+            say(f"{f.kind}: {f.path}  sha256 {f.sha256[:12]}  {f.report.n_examples} examples"
+                f"  {known}")
+            for p in [p for p in f.report.problems if p.severity != "error"][:10]:
+                say(f"  {p.path}:{p.line} {p.category} {p.message} ({p.severity})")
+        say(f"started job {job.id} ({job.backend}, {job.base_model}), status {job.status}")
+    sys.stdout.write(job.id + "\n")
+
+
+# -- train status / list / cancel --------------------------------------------------------------
+
+
+async def _synced(store: Store, conf: Settings, job: TrainingJob) -> tuple[TrainingJob, str | None]:
+    """The job synced with its backend, or as recorded plus why the backend was not reached."""
+    try:
+        async with jobs.open_trainer(job.backend, conf, store) as trainer:
+            return await jobs.sync_job(store, trainer, job), None
+    except (TrainingError, ConfigError) as err:
+        return job, str(err)
+
+
+@app.command("status")
+def status(job_id: str | None = JobArg, as_json: bool = JsonOpt) -> None:
+    """A job's state from its backend (Azure: synced into the database)."""
+
+    async def run(store: Store, conf: Settings) -> tuple[TrainingJob, str | None, Any]:
+        job, warning = await _synced(store, conf, await jobs.resolve_job(store, job_id))
+        events = await store.job_events(job.id)
+        data = {k: await store.get_dataset(sha) for k, sha in
+                (("train", job.train_sha256), ("validation", job.validation_sha256)) if sha}
+        return job, warning, (events[-8:], data)
+
+    job, warning, (events, datasets) = _run(run)
+    if warning:
+        warn(f"{warning}; showing the last recorded state")
+    if as_json:
+        sys.stdout.write(json.dumps({**asdict(job), "datasets": datasets}, default=str,
+                                    indent=2) + "\n")
+        return
+    table = Table(title=f"Job {job.id}", show_header=False)
+    rows = [("status", job.status), ("backend", f"{job.backend} ({job.backend_job_id})"),
+            ("base model", job.base_model), ("fine-tuned model", job.fine_tuned_model),
+            ("progress", _progress_text(job)), ("hyperparameters", job.hyperparameters),
+            ("error", job.error), ("started", f"{job.created_at:%Y-%m-%d %H:%M} by"
+                                             f" {job.created_by}"),
+            ("finished", job.finished_at)]
+    for kind, sha in (("train", job.train_sha256), ("validation", job.validation_sha256)):
+        if sha:
+            d = datasets.get(kind)
+            rows.append((kind, f"{sha[:12]} " + (f"dataset {d['path']} ({d['n_examples']}"
+                                                  " examples)" if d else "unregistered file")))
+    for key, value in rows:
+        if value not in (None, "", {}):
+            table.add_row(key, escape(str(value)))
+    console.print(table)
+    for ev in events:
+        say(f"{ev.at:%H:%M:%S} {ev.level:5} {ev.message}")
+
+
+@app.command("list")
+def list_(limit: int = typer.Option(20, min=1), as_json: bool = JsonOpt) -> None:
+    """Recorded jobs, newest first; unfinished ones are synced with their backend first."""
+
+    async def run(store: Store, conf: Settings) -> tuple[list[TrainingJob], list[str]]:
+        out, warnings = [], []
+        for job in await store.list_jobs(limit=limit):
+            if not job.terminal:
+                job, warning = await _synced(store, conf, job)
+                if warning:
+                    warnings.append(f"{job.id}: {warning}")
+            out.append(job)
+        return out, warnings
+
+    found, warnings = _run(run)
+    for w in warnings:
+        warn(w)
+    rows = [{**asdict(j), "progress": _progress_text(j)} for j in found]
+    emit(rows, ["id", "backend", "status", "base_model", "fine_tuned_model", "progress",
+                "created_by", "created_at"], as_json=as_json, title="Training jobs")
+
+
+@app.command("cancel")
+def cancel(job_id: str = typer.Argument(..., help="Job id or a unique prefix.")) -> None:
+    """Ask the backend to stop a job."""
+
+    async def run(store: Store, conf: Settings) -> TrainingJob:
+        job = await jobs.resolve_job(store, job_id)
+        async with jobs.open_trainer(job.backend, conf, store) as trainer:
+            return await jobs.cancel_job(store, trainer, job, actor=actor())
+
+    job = _run(run)
+    say(f"job {job.id}: {job.status}")
+
+
+# -- train watch ----------------------------------------------------------------------------------
+
+
+async def _interval_sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+@app.command("watch")
+def watch(
+    job_id: str | None = JobArg,
+    interval: float = typer.Option(10.0, "--interval", min=0.0, help="Seconds between polls."),
+    all_events: bool = typer.Option(False, "--all-events",
+                                    help="Print every metrics event too, not only the bar."),
+) -> None:
+    """Follow a job until it ends: a progress bar and its events. Ctrl-C stops watching only."""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("", total=None, info="")
+
+        def on_update(job: TrainingJob, events: list[JobEvent]) -> None:
+            for ev in events:
+                if all_events or not is_step_event(ev):
+                    progress.console.print(escape(f"{ev.at:%H:%M:%S} {ev.level:5} {ev.message}"),
+                                           soft_wrap=True,
+                                           highlight=False)
+            p = job.progress
+            total, done = p.get("total_steps"), p.get("step")
+            if not isinstance(total, int):
+                total, done = p.get("n_epochs"), p.get("epoch")
+            progress.update(task, description=f"{job.id} {job.status}",
+                            total=total if isinstance(total, int) else None,
+                            completed=done if isinstance(done, int | float) else 0,
+                            info=_progress_text(job))
+
+        async def run(store: Store, conf: Settings) -> TrainingJob:
+            job = await jobs.resolve_job(store, job_id)
+            async with jobs.open_trainer(job.backend, conf, store) as trainer:
+                return await jobs.watch_job(store, trainer, job, interval=interval,
+                                            on_update=on_update, sleep=_interval_sleep)
+
+        try:
+            final = _run(run)
+        except KeyboardInterrupt:
+            progress.stop()
+            say("stopped watching; the job keeps running (`travel-admin train status`)")
+            raise typer.Exit(130) from None
+    if final.status != "succeeded":
+        fail(f"job {final.id} ended {final.status}" + (f": {final.error}" if final.error else ""))
+    say(f"job {final.id} succeeded: {final.fine_tuned_model or ''}")
+
+
+# -- train metrics ------------------------------------------------------------------------------
+
+
+@app.command("metrics")
+def metrics(
+    job_id: str = typer.Argument(..., help="Job id or a unique prefix."),
+    plot_path: Path | None = PlotOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train/validation loss and token accuracy per step, from the job's metric events."""
+
+    async def run(store: Store, conf: Settings) -> tuple[TrainingJob, list[JobEvent]]:
+        job, warning = await _synced(store, conf, await jobs.resolve_job(store, job_id))
+        if warning:
+            warn(warning)
+        return job, await store.job_events(job.id)
+
+    job, events = _run(run)
+    rows = metric_rows(events)
+    if not rows:
+        fail(f"job {job.id} ({job.status}) has no metric events yet")
+    columns = ["step", "epoch", "train_loss", "valid_loss", "train_accuracy", "valid_accuracy"]
+    data = [r.as_dict() for r in rows]
+    if not as_json:  # a backend that never reports, say, epochs gets no empty column
+        columns = [c for c in columns if any(d[c] is not None for d in data)]
+    emit(data, columns, as_json=as_json, title=f"Metrics of {job.id}")
+    best = job.result.get("best_epoch")
+    if best is not None and not as_json:
+        say(f"kept the adapter of epoch {best} (lowest validation loss)")
+    if plot_path is not None:
+        try:
+            written = plot(rows, plot_path, title=f"{job.id} ({job.base_model})")
+        except MissingExtra as err:
+            fail(str(err))
+        say(f"plot written to {written}", err=True)
+
+
+# -- deploy, cleanup (top-level commands) --------------------------------------------------------
+
+
+def deploy(
+    job_id: str = typer.Argument(..., help="A succeeded job (id or unique prefix)."),
+    name: str = typer.Option(..., "--name", help="Deployment name (new; never reused)."),
+    weight: float | None = typer.Option(
+        None, "--weight", min=0.0, max=1.0,
+        help="Share of users on the fine-tuned arm (default: the current share, else 0.5)."),
+) -> None:
+    """Deploy a job's model and make it the fine-tuned arm of a new experiment."""
+
+    async def run(store: Store, conf: Settings) -> jobs.Deployed:
+        job = await jobs.resolve_job(store, job_id)
+        async with jobs.open_trainer(job.backend, conf, store) as trainer:
+            return await jobs.deploy_job(store, trainer, job, name=name, weight=weight,
+                                         actor=actor())
+
+    done = _run(run)
+    dep, exp = done.deployment, done.experiment
+    say(f"deployed {dep.name} ({dep.provider}: {dep.model}) from job {dep.source_job}")
+    say(f"experiment {exp.id}: base={exp.base_deployment} fine_tuned={dep.name} with"
+        f" {done.weight:.0%} of users (fine-tuned weight {done.weight:g}); the running chat"
+        " picks it up within seconds")
+
+
+def cleanup(
+    yes: bool = typer.Option(False, "--yes", help="Delete what is listed (default: list only)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """List, then with --yes delete, what costs money or disk and nothing needs.
+
+    A fine-tuned model deployed on Azure OpenAI is billed for hosting every hour the deployment
+    exists, whether it serves traffic or not: deployments no arm uses are the costly leftovers.
+    Also listed: uploaded training files and result files of finished jobs, finished local
+    jobs' folders, and adapter copies of retired local deployments. Kept: whatever an arm uses,
+    whatever the experiment history names (a rollback may need it; retire it first with
+    `travel-admin deployments remove`), files of running jobs, and anything travel-admin did not
+    create."""
+
+    async def run(store: Store, conf: Settings) -> tuple[cleaning.Plan, list[Any]]:
+        azure = None
+        try:
+            conn = conf.connection(conf.training_connection)
+        except ConfigError:
+            conn = None
+        if conn is not None and conn.provider == "azure_openai":
+            from admin.training.azure_openai import AzureTrainer
+
+            azure = AzureTrainer(conf)
+        try:
+            plan = await cleaning.plan_cleanup(conf, store, azure)
+            return plan, (await cleaning.apply(plan) if yes else [])
+        finally:
+            if azure is not None:
+                await azure.aclose()
+
+    plan, results = _run(run)
+    rows = [{"kind": i.kind, "name": i.name, "detail": i.detail,
+             "action": "delete" if i.deletable else f"keep: {i.keep_reason}"} for i in plan.items]
+    emit(rows, ["kind", "name", "detail", "action"], as_json=as_json, title="Cleanup")
+    for note in plan.notes:
+        err_console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False,
+                          soft_wrap=True)
+    failed = [(i, e) for i, e in results if e]
+    if not yes:
+        if plan.to_delete and not as_json:
+            say(f"{len(plan.to_delete)} item(s) to delete: run again with --yes")
+        return
+    for item, error in results:
+        say(f"{'failed' if error else 'deleted'} {item.kind} {item.name}"
+            + (f": {error}" if error else ""), err=as_json)
+    if failed:
+        fail(f"{len(failed)} of {len(results)} deletions failed")

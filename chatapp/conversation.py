@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from chatapp import policy
@@ -132,10 +132,18 @@ class ChatService:
         source: Source = "web",
         forced_arm: Arm | None = None,
         sink: ReplySink | None = None,
+        deployment: str | None = None,
     ) -> Exchange:
         sink = sink or NullSink()
         started = time.perf_counter()
         route = await self.route(user_id, forced_arm)
+        pinned = deployment is not None
+        if deployment is not None:
+            # An admin evaluation names the model itself: record it as forced (on the arm that
+            # deployment serves, "fine_tuned" for a candidate outside the experiment) and never
+            # fall back below, so one model's errors are not scored with another's replies.
+            route = replace(route, deployment=deployment, forced=True,
+                            arm="base" if deployment == route.base_deployment else "fine_tuned")
         user_msg: Message = {"role": "user", "content": user_text}
         system: Message = {"role": "system",
                            "content": policy.system_prompt(self.settings.system_prompt)}
@@ -157,7 +165,7 @@ class ChatService:
                 except ContentFiltered:
                     raise
                 except ProviderError as err:
-                    if arm == "base":
+                    if arm == "base" or pinned:
                         raise
                     log.warning("fine-tuned deployment %s failed (%s); falling back to base",
                                 deployment, err.kind)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from admin import deployments, experiments, users
+from admin import dataset_cli, deployments, eval_cli, experiments, loop_cli, train_cli, users
 
-app = typer.Typer(help="Administer travel-chat: users, deployments, experiments.",
+app = typer.Typer(help="Administer travel-chat: users, data, training, deployments, A/B.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(users.app, name="users")
 app.add_typer(deployments.app, name="deployments")
 app.add_typer(experiments.app, name="ab")
+app.add_typer(dataset_cli.app, name="dataset")
+train_cli.register(app)  # train ..., deploy, cleanup
+app.add_typer(eval_cli.app, name="eval")
+loop_cli.register(app)  # simulate, compare
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from chatapp.runtime import ensure_routing
 from chatapp.settings import ConfigError, Settings, get_settings
 from chatapp.store import Store, StoreError
 
@@ -47,6 +48,7 @@ def with_store(fn: Callable[[Store], Awaitable[T]]) -> T:
     async def run() -> T:
         store = await Store.open(settings().db_url)
         try:
+            await ensure_routing(store)
             return await fn(store)
         finally:
             await store.close()

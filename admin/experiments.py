@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import typer
+import json
+import sys
 
+import typer
+from rich.table import Table
+
+from admin.ab_report import Report, summarize
 from admin.common import JsonOpt, actor, console, emit, fail, with_store
 from chatapp.domain import Experiment
 from chatapp.store import Store
@@ -83,3 +88,92 @@ def history(limit: int = 50, as_json: bool = JsonOpt) -> None:
     rows = with_store(lambda s: s.history(limit))
     emit(rows, ["at", "actor", "action", "experiment_id", "details"], as_json=as_json,
          title="Routing history")
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1%}"
+
+
+def _print_report(r: Report) -> None:
+    table = Table(title=f"Experiment {r.experiment_id}")
+    for col in ("arm", "conversations", "replies", "rated", "thumbs up", "95% CI",
+                "fallbacks", "errors", "latency ms", "tokens in/out"):
+        table.add_column(col)
+    for a in r.arms.values():
+        d = a.as_dict()
+        lat = d["mean_latency_ms"]
+        tin, tout = d["mean_prompt_tokens"], d["mean_completion_tokens"]
+        table.add_row(
+            a.arm, str(a.conversations), str(a.replies), str(a.rated), _pct(a.up_rate),
+            f"[{a.interval[0]:.1%}, {a.interval[1]:.1%}]", str(a.fallbacks), str(a.errors),
+            "–" if lat is None else f"{lat:.0f}",
+            "–" if tin is None else f"{tin:.0f}/{tout or 0:.0f}")
+    console.print(table)
+    if r.difference is not None and r.difference_ci is not None:
+        console.print(f"difference (fine_tuned - base): {r.difference:+.1%}, 95% CI"
+                      f" [{r.difference_ci[0]:+.1%}, {r.difference_ci[1]:+.1%}],"
+                      f" p = {r.p_value:.3g}")
+    if r.needed_per_arm is not None:
+        console.print(f"to detect this difference (power 0.8, alpha 0.05): {r.needed_per_arm}"
+                      f" rated replies per arm, {r.more_needed} more than the smaller arm has")
+    console.print(f"[bold]{r.decision}[/bold]: {r.reason}")
+
+
+@app.command("report")
+def report(
+    experiment: str | None = typer.Option(None, "--experiment", help="Default: the running one."),
+    source: list[str] = typer.Option(["web"], "--source",  # noqa: B008 (typer's idiom)
+                                     help="Traffic to count (web, simulated, eval)."),
+    min_rated: int = typer.Option(30, "--min-rated", min=1,
+                                  help="Rated replies each arm needs before a winner is named."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Per-arm ratings with 95 % intervals, the difference, its p-value, and the verdict."""
+
+    async def run(store: Store) -> Report:
+        exp = await (store.get_experiment(experiment) if experiment
+                     else store.active_experiment())
+        if exp is None:
+            fail(f"no experiment {experiment!r}" if experiment else "no running experiment")
+        return summarize(exp.id, await store.experiment_rows(exp.id, source), min_rated)
+
+    r = with_store(run)
+    if as_json:
+        sys.stdout.write(json.dumps(r.as_dict(), indent=2, default=str) + "\n")
+    else:
+        _print_report(r)
+
+
+@app.command("promote")
+def promote(
+    force: bool = typer.Option(False, "--force",
+                               help="Promote even if its eval adherence is lower."),
+) -> None:
+    """Make the fine-tuned deployment the new base and end the experiment."""
+
+    async def run(store: Store) -> Experiment:
+        exp = await store.active_experiment()
+        if exp is None or not exp.fine_tuned_deployment:
+            fail("nothing to promote: the running experiment has no fine-tuned arm")
+        ft_up, ft_n = await store.eval_adherence(exp.fine_tuned_deployment)
+        b_up, b_n = await store.eval_adherence(exp.base_deployment)
+        if not force:
+            if not ft_n or not b_n:
+                fail("no eval results for both deployments: run `travel-admin eval` first"
+                     " (or pass --force)")
+            if ft_up / ft_n < b_up / b_n:
+                fail(f"eval adherence of {exp.fine_tuned_deployment} ({ft_up}/{ft_n}) is below"
+                     f" {exp.base_deployment}'s ({b_up}/{b_n}); pass --force to promote anyway")
+        return await store.promote(actor())
+
+    exp = with_store(run)
+    console.print(f"promoted: everyone is now served by {exp.base_deployment}")
+    _show(exp)
+
+
+@app.command("rollback")
+def rollback() -> None:
+    """Restore the base deployment that the latest promotion replaced."""
+    exp = with_store(lambda s: s.rollback(actor()))
+    console.print(f"rolled back: everyone is now served by {exp.base_deployment}")
+    _show(exp)

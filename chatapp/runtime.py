@@ -36,16 +36,24 @@ async def bootstrap(settings: Settings, store: Store) -> BootstrapResult:
     if not await store.list_accounts():
         password = random_password()
         await store.add_account("admin", hash_password(password), is_admin=True)
-    if await store.active_experiment() is None:
-        if await store.get_deployment(LOCAL_BASE) is None:
-            await store.add_deployment(
-                Deployment(name=LOCAL_BASE, connection=LOCAL_CONNECTION, provider="local",
-                           model=SMOLLM2, created_by="bootstrap")
-            )
-        await store.start_experiment(name="default", base=LOCAL_BASE, fine_tuned=None,
-                                     fine_tuned_weight=0.0, actor="bootstrap",
-                                     action="bootstrap")
+    await ensure_routing(store)
     return BootstrapResult(auth_secret=secret, admin_password=password)
+
+
+async def ensure_routing(store: Store) -> None:
+    """With nothing configured, everyone is served by the local base model.
+
+    Admin commands call this too, so `travel-admin simulate` works before the chat ever ran.
+    """
+    if await store.active_experiment() is not None:
+        return
+    if await store.get_deployment(LOCAL_BASE) is None:
+        await store.add_deployment(
+            Deployment(name=LOCAL_BASE, connection=LOCAL_CONNECTION, provider="local",
+                       model=SMOLLM2, created_by="bootstrap")
+        )
+    await store.start_experiment(name="default", base=LOCAL_BASE, fine_tuned=None,
+                                 fine_tuned_weight=0.0, actor="bootstrap", action="bootstrap")
 
 
 def _auth_secret(settings: Settings) -> str:

@@ -77,10 +77,11 @@ def test_deployments_and_ab(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert status["weights"] == {"base": 0.7, "fine_tuned": 0.3}
     run("ab", "set", "--fine-tuned", "0.5")
     deps = {d["name"]: d["arm"] for d in json.loads(run("deployments", "list", "--json"))}
-    assert deps == {"b": "base", "f": "fine_tuned"}
+    # local-base: bootstrapped by the first admin command (nothing configured = local model)
+    assert deps == {"local-base": "", "b": "base", "f": "fine_tuned"}
     blocked = runner.invoke(app, ["deployments", "remove", "f"])
     assert blocked.exit_code == 1 and "serves an arm" in blocked.output
     run("ab", "stop")
     assert json.loads(run("ab", "status", "--json"))[0]["weights"]["fine_tuned"] == 0.0
     actions = [h["action"] for h in json.loads(run("ab", "history", "--json"))]
-    assert actions == ["stop", "set_weights", "start"]
+    assert actions == ["stop", "set_weights", "start", "bootstrap"]

@@ -17,7 +17,13 @@ SEED_LAB = SHARED / "data" / "seed-lab"
 # Importing chainlit writes .chainlit/ and .files/ into the app root: point it at the repo's.
 os.environ.setdefault("CHAINLIT_APP_ROOT", str(REPO))
 
-from chatapp.settings import Settings, load_settings, running_in_ci, test_postgres_url  # noqa: E402
+from chatapp.settings import (  # noqa: E402
+    Settings,
+    get_settings,
+    load_settings,
+    running_in_ci,
+    test_postgres_url,
+)
 from chatapp.store import Store  # noqa: E402
 
 
@@ -31,6 +37,15 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(data_dir: Path) -> Settings:
     return load_settings(data_dir=data_dir, _env_file=None)
+
+
+@pytest.fixture
+def cli_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """travel-admin commands in this process read settings from TRAVEL_DATA_DIR."""
+    monkeypatch.setenv("TRAVEL_DATA_DIR", str(data_dir))
+    get_settings.cache_clear()
+    yield data_dir
+    get_settings.cache_clear()
 
 
 async def _pg_admin_conn():  # type: ignore[no-untyped-def]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from admin.validate import validate_file
 from chatapp import policy
 from chatapp import schema as t
 from chatapp.domain import Exchange
-from chatapp.settings import Settings, get_settings
+from chatapp.settings import Settings
 from chatapp.store import Store
 from tests.conftest import REPO
 
@@ -286,14 +285,6 @@ async def test_nothing_selected_writes_nothing(store: Store, settings: Settings,
 
 
 # --- CLI ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("TRAVEL_DATA_DIR", str(data_dir))
-    get_settings.cache_clear()
-    yield data_dir
-    get_settings.cache_clear()
 
 
 def test_cli_build_exit_codes(cli_env: Path, tmp_path: Path) -> None:

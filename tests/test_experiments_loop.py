@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from admin.simulate import simulate
 from chatapp.conversation import ChatService, ModelRegistry
 from chatapp.domain import Deployment
 from chatapp.providers.base import ChatModel
-from chatapp.settings import Settings, get_settings
+from chatapp.settings import Settings
 from chatapp.store import Store, StoreError
 from tests.fakes.chat_model import FakeChatModel
 
@@ -77,14 +76,6 @@ async def test_eval_rates_and_gates_promotion(settings: Settings, store: Store) 
     assert "Luigi" in to_markdown(report) and "&lt;" not in to_html(report)
     assert await store.eval_adherence("base") == (1, 1)
     assert await store.eval_adherence("ft") == (0, 1)
-
-
-@pytest.fixture
-def cli_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("TRAVEL_DATA_DIR", str(data_dir))
-    get_settings.cache_clear()
-    yield data_dir
-    get_settings.cache_clear()
 
 
 def test_promote_refused_when_worse_then_forced_and_rolled_back(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from admin.cli import app
 from admin.dataset_stats import CostEstimate, Distribution, default_epochs
 from admin.validate import CATEGORIES, check_example, validate_file
 from chatapp import model_table
-from chatapp.settings import ConfigError, Settings, get_settings, load_settings
+from chatapp.settings import ConfigError, Settings, load_settings
 from chatapp.tokens import encoding_for_model
 from tests.conftest import REPO, SEED_LAB
 
@@ -248,14 +247,6 @@ def test_user_table_errors_name_file_and_field(tmp_path: Path, data_dir: Path) -
 
 
 # --- CLI -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("TRAVEL_DATA_DIR", str(data_dir))
-    get_settings.cache_clear()
-    yield data_dir
-    get_settings.cache_clear()
 
 
 def test_cli_validate_exit_codes(cli_env: Path) -> None:

@@ -173,6 +173,10 @@ async def test_stale_heartbeat_fails_the_job_and_stops_its_worker(
     hung = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
                              "admin.training.local_worker", "local-hung"],
                             start_new_session=True)
+    # Until the child has exec'd, its cmdline is still pytest's and it is not "the worker".
+    cmdline, deadline = Path(f"/proc/{hung.pid}/cmdline"), time.monotonic() + 10
+    while b"local-hung" not in cmdline.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
     try:
         trainer = LocalTrainer(settings, sqlite_store, stale_after_s=30)
         await record(sqlite_store, JobState("local-hung", "running"))

@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
@@ -200,8 +201,8 @@ class LocalTrainer:
         """The pid of the job's worker if that process is alive, else None."""
         job_id = row.backend_job_id or row.id
         proc = self._procs.get(job_id)
-        if proc is not None and proc.poll() is not None:
-            return None
+        if proc is not None:  # our own child: its exit status is the truth
+            return proc.pid if proc.poll() is None else None
         pid = row.pid
         pid_file = self.job_dir(job_id) / w.PID_FILE
         if pid is None and pid_file.is_file():
@@ -328,7 +329,11 @@ def _alive(pid: int, job_id: str) -> bool:
         proc: Any = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        return job_id in " ".join(proc.cmdline())
+        if job_id in " ".join(proc.cmdline()):
+            return True
+        # Between fork and exec a new worker still shows its parent's command line, so a process
+        # younger than 10 s gets the benefit of the doubt; any other mismatch is a recycled pid.
+        return bool(time.time() - proc.create_time() < 10)
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:

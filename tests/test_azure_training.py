@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from admin.dataset_io import sha256_file
 from admin.training import jobs
 from admin.training.azure_openai import AzureTrainer
 from admin.training.base import JobSpec, TrainingError
@@ -159,7 +160,7 @@ async def test_job_moves_through_its_states_and_events_land_in_the_db(
     assert (job.status, job.backend, job.base_model, job.created_by) == (
         "pending", "azure", BASE_MODEL, "alice")
     assert job.hyperparameters == {"n_epochs": 1, "batch_size": 10, "seed": 7}
-    assert job.train_sha256 == jobs.sha256_of(TRAIN) and job.validation_sha256
+    assert job.train_sha256 == sha256_file(TRAIN) and job.validation_sha256
     assert [f.kind for f in files] == ["train", "validation"]
     (create,) = posts(fake, "/openai/fine_tuning/jobs")
     assert create.json == {"model": BASE_MODEL, "training_file": job.train_file_id,

@@ -189,7 +189,7 @@ def test_start_refuses_an_invalid_file_with_file_line_messages(
 
 def test_start_shows_which_files_are_built_datasets(fake: FakeOpenAIServer,
                                                     data_dir: Path) -> None:
-    from admin.training.jobs import sha256_of
+    from admin.dataset_io import sha256_file as sha256_of
 
     with_db(data_dir, lambda s: s.add_dataset(
         sha256=sha256_of(TRAIN), path="data/datasets/train-v3.jsonl", kind="train",

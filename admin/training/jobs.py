@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from admin.dataset_io import sha256_file
 from admin.training.base import JobSpec, Trainer, TrainingError
 from chatapp.domain import Deployment, Experiment, JobEvent, TrainingJob
 from chatapp.settings import Settings
@@ -56,13 +56,6 @@ async def open_trainer(backend: str, settings: Settings, store: Store,
         if close is not None:
             await close()
 
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- starting -----------------------------------------------------------------------------------
@@ -107,7 +100,7 @@ async def check_inputs(spec: JobSpec, *, settings: Settings, store: Store) -> li
             raise TrainingError(f"--{kind}: no such file: {path}")
         report = await asyncio.to_thread(validate_file, path, model=spec.base_model, kind=kind,
                                          settings=settings)
-        digest = sha256_of(path)
+        digest = sha256_file(path)
         files.append(InputFile(kind, path, digest, report, await store.get_dataset(digest)))
     if any(not f.report.ok for f in files):
         raise InvalidTrainingFiles(files)

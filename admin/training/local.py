@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import admin
+from admin.dataset_io import sha256_file
 from admin.training import local_worker as w
 from admin.training.base import BackendEvent, JobSpec, JobState, TrainingError
 from admin.training.chat_data import load_examples, split_examples, write_examples
@@ -251,17 +252,17 @@ class LocalTrainer:
         source = self.data_dir / rel
         if not source.is_file():
             raise TrainingError(f"adapter of job {job.id} is gone: {source}")
-        if w.sha256_file(source) != expected:
+        if sha256_file(source) != expected:
             raise TrainingError(f"adapter of job {job.id} changed since training: {source}")
         target = self.deployments_dir / name / "adapter.gguf"
         if target.exists():
-            if w.sha256_file(target) != expected:  # deployments are immutable
+            if sha256_file(target) != expected:  # deployments are immutable
                 raise TrainingError(f"{target} exists with another adapter; choose a new name")
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name("adapter.gguf.part")
             shutil.copyfile(source, tmp)
-            if w.sha256_file(tmp) != expected:
+            if sha256_file(tmp) != expected:
                 tmp.unlink()
                 raise TrainingError(f"copying the adapter to {target} corrupted it")
             tmp.replace(target)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from admin.dataset_io import sha256_file
 from chatapp.domain import TrainingJob
 from chatapp.store import Store, now
 
@@ -130,13 +130,6 @@ class Job:
     def stop_heartbeat(self) -> None:
         self._stop.set()
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def peak_rss_mb() -> float:

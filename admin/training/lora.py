@@ -12,7 +12,6 @@ torch, transformers and peft are untyped at our boundary: they are `Any` here, n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from admin.dataset_io import sha256_file
 from admin.training.chat_data import IGNORE, Encoded
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -120,7 +120,7 @@ def load_base(gguf_path: Path, threads: int, cache_dir: Path | None = None) -> A
     hf_logging: Any = _hf_logging
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()  # the worker log wants events, not tqdm redraws
-    cached = cache_dir / _file_sha256(gguf_path)[:24] if cache_dir else None
+    cached = cache_dir / sha256_file(gguf_path)[:24] if cache_dir else None
     if cached is not None and (cached / "model.safetensors").is_file():
         model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=torch.float32,
                                                      local_files_only=True)
@@ -142,13 +142,6 @@ def default_cache_dir() -> Path:
     """Where dequantized base weights are cached: the user's cache, like the HF libraries'."""
     return Path.home() / ".cache" / "travel-chat" / "base-fp32"
 
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _save_cache(model: Any, target: Path) -> None:

@@ -25,6 +25,7 @@ from chatapp.settings import (  # noqa: E402
     test_postgres_url,
 )
 from chatapp.store import Store  # noqa: E402
+from tests.fakes.openai_server import FakeOpenAIServer  # noqa: E402
 
 
 @pytest.fixture
@@ -46,6 +47,20 @@ def cli_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     get_settings.cache_clear()
     yield data_dir
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeOpenAIServer]:
+    """The fake Azure/OpenAI service, one per test module."""
+    with FakeOpenAIServer() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(server: FakeOpenAIServer) -> FakeOpenAIServer:
+    """The module's fake service with its scripts, records and jobs reset for this test."""
+    server.reset()
+    return server
 
 
 async def _pg_admin_conn():  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ the new deployment. Fake jobs advance per poll, so nothing here waits on wall ti
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +37,6 @@ TRAIN = REPO / "training_data" / "seed_train.jsonl"  # 50 examples
 VALID = REPO / "training_data" / "seed_validation.jsonl"  # 16 examples
 BASE_MODEL = "gpt-4o-mini-2024-07-18"
 COG_TOKEN = "fake-entra-token-0123456789"  # the fake's default valid data-plane token
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeOpenAIServer) -> FakeOpenAIServer:
-    server.reset()
-    return server
 
 
 def azure_settings(fake: FakeOpenAIServer, data_dir: Path, **overrides: Any) -> Settings:

@@ -6,7 +6,7 @@ answers as Azure does, so these pin down both our adapters and our reading of th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import httpx
 import openai
@@ -85,18 +85,6 @@ def build_model(
     if backend == "azure_openai":
         return AzureOpenAIChat(conn, deployment, credential=credential)
     return FoundryChat(conn, deployment, credential=credential)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeOpenAIServer) -> FakeOpenAIServer:
-    server.reset()
-    return server
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ reply, and the same across the three remote providers.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,12 +19,6 @@ from chatapp.store import Store
 from tests.fakes.openai_server import FakeOpenAIServer
 
 BASE, FT = "gpt-4o-mini", "travel-ft"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer() as fake:
-        yield fake
 
 
 def settings_for(fake: FakeOpenAIServer, data_dir: object) -> Settings:

@@ -35,12 +35,6 @@ BASE_MODEL = "gpt-4o-mini-2024-07-18"
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer() as fake:
-        yield fake
-
-
 @pytest.fixture
 def fake(server: FakeOpenAIServer, data_dir: Path,
          monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAIServer]:

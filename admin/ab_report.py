@@ -126,8 +126,8 @@ def summarize(experiment_id: str, rows: Iterable[Mapping[str, Any]], min_rated: 
     arms: dict[str, ArmStats] = {a: ArmStats(a) for a in ARMS}
     threads: dict[str, set[str]] = {a: set() for a in ARMS}
     for r in rows:
-        if r["forced"]:
-            continue
+        if r["forced"] or r["outcome"] == "rate_limited":
+            continue  # refused before any model was asked: no reply of either arm
         served, assigned = arms[r["arm_served"]], arms[r["arm_assigned"]]
         served.replies += 1
         threads[r["arm_served"]].add(r["thread_id"])

@@ -150,6 +150,8 @@ async def on_message(message: cl.Message) -> None:
         step_id=run.id if run else None,
         forced_arm=forced,
         sink=_MessageSink(reply),
+        rate_limit=True,
+        is_admin=_is_admin(),
     )
     if _is_admin():
         reply.content = exchange.reply + (

@@ -25,6 +25,7 @@ from chatapp.providers.base import (
     ProviderError,
     RateLimited,
 )
+from chatapp.ratelimit import RATE_LIMITED, RateLimiter, limiter_for
 from chatapp.routing import ExperimentWatcher, Route, choose
 from chatapp.settings import Settings
 from chatapp.store import Store
@@ -113,6 +114,7 @@ class ChatService:
         self.registry = registry or ModelRegistry(settings, store)
         self.watcher = ExperimentWatcher(store.active_experiment, settings.routing_poll_s)
         self._sleep = sleep
+        self.limiter: RateLimiter = limiter_for(settings)
 
     async def route(self, user_id: str, forced_arm: Arm | None = None) -> Route:
         exp = await self.watcher.current()
@@ -133,10 +135,18 @@ class ChatService:
         forced_arm: Arm | None = None,
         sink: ReplySink | None = None,
         deployment: str | None = None,
+        rate_limit: bool = False,
+        is_admin: bool = False,
     ) -> Exchange:
         sink = sink or NullSink()
         started = time.perf_counter()
         route = await self.route(user_id, forced_arm)
+        # Only the chat UI asks for limits (simulations and evaluations are admin traffic).
+        if rate_limit and not (is_admin and self.settings.rate_limit_exempt_admins):
+            limited = await self._rate_limited(route, user_id, thread_id, turn_index, user_text,
+                                               step_id, sink)
+            if limited is not None:
+                return limited
         pinned = deployment is not None
         if deployment is not None:
             # An admin evaluation names the model itself: record it as forced (on the arm that
@@ -212,6 +222,29 @@ class ChatService:
             step_id=step_id,
         )
         return await self.store.add_exchange(exchange)
+
+    async def _rate_limited(self, route: Route, user_id: str, thread_id: str, turn_index: int,
+                            user_text: str, step_id: str | None,
+                            sink: ReplySink) -> Exchange | None:
+        """Refuse a web message over the user's rate limit before anything goes upstream.
+
+        The refused turn is recorded (outcome `rate_limited`, no deployment, no model) so the
+        message is not lost; dataset builds and reports skip that outcome.
+        """
+        decision = self.limiter.check(user_id)
+        if decision.allowed:
+            return None
+        text = decision.message()
+        await sink.token(text)
+        log.info("rate limit: %d per %gs reached; retry in %.0fs", decision.limit,
+                 decision.window_s, decision.retry_after_s)
+        return await self.store.add_exchange(Exchange(
+            thread_id=thread_id, turn_index=turn_index, user_id=user_id, source="web",
+            experiment_id=route.experiment_id, arm_assigned=route.arm_assigned,
+            arm_served=route.arm, forced=route.forced, deployment=None, model=None,
+            messages=[{"role": "user", "content": user_text}], reply=text, finish_reason=None,
+            prompt_tokens=None, completion_tokens=None, latency_ms=None, ttft_ms=None,
+            outcome=RATE_LIMITED, error_kind="rate_limited", step_id=step_id))
 
     async def _count_input(self, route: Route, text: str) -> int:
         try:

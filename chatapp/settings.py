@@ -130,6 +130,17 @@ class Settings(BaseSettings):
     retry_max_wait_s: float = Field(default=20.0, ge=0)
     request_timeout_s: float = Field(default=60.0, gt=0)
 
+    # Privacy and operations
+    # Purge conversations whose last activity is older than this many days (None: keep forever).
+    retention_days: int | None = Field(default=None, ge=1)
+    # Per-user message limits in the chat (0: no limit); admins too unless exempted.
+    rate_limit_per_minute: int = Field(default=20, ge=0)
+    rate_limit_per_hour: int = Field(default=300, ge=0)
+    rate_limit_exempt_admins: bool = False
+    # /healthz caches each deployment probe this long, so it cannot be used to hammer upstreams.
+    health_cache_s: float = Field(default=10.0, ge=0)
+    health_probe_timeout_s: float = Field(default=3.0, gt=0)
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 

@@ -28,7 +28,8 @@ from chatapp.settings import ConfigError, Settings
 from chatapp.store import Store, StoreError
 
 T = TypeVar("T")
-app = typer.Typer(help="Fine-tuning jobs: Azure OpenAI, or LoRA on this machine (local).",
+app = typer.Typer(help="Fine-tuning jobs: Azure OpenAI, Azure AI Foundry serverless (foundry),"
+                  " or LoRA on this machine (local).",
                   no_args_is_help=True)
 JobArg = typer.Argument(None, help="Job id or a unique prefix (default: the newest job).")
 # Module-level because Path is mutable to linters (B008); typer reads these as declarations.
@@ -100,16 +101,22 @@ def _progress_text(job: TrainingJob) -> str:
 def start(
     train: Path = TrainOpt,
     validation: Path | None = ValidationOpt,
-    backend: str = typer.Option("local", "--backend", help="azure or local."),
+    backend: str = typer.Option("local", "--backend", help="azure, foundry or local."),
     model: str | None = typer.Option(
         None, "--model", help="Base model. Azure: e.g. gpt-4o-mini-2024-07-18, or a previous"
-        f" job's fine-tuned model to continue training. Local: default {SMOLLM2}."),
+        f" job's fine-tuned model to continue training. Local: default {SMOLLM2}. Foundry:"
+        " a catalog model name, e.g. Phi-4-mini-instruct (its `latest` version)."),
     suffix: str | None = typer.Option("ft-travel", "--suffix",
                                       help="Added to the fine-tuned model's name (Azure: <= 18)."),
-    epochs: int | None = typer.Option(None, "--epochs", min=1, max=25),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
-    lr_multiplier: float | None = typer.Option(None, "--learning-rate-multiplier", min=0.0),
-    seed: int | None = typer.Option(None, "--seed"),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, max=25,
+                                      help="Foundry: num_train_epochs."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1,
+                                          help="Foundry: per_device_train_batch_size."),
+    lr_multiplier: float | None = typer.Option(
+        None, "--learning-rate-multiplier", min=0.0,
+        help="Foundry: learning_rate = multiplier x 2e-5 (the base of Microsoft's Phi samples)."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Foundry: seeds only the train/validation split (no --validation)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the job id."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -119,6 +126,8 @@ def start(
     if model is None:
         if backend == "azure":
             fail("--model is required with --backend azure (e.g. gpt-4o-mini-2024-07-18)", 2)
+        if backend == "foundry":
+            fail("--model is required with --backend foundry (e.g. Phi-4-mini-instruct)", 2)
         model = SMOLLM2
     spec = JobSpec(base_model=model, train_path=train, validation_path=validation, suffix=suffix,
                    epochs=epochs, batch_size=batch_size, learning_rate_multiplier=lr_multiplier,
@@ -347,6 +356,8 @@ def deploy(
     say(f"experiment {exp.id}: base={exp.base_deployment} fine_tuned={dep.name} with"
         f" {done.weight:.0%} of users (fine-tuned weight {done.weight:g}); the running chat"
         " picks it up within seconds")
+    for note in done.notes:
+        say(note)
 
 
 def cleanup(
@@ -373,12 +384,23 @@ def cleanup(
             from admin.training.azure_openai import AzureTrainer
 
             azure = AzureTrainer(conf)
+        foundry, foundry_note = None, None
+        if conf.foundry_project:  # serverless endpoints are checked once a project is set
+            from admin.training.foundry import FoundryTrainer
+
+            try:
+                foundry = FoundryTrainer(conf)
+            except (TrainingError, ConfigError) as err:
+                foundry_note = f"Foundry not checked: {err}"
         try:
-            plan = await cleaning.plan_cleanup(conf, store, azure)
+            plan = await cleaning.plan_cleanup(conf, store, azure, foundry)
+            plan.notes += [foundry_note] if foundry_note else []
             return plan, (await cleaning.apply(plan) if yes else [])
         finally:
             if azure is not None:
                 await azure.aclose()
+            if foundry is not None:
+                await foundry.aclose()
 
     plan, results = _run(run)
     rows = [{"kind": i.kind, "name": i.name, "detail": i.detail,

@@ -104,6 +104,17 @@ class Settings(BaseSettings):
     # Connection used for training on Azure (default: "azure" from AZURE_OPENAI_*).
     training_connection: str = AZURE_CONNECTION
 
+    # Azure AI Foundry serverless fine-tuning (`--backend foundry`, azure-ai-ml, Entra ID only).
+    # The project (an Azure ML workspace) the jobs, data assets and serverless endpoints live in;
+    # the subscription defaults to TRAVEL_AZURE_SUBSCRIPTION_ID.
+    foundry_subscription_id: str | None = None
+    foundry_resource_group: str | None = None
+    foundry_project: str | None = None
+    # The model catalog's registry: Microsoft's own models (Phi) are in "azureml".
+    foundry_registry: str = "azureml"
+    # How the chat reaches a deployed serverless endpoint: its key, or Entra ID.
+    foundry_endpoint_auth: Literal["key", "entra"] = "key"
+
     # Model facts (encodings, token limits, prices): the packaged dated table, plus a user TOML
     # file whose entries add to or override it.
     models_file: Path | None = None

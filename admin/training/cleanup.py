@@ -22,6 +22,7 @@ from chatapp.store import Store
 
 if TYPE_CHECKING:
     from admin.training.azure_openai import AzureTrainer
+    from admin.training.foundry import FoundryTrainer
     from admin.training.local import Artifact, LocalTrainer
 
 @dataclass
@@ -79,7 +80,8 @@ def _local_remove(local: LocalTrainer, art: Artifact) -> Callable[[], Awaitable[
     return run
 
 
-async def plan_cleanup(settings: Settings, store: Store, azure: AzureTrainer | None) -> Plan:
+async def plan_cleanup(settings: Settings, store: Store, azure: AzureTrainer | None,
+                       foundry: FoundryTrainer | None = None) -> Plan:
     plan = Plan()
     protected = await protected_deployments(store)
     registered = {d.name: d for d in await store.list_deployments()}
@@ -104,6 +106,8 @@ async def plan_cleanup(settings: Settings, store: Store, azure: AzureTrainer | N
         await _plan_azure(plan, store, azure, jobs, registered, guard, retire)
     else:
         plan.notes.append("Azure not checked: no azure_openai training connection configured")
+    if foundry is not None:
+        await _plan_foundry(plan, foundry, jobs, registered, guard, retire)
 
     # Local artefacts (uploads, job folders, deployed adapters) as the local trainer lists them.
     from admin.training.local import LocalTrainer
@@ -179,6 +183,45 @@ async def _plan_azure(plan: Plan, store: Store, azure: AzureTrainer, jobs: list[
             reason = None
         plan.items.append(Item("azure file", fid, detail, reason,
                                None if reason else _file_delete(azure, fid)))
+
+
+async def _plan_foundry(plan: Plan, foundry: FoundryTrainer, jobs: list[Any],
+                        registered: dict[str, Any], guard: Callable[[str], str | None],
+                        retire: Callable[..., Callable[[], Awaitable[None]]]) -> None:
+    """Serverless endpoints are billed by the hour while they exist: ours that no arm uses and
+    no rollback needs go. Ours: made for one of our jobs, or registered by `deploy`."""
+    ours = {j.id for j in jobs if j.backend == "foundry"}
+    try:
+        endpoints = await foundry.list_endpoints()
+    except (ConfigError, TrainingError) as err:
+        plan.notes.append(f"Foundry serverless endpoints not checked: {err}")
+        return
+    on_foundry: set[str] = set()
+    for ep in endpoints:
+        name, tags = str(ep.name), dict(ep.tags or {})
+        on_foundry.add(name)
+        dep = registered.get(name)
+        if tags.get("travel_job") not in ours and not (
+                dep is not None and dep.provider == "foundry" and dep.source_job):
+            plan.items.append(Item("foundry endpoint", name, f"model {ep.model_id}",
+                                   "not created by travel-admin"))
+            continue
+        keep = guard(name)
+        plan.items.append(Item("foundry endpoint", name,
+                               f"model {ep.model_id}, billed hourly while it exists", keep,
+                               None if keep else retire(name, _endpoint_delete(foundry, name))))
+    for name, dep in registered.items():
+        if dep.provider == "foundry" and dep.source_job and name not in on_foundry:
+            keep = guard(name)
+            plan.items.append(Item("deployment record", name, "gone from Foundry", keep,
+                                   None if keep else retire(name)))
+
+
+def _endpoint_delete(foundry: FoundryTrainer, name: str) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        await foundry.delete_endpoint(name)
+
+    return run
 
 
 def _arm_delete(azure: AzureTrainer, name: str) -> Callable[[], Awaitable[None]]:

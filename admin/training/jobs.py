@@ -23,7 +23,7 @@ from chatapp.domain import Deployment, Experiment, JobEvent, TrainingJob
 from chatapp.settings import Settings
 from chatapp.store import Store
 
-BACKENDS = ("azure", "local")
+BACKENDS = ("azure", "local", "foundry")
 # Backends whose worker records status, progress and events in the database itself.
 SELF_RECORDING = frozenset({"local"})
 DEFAULT_FINE_TUNED_WEIGHT = 0.5
@@ -42,6 +42,11 @@ def trainer_for(backend: str, settings: Settings, store: Store, **options: Any) 
         from admin.training.local import LocalTrainer
 
         return LocalTrainer(settings, store)
+    if backend == "foundry":
+        # Imported only when used: azure-ai-ml is the optional extra `foundry`.
+        from admin.training.foundry import FoundryTrainer
+
+        return FoundryTrainer(settings, **options)
     raise TrainingError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
 
 
@@ -253,6 +258,7 @@ class Deployed:
     deployment: Deployment
     experiment: Experiment
     weight: float
+    notes: tuple[str, ...] = ()  # what the admin must still do (Foundry: connection settings)
 
 
 async def deploy_job(store: Store, trainer: Trainer, job: TrainingJob, *, name: str,
@@ -279,4 +285,4 @@ async def deploy_job(store: Store, trainer: Trainer, job: TrainingJob, *, name: 
         fine_tuned_weight=chosen, actor=actor, action="deploy")
     await store.add_job_event(job.id, f"deployed as {name} by {actor}; experiment {exp.id}"
                               f" sends {chosen:.0%} of users to it")
-    return Deployed(dep, exp, chosen)
+    return Deployed(dep, exp, chosen, tuple(getattr(trainer, "deploy_notes", ())))

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import typer
 
-from admin import dataset_cli, deployments, eval_cli, experiments, loop_cli, train_cli, users
+from admin import (
+    dataset_cli,
+    deployments,
+    eval_cli,
+    experiments,
+    loop_cli,
+    retention,
+    train_cli,
+    users,
+)
 
 app = typer.Typer(help="Administer travel-chat: users, data, training, deployments, A/B.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(users.app, name="users")
+app.add_typer(retention.app, name="retention")
 app.add_typer(deployments.app, name="deployments")
 app.add_typer(experiments.app, name="ab")
 app.add_typer(dataset_cli.app, name="dataset")

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
 import typer
 
-from admin.common import JsonOpt, console, emit, with_store
+from admin.common import JsonOpt, actor, console, emit, fail, with_store
+from admin.dataset_io import AtomicFile
 from chatapp.auth import hash_password, random_password
+from chatapp.privacy import TABLE_ORDER, erase_user, export_user
 from chatapp.store import Store
 
 app = typer.Typer(help="Chat accounts (passwords stored as scrypt hashes).", no_args_is_help=True)
@@ -72,3 +81,70 @@ def set_admin(username: str, admin: bool = typer.Option(True, "--admin/--no-admi
     """Grant or revoke the admin flag."""
     with_store(lambda s: s.update_account(username, is_admin=admin))
     console.print(f"{username}: admin={admin}")
+
+
+_OUT = typer.Option(None, "--out", dir_okay=False,
+                   help="Write to this file, readable by you only (default: stdout).")
+
+
+@app.command("export")
+def export(
+    username: str,
+    out: Path | None = _OUT,
+) -> None:
+    """Everything held about a user as JSON: account, threads with messages, exchanges,
+    ratings, feedbacks (a traveller's right of access). Never a password hash."""
+
+    async def run(store: Store) -> dict[str, Any] | None:
+        try:
+            return await export_user(store, username)
+        except LookupError:
+            return None
+
+    doc = with_store(run)
+    if doc is None:
+        fail(f"nothing is held about user {username!r}")
+    data = (json.dumps(doc, ensure_ascii=False, indent=2, default=str) + "\n").encode()
+    if out is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    if not out.parent.is_dir():
+        fail(f"--out {out}: folder {out.parent} does not exist")
+    target = AtomicFile(out)
+    try:
+        target.write(data)
+        os.chmod(target.tmp, 0o600)  # personal data: readable by the operator only
+        target.commit()
+    except BaseException:
+        target.discard()
+        raise
+    console.print(f"exported {username}: {len(doc['threads'])} threads,"
+                  f" {len(doc['exchanges'])} exchanges, {len(doc['ratings'])} ratings -> {out}")
+
+
+@app.command("erase")
+def erase(
+    username: str,
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Erase a user: exchanges, ratings, Chainlit's threads/steps/elements/feedbacks/user, and
+    the account, in one transaction. The audit trail records that it happened (not what)."""
+
+    async def count(store: Store) -> Counter[str]:
+        return await erase_user(store, username, actor=actor(), dry_run=True)
+
+    found = with_store(count)
+    if not sum(found.values()):
+        fail(f"nothing is held about user {username!r}")
+    summary = ", ".join(f"{name} {found.get(name, 0)}" for name in TABLE_ORDER)
+    if not yes and not typer.confirm(f"Erase {username} for good ({summary})?"):
+        fail("nothing erased", 1)
+
+    async def run(store: Store) -> Counter[str]:
+        return await erase_user(store, username, actor=actor())
+
+    done = with_store(run)
+    console.print(f"erased {username}: "
+                  + ", ".join(f"{name} {done.get(name, 0)}" for name in TABLE_ORDER)
+                  + f" ({sum(done.values())} rows); built training files are not touched")

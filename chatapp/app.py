@@ -27,6 +27,7 @@ ARM_CHOICES = ["auto", "base", "fine_tuned"]
 
 @cl.on_app_startup
 async def warm_up() -> None:
+    runtime.start_retention()
     await runtime.warm()
 
 

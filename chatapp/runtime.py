@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from chatapp.auth import hash_password, random_password, verify_password
 from chatapp.conversation import ChatService
 from chatapp.domain import SMOLLM2, Deployment
+from chatapp.privacy import retention_loop
 from chatapp.settings import LOCAL_CONNECTION, Settings
 from chatapp.store import Store
 
@@ -73,6 +74,7 @@ class Runtime:
         self.settings = settings
         self._service: ChatService | None = None
         self._lock = asyncio.Lock()
+        self._retention: asyncio.Task[None] | None = None
 
     async def service(self) -> ChatService:
         if self._service is None:
@@ -100,6 +102,15 @@ class Runtime:
 
     async def store(self) -> Store:
         return (await self.service()).store
+
+    def start_retention(self) -> None:
+        """With TRAVEL_RETENTION_DAYS set, purge old conversations now and then daily, in the
+        background (the reference keeps the task alive; startup does not wait for it)."""
+        days = self.settings.retention_days
+        if days is None or self._retention is not None:
+            return
+        self._retention = asyncio.create_task(retention_loop(self.store, days),
+                                              name="retention")
 
     async def check_login(self, username: str, password: str) -> dict[str, bool] | None:
         account = await (await self.store()).get_account(username)

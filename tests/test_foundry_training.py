@@ -205,8 +205,12 @@ def test_the_whole_foundry_loop(project: FakeProject, server: FakeOpenAIServer,
     with_db(data_dir, lambda s: s.start_experiment(name="b", base="base", fine_tuned=None,
                                                    fine_tuned_weight=0.0, actor="t"))
     ok("deployments", "remove", "ft-phi")
+    project.endpoints["someone-elses"] = project.endpoints["ft-phi"].__class__(
+        name="someone-elses", model_id="azureml://registries/azureml/models/Phi-4/versions/1")
+    plan = {(r["kind"], r["name"]): r["action"] for r in ok_json("cleanup")}
+    assert plan[("foundry endpoint", "someone-elses")] == "keep: not created by travel-admin"
     assert "deleted foundry endpoint ft-phi" in ok("cleanup", "--yes")
-    assert "ft-phi" not in project.endpoints
+    assert set(project.endpoints) == {"someone-elses"}
 
 
 def test_assets_are_reused_by_content_and_the_split_is_deterministic(
@@ -285,6 +289,13 @@ def test_errors_are_one_line(project: FakeProject, monkeypatch: pytest.MonkeyPat
         " (run `az login`" in line and "DefaultAzureCredential failed" in line
     project.deny = False
 
+    job_id = start("--validation", str(VALID), "-q")
+    project.deny = True  # the login expired: status says so and shows what was recorded
+    shown = invoke("train", "status", job_id)
+    assert shown.exit_code == 0 and "could not get an Entra ID token" in shown.output
+    assert "showing the last recorded state" in shown.output
+    project.deny = False
+
     monkeypatch.delenv("TRAVEL_FOUNDRY_PROJECT")
     get_settings.cache_clear()
     line = error_line(invoke("train", "start", "--backend", "foundry", "--model", PHI,
@@ -300,6 +311,22 @@ def test_errors_are_one_line(project: FakeProject, monkeypatch: pytest.MonkeyPat
 
     line = error_line(invoke("train", "start", "--backend", "foundry", "--train", str(TRAIN)))
     assert "--model is required with --backend foundry" in line
+
+
+def test_http_refusals_name_the_role_and_the_project() -> None:
+    from azure.core.exceptions import HttpResponseError
+
+    from admin.training.base import TrainingError
+
+    project = foundry_client.Project(SUBSCRIPTION, RESOURCE_GROUP, PROJECT, "azureml")
+    err = HttpResponseError(message="AuthorizationFailed: no write permission")
+    err.status_code = 403
+    with pytest.raises(TrainingError) as raised, foundry_client.mapped("starting", project):
+        raise err
+    assert str(raised.value) == (
+        "starting: HTTP 403: the signed-in identity lacks the 'Azure AI Developer' role on"
+        f" project '{PROJECT}' (resource group {RESOURCE_GROUP}): AuthorizationFailed: no"
+        " write permission")
 
 
 def test_option_mapping_and_status_names() -> None:

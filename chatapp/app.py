@@ -14,12 +14,16 @@ from chainlit.types import Feedback, ThreadDict
 
 from chatapp.domain import Arm
 from chatapp.providers.base import Message
+from chatapp.providers.redact import redact_logs, settings_secrets
 from chatapp.runtime import Runtime
 from chatapp.settings import get_settings
 from chatapp.starters import STARTERS
 from chatapp.store import async_url
 
 settings = get_settings()
+# Before anything logs: an upstream error may echo a key or token, and Chainlit, httpx and the
+# SDKs log on their own; every record of this process is masked.
+redact_logs(settings_secrets(settings))
 runtime = Runtime(settings)
 
 ARM_CHOICES = ["auto", "base", "fine_tuned"]
@@ -161,7 +165,8 @@ async def on_message(message: cl.Message) -> None:
         )
     await reply.send()
     if exchange.outcome in ("ok", "fallback"):
-        history += [{"role": "user", "content": message.content},
+        # The text as the turn cleaned and stored it, not as it arrived.
+        history += [{"role": "user", "content": exchange.messages[-1]["content"]},
                     {"role": "assistant", "content": exchange.reply}]
     cl.user_session.set("history", history)
     cl.user_session.set("turn", turn + 1)

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from chatapp import policy
 from chatapp.domain import Arm, Deployment, Exchange, Source
+from chatapp.input_guard import Count, clean_text, count_bounded
 from chatapp.providers import build_chat_model
 from chatapp.providers.base import (
     ChatModel,
@@ -25,6 +26,7 @@ from chatapp.providers.base import (
     ProviderError,
     RateLimited,
 )
+from chatapp.providers.redact import redact, settings_secrets
 from chatapp.ratelimit import RATE_LIMITED, RateLimiter, limiter_for
 from chatapp.routing import ExperimentWatcher, Route, choose
 from chatapp.settings import Settings
@@ -114,6 +116,7 @@ class ChatService:
         self.registry = registry or ModelRegistry(settings, store)
         self.watcher = ExperimentWatcher(store.active_experiment, settings.routing_poll_s)
         self._sleep = sleep
+        self._secrets = settings_secrets(settings)
         self.limiter: RateLimiter = limiter_for(settings)
 
     async def route(self, user_id: str, forced_arm: Arm | None = None) -> Route:
@@ -140,6 +143,8 @@ class ChatService:
     ) -> Exchange:
         sink = sink or NullSink()
         started = time.perf_counter()
+        # Storable and printable whatever arrived (NUL, lone surrogates, escape sequences).
+        user_text = clean_text(user_text)
         route = await self.route(user_id, forced_arm)
         # Only the chat UI asks for limits (simulations and evaluations are admin traffic).
         if rate_limit and not (is_admin and self.settings.rate_limit_exempt_admins):
@@ -163,9 +168,9 @@ class ChatService:
         attempt = _Attempt(messages=[system, *history, user_msg])
         try:
             n_input = await self._count_input(route, user_text)
-            if n_input > self.settings.max_input_tokens:
+            if n_input.tokens > self.settings.max_input_tokens:
                 # Bounded cost: refuse before any model call, and keep the message on record.
-                text = policy.TOO_LONG_REPLY.format(tokens=n_input,
+                text = policy.TOO_LONG_REPLY.format(tokens=n_input.describe(),
                                                     limit=self.settings.max_input_tokens)
                 await sink.token(text)
                 attempt.text, outcome, error_kind = text, "rejected", "input_too_long"
@@ -195,7 +200,9 @@ class ChatService:
             if kind == "internal":
                 log.exception("chat turn failed")
             else:
-                log.warning("chat turn failed: %s: %s", kind, err)
+                # Adapters scrub their messages already; a backend that does not must not
+                # put a key into the log either.
+                log.warning("chat turn failed: %s: %s", kind, redact(str(err), self._secrets))
             await sink.reset()
             await sink.token(policy.UNAVAILABLE_REPLY)
             attempt.text, outcome, error_kind = policy.UNAVAILABLE_REPLY, "error", kind
@@ -211,7 +218,8 @@ class ChatService:
             deployment=deployment,
             model=attempt.model,
             messages=[{"role": m["role"], "content": m["content"]} for m in attempt.messages],
-            reply=attempt.text,
+            # The service's text is foreign too: a NUL in it would fail the insert.
+            reply=clean_text(attempt.text),
             finish_reason=attempt.finish_reason,
             prompt_tokens=attempt.prompt_tokens,
             completion_tokens=attempt.completion_tokens,
@@ -246,12 +254,13 @@ class ChatService:
             prompt_tokens=None, completion_tokens=None, latency_ms=None, ttft_ms=None,
             outcome=RATE_LIMITED, error_kind="rate_limited", step_id=step_id))
 
-    async def _count_input(self, route: Route, text: str) -> int:
+    async def _count_input(self, route: Route, text: str) -> Count:
         try:
             dep = await self.registry.deployment(route.deployment)
         except ProviderError:
             dep = await self.registry.deployment(route.base_deployment)
-        return self.registry.counter(dep).count_text(text)
+        # Counting stops once over the limit: a huge message costs no more than a long one.
+        return count_bounded(self.registry.counter(dep), text, self.settings.max_input_tokens)
 
     async def _attempt(
         self,

@@ -26,6 +26,7 @@ from chatapp.providers.base import (
     Usage,
     parse_retry_after,
 )
+from chatapp.providers.redact import redact
 
 if TYPE_CHECKING:
     import openai
@@ -37,14 +38,13 @@ CONTENT_FILTER_CODES = frozenset({"content_filter", "ResponsibleAIPolicyViolatio
 
 
 def safe_message(text: str, secrets: Iterable[str]) -> str:
-    """Bound a service-provided message and blank out any secret it might echo back."""
-    text = " ".join(text.split())
+    """Bound a service-provided message and blank out any secret it might echo back.
+
+    Redacted before it is cut: cutting first could leave the first half of a key in place.
+    """
+    text = redact(" ".join(text.split()), secrets)
     if len(text) > _MAX_DETAIL:
         text = text[:_MAX_DETAIL] + "..."
-    for secret in secrets:
-        # Short strings would blank ordinary words; real keys and tokens are long.
-        if secret and len(secret) >= 6:
-            text = text.replace(secret, "***")
     return text
 
 

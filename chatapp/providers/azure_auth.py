@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from chatapp.providers.redact import RememberingCredential, remembering_provider
+
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
 
@@ -35,7 +37,9 @@ def async_token_provider(credential: AsyncTokenCredential | None = None) -> Toke
     """
     from azure.identity.aio import get_bearer_token_provider
 
-    return get_bearer_token_provider(credential or default_credential(), COGNITIVE_SERVICES_SCOPE)
+    # Each token is registered for redaction: an upstream may echo it in an error body.
+    return remembering_provider(
+        get_bearer_token_provider(credential or default_credential(), COGNITIVE_SERVICES_SCOPE))
 
 
 class EntraAuth:
@@ -45,12 +49,16 @@ class EntraAuth:
         self._credential = credential
         # An injected credential belongs to the caller, who may share it between adapters.
         self._owned = credential is None
+        self._remembering: RememberingCredential | None = None
 
     @property
     def credential(self) -> AsyncTokenCredential:
         if self._credential is None:
             self._credential = default_credential()
-        return self._credential
+        if self._remembering is None:
+            # SDKs given the credential itself (Foundry) mint tokens we must be able to redact.
+            self._remembering = RememberingCredential(self._credential)
+        return self._remembering
 
     def token_provider(self) -> TokenProvider:
         return async_token_provider(self.credential)
@@ -59,6 +67,7 @@ class EntraAuth:
         if self._owned and self._credential is not None:
             await self._credential.close()
             self._credential = None
+        self._remembering = None
 
 
 def is_loopback_http(endpoint: str) -> bool:

@@ -296,6 +296,19 @@ def test_errors_are_one_line(project: FakeProject, monkeypatch: pytest.MonkeyPat
     assert "showing the last recorded state" in shown.output
     project.deny = False
 
+    def offline(p: Any) -> Any:  # the registry's MLClient asks Azure for it when created
+        from azure.core.exceptions import ServiceRequestError
+
+        raise ServiceRequestError("HTTPSConnection(host='management.azure.com', port=443):"
+                                  " Failed to resolve 'management.azure.com'\nmore detail")
+
+    with monkeypatch.context() as m:
+        m.setattr(foundry_client, "make_clients", offline)
+        line = error_line(invoke("train", "start", "--backend", "foundry", "--model", PHI,
+                                 "--train", str(TRAIN)))
+    assert line.startswith("error: looking up data asset travel-seed_train:")
+    assert line.endswith("Failed to resolve 'management.azure.com'")
+
     monkeypatch.delenv("TRAVEL_FOUNDRY_PROJECT")
     get_settings.cache_clear()
     line = error_line(invoke("train", "start", "--backend", "foundry", "--model", PHI,

@@ -115,8 +115,11 @@ class FoundryTrainer:
             self._clients.close()
 
     async def _call(self, doing: str, fn: Callable[[], T]) -> T:
-        """Run one blocking azure-ai-ml call off the event loop, its failures as one line."""
+        """Run one blocking azure-ai-ml call off the event loop, its failures as one line.
+        The clients are made here too: the registry's MLClient calls Azure when created."""
         with fc.mapped(doing, self.project):
+            if self._clients is None:
+                self._clients = await asyncio.to_thread(fc.make_clients, self.project)
             return await asyncio.to_thread(fn)
 
     # -- Trainer ----------------------------------------------------------------------------
@@ -133,11 +136,9 @@ class FoundryTrainer:
 
         digest = sha256_file(path)
         name, version = asset_name(path), digest[:16]
-        data = self.clients.workspace.data
-
         def existing() -> Any:
             try:
-                return data.get(name, version=version)
+                return self.clients.workspace.data.get(name, version=version)
             except Exception as err:
                 if fc.is_not_found(err):
                     return None
@@ -152,7 +153,8 @@ class FoundryTrainer:
         asset = Data(path=str(path), type=AssetTypes.URI_FILE, name=name, version=version,
                      description=f"travel-chat training data from {path.name}",
                      tags={"sha256": digest, CREATED_BY_TAG: OURS})
-        created = await self._call(f"uploading {path}", lambda: data.create_or_update(asset))
+        created = await self._call(
+            f"uploading {path}", lambda: self.clients.workspace.data.create_or_update(asset))
         return str(created.id)
 
     async def _resolve_model(self, name: str) -> Any:
@@ -181,9 +183,10 @@ class FoundryTrainer:
         model_id = "/".join(str(model.id).split("/")[:-2])
         sub_name = re.sub(r"[^A-Za-z0-9-]+", "-", str(model.name)) + "-sub"
         sub = MarketplaceSubscription(model_id=model_id, name=sub_name)
-        ops = self.clients.workspace.marketplace_subscriptions
-        done = await self._call(f"subscribing to {model_id} on Azure Marketplace",
-                                lambda: ops.begin_create_or_update(sub).result())
+        done = await self._call(
+            f"subscribing to {model_id} on Azure Marketplace",
+            lambda: self.clients.workspace.marketplace_subscriptions.begin_create_or_update(
+                sub).result())
         return (f"marketplace subscription {done.name} for {model_id}:"
                 f" {getattr(done, 'status', None) or 'created'}")
 
@@ -307,28 +310,29 @@ class FoundryTrainer:
         return [now] if after is not None else [submitted, now]
 
     async def cancel(self, backend_job_id: str) -> JobState:
-        ops = self.clients.workspace.jobs
         # Not waiting for the poller: cancelling takes minutes; status/watch follow it.
         await self._call(f"cancelling fine-tuning job {backend_job_id}",
-                         lambda: ops.begin_cancel(backend_job_id))
+                         lambda: self.clients.workspace.jobs.begin_cancel(backend_job_id))
         return await self.get(backend_job_id)
 
     # -- deploy -----------------------------------------------------------------------------
 
     async def _workspace(self) -> Any:
-        ws = self.clients.workspace
-        return await self._call(f"reading project {self.project.name}",
-                                lambda: ws.workspaces.get(self.project.name))
+        return await self._call(
+            f"reading project {self.project.name}",
+            lambda: self.clients.workspace.workspaces.get(self.project.name))
 
     async def check_region(self, job: TrainingJob, location: str) -> list[str]:
         """The base model's serverless regions; a clear error when the project is elsewhere."""
         model_id = str(job.result.get("base_model_id") or "")
         version = str(job.result.get("base_model_version") or "") or None
-        reg = self.clients.registry.models
-        model: Any = await self._call(
-            f"reading model {job.base_model}",
-            lambda: reg.get(job.base_model, version=version) if version
-            else reg.get(job.base_model, label="latest"))
+        def get() -> Any:
+            reg = self.clients.registry.models
+            if version:
+                return reg.get(job.base_model, version=version)
+            return reg.get(job.base_model, label="latest")
+
+        model: Any = await self._call(f"reading model {job.base_model}", get)
         regions = fc.regions_of((model.tags or {}).get(REGIONS_TAG))
         if regions and location.lower() not in regions:
             raise TrainingError(
@@ -349,17 +353,18 @@ class FoundryTrainer:
         ws = await self._workspace()
         location = str(ws.location)
         regions = await self.check_region(job, location)
-        models = self.clients.workspace.models
-        ft = await self._call(f"reading fine-tuned model {job.fine_tuned_model}",
-                              lambda: models.get(job.fine_tuned_model, label="latest"))
+        ft = await self._call(
+            f"reading fine-tuned model {job.fine_tuned_model}",
+            lambda: self.clients.workspace.models.get(job.fine_tuned_model, label="latest"))
         # The id form Microsoft's serverless fine-tuning sample uses for a project's model.
         model_id = (f"azureml://locations/{location}/workspaces/{ws._workspace_id}/models/"
                     f"{ft.name}/versions/{ft.version}")
         endpoint = ServerlessEndpoint(name=name, model_id=model_id,
                                       tags={CREATED_BY_TAG: OURS, "travel_job": job.id})
-        ops = self.clients.workspace.serverless_endpoints
-        created = await self._call(f"creating serverless endpoint {name}",
-                                   lambda: ops.begin_create_or_update(endpoint).result())
+        created = await self._call(
+            f"creating serverless endpoint {name}",
+            lambda: self.clients.workspace.serverless_endpoints.begin_create_or_update(
+                endpoint).result())
         conn = connection_name(name)
         env = f"TRAVEL_CONNECTIONS__{conn.upper()}__"
         auth = self.settings.foundry_endpoint_auth
@@ -384,10 +389,10 @@ class FoundryTrainer:
     # -- beyond the protocol: cleanup ---------------------------------------------------------
 
     async def list_endpoints(self) -> list[Any]:
-        ops = self.clients.workspace.serverless_endpoints
-        return await self._call("listing serverless endpoints", lambda: list(ops.list()))
+        return await self._call("listing serverless endpoints",
+                                lambda: list(self.clients.workspace.serverless_endpoints.list()))
 
     async def delete_endpoint(self, name: str) -> None:
-        ops = self.clients.workspace.serverless_endpoints
-        await self._call(f"deleting serverless endpoint {name}",
-                         lambda: ops.begin_delete(name).result())
+        await self._call(
+            f"deleting serverless endpoint {name}",
+            lambda: self.clients.workspace.serverless_endpoints.begin_delete(name).result())

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
+import struct
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,7 +23,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from .openai_server import FakeState, Flavor, check_api_version, check_auth, error_response
+from .openai_server import (
+    TRANSPORT_KEY,
+    FakeState,
+    Flavor,
+    Pacing,
+    check_api_version,
+    check_auth,
+    error_response,
+)
 
 _MAX_DELAY_S = 10.0  # bound for the `timeout` fault, so a broken test cannot hang for long
 _FILTER_RESULTS = {
@@ -119,8 +129,8 @@ def _sse_bytes(event: dict[str, Any]) -> bytes:
 
 
 class _DroppedStream(Response):
-    """Starts an SSE answer, then returns without ending it: uvicorn closes the connection and
-    the client sees a chunked body cut short, as after a connection reset."""
+    """Starts an SSE answer, then closes the connection without ending it: the client sees a
+    chunked body cut short, as after a connection reset."""
 
     def __init__(self, parts: list[bytes]) -> None:
         super().__init__(media_type="text/event-stream")
@@ -131,6 +141,25 @@ class _DroppedStream(Response):
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         for part in self.parts:
             await send({"type": "http.response.body", "body": part, "more_body": True})
+        transport = scope.get(TRANSPORT_KEY)
+        if transport is not None:
+            # Close it here (after the bytes sent so far) so that uvicorn sees a lost
+            # connection, not an app that forgot to finish its answer (an ERROR in the log).
+            transport.close()
+            await asyncio.sleep(0.01)
+
+
+async def _reset_connection(request: Request) -> Response:
+    """Drop the TCP connection with a RST before any byte of the answer (a crashed proxy)."""
+    transport = request.scope.get(TRANSPORT_KEY)
+    if transport is None:
+        raise RuntimeError("reset_before_headers needs the uvicorn h11 server of FakeOpenAIServer")
+    sock = transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    # uvicorn learns of the lost connection on the next loop turn and then sends nothing more.
+    await asyncio.sleep(0.01)
+    return Response(status_code=500)
 
 
 async def _hold(request: Request, seconds: float) -> None:
@@ -186,9 +215,27 @@ def _unknown_deployment(flavor: Flavor, name: str | None) -> Response:
     )
 
 
+def _paced_text(tokens: int) -> str:
+    words = ("Kyoto", "Lisbon", "Cusco", "Oslo", "Hanoi", "Tbilisi", "Quito", "Fes")
+    return " ".join(words[i % len(words)] for i in range(tokens))
+
+
+def _due_times(pacing: Pacing | None, n_parts: int, first_content: int, n_content: int,
+               ) -> list[float]:
+    """Seconds after arrival at which each SSE part is sent: content chunks on the pacing's
+    schedule, what precedes them at once, what follows them with the last one."""
+    if pacing is None:
+        return [0.0] * n_parts
+    content = [pacing.first_token_s + i * pacing.per_token_s for i in range(n_content)]
+    last = content[-1] if content else 0.0
+    return ([0.0] * first_content + content
+            + [last] * (n_parts - first_content - n_content))
+
+
 async def answer_chat(
     state: FakeState, request: Request, flavor: Flavor, deployment: str | None = None
 ) -> Response:
+    arrived = time.monotonic()
     rec = await state.capture(request, flavor, deployment)
     if flavor != "openai" and (bad := check_api_version(rec)):
         return bad
@@ -209,6 +256,11 @@ async def answer_chat(
         return _unknown_deployment(flavor, name)
 
     fault = state.take_fault(name)
+    last_user = next((str(m.get("content", "")) for m in reversed(messages)
+                      if isinstance(m, dict) and m.get("role") == "user"), "")
+    state.record_served(name, last_user, fault)
+    if fault is not None and fault.kind == "reset_before_headers":
+        return await _reset_connection(request)
     if fault is not None and fault.kind == "429":
         return error_response(
             429,
@@ -229,6 +281,9 @@ async def answer_chat(
         await _hold(request, fault.delay_s)
 
     reply = state.take_reply(name)
+    pacing = state.chat.pacing
+    if reply is None and pacing is not None:
+        reply = _paced_text(pacing.tokens)
     text = reply if reply is not None else _default_reply(messages)
     for stop in body.get("stop") or []:
         if stop in text:
@@ -243,15 +298,21 @@ async def answer_chat(
     ans = _Answer(state.deployments[name], pieces, finish, _count_prompt_tokens(messages), flavor)
 
     if not body.get("stream"):
+        if pacing is not None:
+            await asyncio.sleep(_due_times(pacing, 1, 0, len(pieces))[-1])
         return JSONResponse(_completion(ans))
     options = body.get("stream_options") or {}
     events = sse_events(ans, include_usage=bool(options.get("include_usage")))
     if fault is not None and fault.kind == "reset":
         return _DroppedStream([_sse_bytes(e) for e in events[:2]])
     parts = [_sse_bytes(e) for e in events] + [b"data: [DONE]\n\n"]
+    due = _due_times(pacing, len(parts), 1 if flavor != "openai" else 0, len(pieces))
 
     async def emit() -> Any:
-        for part in parts:
+        for part, at in zip(parts, due, strict=True):
+            wait = arrived + at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
             yield part
 
     return StreamingResponse(emit(), media_type="text/event-stream")

@@ -14,12 +14,13 @@ state, request recording, auth and api-version checks, Azure-shaped errors.
 from __future__ import annotations
 
 import json
+import random
 import re
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,9 +30,16 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 Flavor = Literal["azure", "foundry", "openai"]
-FaultKind = Literal["429", "500", "timeout", "reset", "content_filter", "content_filter_stream"]
+FaultKind = Literal[
+    "429", "500", "timeout", "reset", "reset_before_headers", "content_filter",
+    "content_filter_stream",
+]
+# The scope key under which `build_app` leaves the connection's asyncio transport, so a fault
+# can drop the connection the way a crashing proxy does (see openai_chat.py).
+TRANSPORT_KEY = "fake.transport"
 
 # The api-version azure-ai-inference 1.0.0b9 sends (it cannot be changed per call).
 FOUNDRY_API_VERSION = "2024-05-01-preview"
@@ -62,12 +70,55 @@ class Fault:
     deployment: str | None = None  # None: the next chat request, whatever its deployment
 
 
+@dataclass(frozen=True)
+class Pacing:
+    """Fixed streaming timing, for benchmarks: the first content chunk `first_token_s` after
+    the request arrived, then one every `per_token_s` (absolute deadlines, so no drift); a
+    request with no queued reply gets `tokens` words, one chunk each."""
+
+    first_token_s: float
+    per_token_s: float
+    tokens: int
+
+
+@dataclass
+class RandomFaults:
+    """Fail a share of chat requests at random (seeded), after the queued faults are used up."""
+
+    rate: float
+    kinds: Sequence[FaultKind]
+    rng: random.Random
+    retry_after: float = 1.0
+    delay_s: float = 2.0
+    deployments: frozenset[str] | None = None  # None: every deployment
+
+    def draw(self, deployment: str | None) -> Fault | None:
+        if self.deployments is not None and deployment not in self.deployments:
+            return None
+        if self.rng.random() >= self.rate:
+            return None
+        return Fault(self.rng.choice(list(self.kinds)), retry_after=self.retry_after,
+                     delay_s=self.delay_s, deployment=deployment)
+
+
+@dataclass(frozen=True)
+class ServedChat:
+    """One chat request as answered: which deployment, the last user message, which fault."""
+
+    deployment: str
+    user_text: str
+    fault: FaultKind | None
+
+
 @dataclass
 class ChatScript:
     """What chat requests are answered with: queued replies and faults, consumed per request."""
 
     replies: dict[str | None, deque[str]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
+    random: RandomFaults | None = None
+    served: list[ServedChat] = field(default_factory=list)
+    pacing: Pacing | None = None
 
 
 class FakeState:
@@ -84,6 +135,7 @@ class FakeState:
         self.api_key = api_key
         self.tokens = set(tokens)  # bearer tokens accepted as valid Entra tokens
         self.deployments = dict(deployments)  # deployment name -> model name it reports
+        self._initial_deployments = dict(deployments)  # what `reset` restores
         self.requests: list[RecordedRequest] = []
         self.chat = ChatScript()
         self._new_training_state()
@@ -100,6 +152,7 @@ class FakeState:
         with self.lock:
             self.requests.clear()
             self.chat = ChatScript()
+            self.deployments = dict(self._initial_deployments)
             self._new_training_state()
 
     async def capture(
@@ -130,7 +183,14 @@ class FakeState:
             for i, fault in enumerate(self.chat.faults):
                 if fault.deployment in (None, deployment):
                     return self.chat.faults.pop(i)
+            if self.chat.random is not None:
+                return self.chat.random.draw(deployment)
         return None
+
+    def record_served(self, deployment: str, user_text: str, fault: Fault | None) -> None:
+        with self.lock:
+            self.chat.served.append(
+                ServedChat(deployment, user_text, fault.kind if fault else None))
 
     def take_reply(self, deployment: str | None) -> str | None:
         with self.lock:
@@ -249,7 +309,7 @@ def route_sets() -> list[Callable[[FakeState], list[Route]]]:
     return [chat_routes, finetune_routes, arm_routes]
 
 
-def build_app(state: FakeState) -> Starlette:
+def build_app(state: FakeState) -> ASGIApp:
     async def not_found(request: Request) -> Response:
         await state.capture(request)
         return error_response(404, "404", "Resource not found")
@@ -257,7 +317,16 @@ def build_app(state: FakeState) -> Starlette:
     routes = [route for make in route_sets() for route in make(state)]
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     routes.append(Route("/{path:path}", not_found, methods=methods))
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+
+    async def with_transport(scope: Scope, receive: Receive, send: Send) -> None:
+        # uvicorn's h11 `send` is a method of the request cycle that owns the transport.
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if transport is not None:
+            scope[TRANSPORT_KEY] = transport
+        await app(scope, receive, send)
+
+    return with_transport
 
 
 class FakeOpenAIServer:
@@ -286,7 +355,10 @@ class FakeOpenAIServer:
     # Lifecycle
 
     def start(self) -> FakeOpenAIServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose `proto` says
+        # TCP, and with Nagle on, each streamed chunk after the first waits ~40 ms for the
+        # client's delayed ACK (seen as a 40 ms stall at the second token in the benchmarks).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self._port = sock.getsockname()[1]
@@ -366,6 +438,38 @@ class FakeOpenAIServer:
         fault = Fault(kind, retry_after=retry_after, delay_s=delay_s, deployment=deployment)
         with self.state.lock:
             self.state.chat.faults.extend([fault] * times)
+
+    def set_pacing(self, pacing: Pacing | None) -> None:
+        """Stream every later reply with this fixed timing (None: as fast as possible)."""
+        with self.state.lock:
+            self.state.chat.pacing = pacing
+
+    def random_faults(
+        self,
+        rate: float,
+        *,
+        seed: int,
+        kinds: Sequence[FaultKind],
+        retry_after: float = 1.0,
+        delay_s: float = 2.0,
+        deployments: Iterable[str] | None = None,
+    ) -> None:
+        """Fail `rate` of the chat requests (after queued faults) with a kind drawn from
+        `kinds`, reproducibly for a given seed; `served` tells which request got which."""
+        only = frozenset(deployments) if deployments is not None else None
+        with self.state.lock:
+            self.state.chat.random = RandomFaults(rate, tuple(kinds), random.Random(seed),
+                                                  retry_after, delay_s, only)
+
+    def remove_deployment(self, name: str) -> None:
+        """The deployment disappears (Azure deletes idle fine-tuned deployments): 404 from now."""
+        with self.state.lock:
+            self.state.deployments.pop(name, None)
+
+    @property
+    def served(self) -> list[ServedChat]:
+        with self.state.lock:
+            return list(self.state.chat.served)
 
     def reset(self) -> None:
         self.state.reset()

@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from chatapp import policy
+from chatapp import policy, turns
 from chatapp.domain import Arm, Deployment, Exchange, Source
+from chatapp.fallback_monitor import FallbackMonitor
 from chatapp.input_guard import Count, clean_text, count_bounded
 from chatapp.providers import build_chat_model
 from chatapp.providers.base import (
@@ -118,6 +119,8 @@ class ChatService:
         self._sleep = sleep
         self._secrets = settings_secrets(settings)
         self.limiter: RateLimiter = limiter_for(settings)
+        self.fallbacks = FallbackMonitor(settings.fallback_alert_ratio,
+                                         settings.fallback_alert_window)
 
     async def route(self, user_id: str, forced_arm: Arm | None = None) -> Route:
         exp = await self.watcher.current()
@@ -164,8 +167,16 @@ class ChatService:
                            "content": policy.system_prompt(self.settings.system_prompt)}
         arm: Arm = route.arm
         deployment = route.deployment
-        outcome, error_kind = "ok", None
+        outcome, error_kind, fell_back = "ok", None, False
         attempt = _Attempt(messages=[system, *history, user_msg])
+        # Recorded before any model call: a crash mid-reply must not lose the message.
+        exchange = await turns.begin(self.store, Exchange(
+            thread_id=thread_id, turn_index=turn_index, user_id=user_id, source=source,
+            experiment_id=route.experiment_id, arm_assigned=route.arm_assigned, arm_served=arm,
+            forced=route.forced, deployment=deployment, model=None,
+            messages=[{"role": m["role"], "content": m["content"]} for m in attempt.messages],
+            reply="", finish_reason=None, prompt_tokens=None, completion_tokens=None,
+            latency_ms=None, ttft_ms=None, outcome=turns.PENDING, step_id=step_id))
         try:
             n_input = await self._count_input(route, user_text)
             if n_input.tokens > self.settings.max_input_tokens:
@@ -185,7 +196,7 @@ class ChatService:
                     log.warning("fine-tuned deployment %s failed (%s); falling back to base",
                                 deployment, err.kind)
                     await sink.reset()
-                    outcome, error_kind = "fallback", err.kind
+                    outcome, error_kind, fell_back = "fallback", err.kind, True
                     arm, deployment = "base", route.base_deployment
                     attempt = await self._attempt(deployment, system, history, user_msg, sink)
                 if attempt.finish_reason == "content_filter":
@@ -195,6 +206,13 @@ class ChatService:
             await sink.token(policy.CONTENT_FILTER_REPLY)
             attempt.text, outcome, error_kind = policy.CONTENT_FILTER_REPLY, "content_filter", (
                 "content_filter")
+        except asyncio.CancelledError:
+            # The traveller pressed stop (Chainlit cancels the task): the turn ends unfinished
+            # now rather than staying pending until the next restart.
+            exchange.outcome, exchange.error_kind = turns.INTERRUPTED, "cancelled"
+            exchange.latency_ms = (time.perf_counter() - started) * 1000
+            await turns.finish(self.store, exchange)
+            raise
         except Exception as err:  # a traveller never sees a stack trace
             kind = err.kind if isinstance(err, ProviderError) else "internal"
             if kind == "internal":
@@ -206,15 +224,9 @@ class ChatService:
             await sink.reset()
             await sink.token(policy.UNAVAILABLE_REPLY)
             attempt.text, outcome, error_kind = policy.UNAVAILABLE_REPLY, "error", kind
-        exchange = Exchange(
-            thread_id=thread_id,
-            turn_index=turn_index,
-            user_id=user_id,
-            source=source,
-            experiment_id=route.experiment_id,
-            arm_assigned=route.arm_assigned,
+        exchange = replace(
+            exchange,
             arm_served=arm,
-            forced=route.forced,
             deployment=deployment,
             model=attempt.model,
             messages=[{"role": m["role"], "content": m["content"]} for m in attempt.messages],
@@ -227,9 +239,13 @@ class ChatService:
             ttft_ms=attempt.ttft_ms,
             outcome=outcome,
             error_kind=error_kind,
-            step_id=step_id,
         )
-        return await self.store.add_exchange(exchange)
+        await turns.finish(self.store, exchange)
+        if route.arm == "fine_tuned" and not pinned and outcome != "rejected":
+            # The fine-tuned arm's turns that reached a model: a share of all turns would hide
+            # a dead deployment behind a small fine-tuned weight.
+            self.fallbacks.record(fell_back)
+        return exchange
 
     async def _rate_limited(self, route: Route, user_id: str, thread_id: str, turn_index: int,
                             user_text: str, step_id: str | None,

@@ -10,6 +10,9 @@ Arm = Literal["base", "fine_tuned"]
 ARMS: tuple[Arm, ...] = ("base", "fine_tuned")
 Source = Literal["web", "simulated", "eval"]
 
+# Outcomes of turns accepted but never finished (chatapp/turns.py): no reply to rate or learn from.
+UNFINISHED_OUTCOMES = frozenset({"pending", "interrupted"})
+
 # The packaged local model; a local deployment's `model` may name it instead of a path.
 SMOLLM2 = "smollm2-135m-instruct"
 
@@ -65,7 +68,7 @@ class Exchange:
     completion_tokens: int | None
     latency_ms: float | None
     ttft_ms: float | None
-    outcome: str  # ok | fallback | content_filter | error
+    outcome: str  # ok | fallback | content_filter | rejected | error | pending | interrupted
     error_kind: str | None = None
     step_id: str | None = None
     id: str = ""

@@ -10,6 +10,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 
+from chatapp import turns
 from chatapp.auth import hash_password, random_password, verify_password
 from chatapp.conversation import ChatService
 from chatapp.domain import SMOLLM2, Deployment
@@ -38,6 +39,10 @@ async def bootstrap(settings: Settings, store: Store) -> BootstrapResult:
         password = random_password()
         await store.add_account("admin", hash_password(password), is_admin=True)
     await ensure_routing(store)
+    # Turns a killed process left half-done: their messages stay, marked as never answered.
+    if interrupted := await turns.mark_interrupted(store):
+        log.warning("marked %d turn(s) left unfinished by the previous run as interrupted",
+                    interrupted)
     return BootstrapResult(auth_secret=secret, admin_password=password)
 
 

@@ -21,7 +21,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from chatapp import schema as t
-from chatapp.domain import Deployment, Exchange, Experiment, JobEvent, TrainingJob
+from chatapp.domain import (
+    UNFINISHED_OUTCOMES,
+    Deployment,
+    Exchange,
+    Experiment,
+    JobEvent,
+    TrainingJob,
+)
 
 # Chainlit's data layer passes Python lists/dicts (thread tags, metadata) as SQL parameters;
 # sqlite3 cannot bind them unless told how, and the failure is swallowed as a log warning.
@@ -328,7 +335,9 @@ class Store:
                       ex.c.outcome, ex.c.latency_ms, ex.c.prompt_tokens, ex.c.completion_tokens,
                       latest.c.value.label("rating"))
             .outerjoin(latest, latest.c.exchange_id == ex.c.id)
-            .where(ex.c.experiment_id == exp_id, ex.c.source.in_(list(sources)))
+            .where(ex.c.experiment_id == exp_id, ex.c.source.in_(list(sources)),
+                   # A turn cut short by a crash or a stop button was no arm's reply.
+                   ex.c.outcome.not_in(list(UNFINISHED_OUTCOMES)))
         )
         async with self.engine.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(query)]

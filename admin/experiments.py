@@ -109,6 +109,13 @@ def _print_report(r: Report) -> None:
             "–" if lat is None else f"{lat:.0f}",
             "–" if tin is None else f"{tin:.0f}/{tout or 0:.0f}")
     console.print(table)
+    for a in r.arms.values():
+        # Spelled out below the table: on a narrow terminal its columns are squeezed unreadable,
+        # and a failing deployment is what an operator must not miss.
+        if a.fallbacks:
+            console.print(f"[yellow]fallbacks[/yellow]: {a.fallbacks} replies to users assigned"
+                          f" to {a.arm} were written by base because {a.arm} failed",
+                          highlight=False)
     if r.difference is not None and r.difference_ci is not None:
         console.print(f"difference (fine_tuned - base): {r.difference:+.1%}, 95% CI"
                       f" [{r.difference_ci[0]:+.1%}, {r.difference_ci[1]:+.1%}],"

@@ -10,9 +10,12 @@ from typing import Any, cast
 import chainlit as cl
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.input_widget import InputWidget, Select
+from chainlit.server import app as chainlit_server
 from chainlit.types import Feedback, ThreadDict
 
 from chatapp.domain import Arm
+from chatapp.health import HealthChecker
+from chatapp.health import mount as mount_health
 from chatapp.providers.base import Message
 from chatapp.providers.redact import redact_logs, settings_secrets
 from chatapp.runtime import Runtime
@@ -25,6 +28,8 @@ settings = get_settings()
 # SDKs log on their own; every record of this process is masked.
 redact_logs(settings_secrets(settings))
 runtime = Runtime(settings)
+# GET /healthz without login: database and deployments, for load balancers and operators.
+mount_health(chainlit_server, HealthChecker(settings, runtime.service))
 
 ARM_CHOICES = ["auto", "base", "fine_tuned"]
 

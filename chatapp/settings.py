@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     # /healthz caches each deployment probe this long, so it cannot be used to hammer upstreams.
     health_cache_s: float = Field(default=10.0, ge=0)
     health_probe_timeout_s: float = Field(default=3.0, gt=0)
-    # Log one WARNING when this share of the last N turns fell back to base (fallback_monitor)
+    # One log WARNING when this share of the fine-tuned arm's last N turns fell back to base
     fallback_alert_ratio: float = Field(default=0.2, gt=0, le=1)
     fallback_alert_window: int = Field(default=50, ge=1)
 

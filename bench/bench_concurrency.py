@@ -1,0 +1,110 @@
+"""Concurrency: 1, 50, 100, 200 simultaneous conversations through ONE travel-chat process.
+
+    .venv/bin/python -m bench.bench_concurrency [--levels 1 50 100 200]
+
+Each conversation is a distinct user (own login, own socket.io connection, own thread) who sends
+one message at the same moment as all the others; the reply is 200 chunks from the paced fake
+upstream (first after 20 ms, then every 5 ms; its own process). Per level: time to first token
+and total time (p50/p95, and p50 over the single conversation's), errors (a turn that did not
+end, or a reply other than the 200 streamed words), the app's resident memory (VmRSS) before
+the users connect, with them connected and after their turns, and the CPU seconds the app, the
+upstream and this client process used. The clients run in this one process: at 200 streams of
+200 tokens the client's own event loop is part of what is measured (its CPU is reported).
+Figures to bench/results/concurrency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._apps import PASSWORD, accounts, cpu_s, rss_kib, travel_chat
+from bench._common import summary, write
+from bench.fake_upstream import paced_upstream
+from tests.chainlit_client import ChainlitClient, Reply
+
+QUESTION = "What is there to see in Kyoto in autumn?"
+
+
+async def _level(url: str, users: list[str], expected_tokens: int, pid: int,
+                 upstream_pid: int) -> dict[str, Any]:
+    rss_before = rss_kib(pid)
+    clients = [ChainlitClient(url, timeout_s=300) for _ in users]
+    try:
+        # Logins and connections are not timed: a burst of scrypt checks is not the question.
+        for chunk in range(0, len(users), 20):
+            await asyncio.gather(*(c.login(u, PASSWORD)
+                                   for c, u in zip(clients[chunk:chunk + 20],
+                                                   users[chunk:chunk + 20], strict=True)))
+        await asyncio.gather(*(c.connect() for c in clients))
+        await asyncio.sleep(1.0)  # let on_chat_start of every session finish
+        rss_connected = rss_kib(pid)
+        cpu0 = (cpu_s(pid), cpu_s(upstream_pid), time.process_time())
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(c.send(QUESTION) for c in clients),
+                                       return_exceptions=True)
+        wall = time.perf_counter() - t0
+        cpu = (cpu_s(pid) - cpu0[0], cpu_s(upstream_pid) - cpu0[1], time.process_time() - cpu0[2])
+        rss_after = rss_kib(pid)
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    ttft, total, errors = [], [], []
+    for r in results:
+        if isinstance(r, BaseException):
+            errors.append(f"{type(r).__name__}: {r}"[:300])
+        elif not isinstance(r, Reply) or len(r.tokens) != expected_tokens or r.ttft_s is None:
+            errors.append(f"reply of {len(r.tokens)} tokens: {r.text[:120]!r}")
+        else:
+            ttft.append(r.ttft_s * 1000)
+            total.append(r.total_s * 1000)
+    n = len(users)
+    return {
+        "conversations": n, "errors": len(errors), "error_samples": errors[:5],
+        "ttft_ms": summary(ttft), "total_ms": summary(total), "wall_s": wall,
+        "rss_mib": {"before": rss_before / 1024, "connected": rss_connected / 1024,
+                    "after_turns": rss_after / 1024},
+        "rss_kib_per_conversation": (rss_after - rss_before) / n,
+        "cpu_s": {"app": cpu[0], "upstream": cpu[1], "clients": cpu[2]},
+    }
+
+
+async def main(levels: list[int]) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-concurrency-"))
+    users = accounts(sum(levels), prefix="conc")
+    per_level: dict[str, Any] = {}
+    with paced_upstream(first_token_ms=20, token_ms=5, tokens=200) as upstream:
+        upstream_pid = upstream.pid
+        async with travel_chat(work, upstream, users) as app:
+            assert app.proc is not None
+            # Warm the app (first turn builds the model client and tokenizer).
+            await _level(app.url, [users[-1].username], upstream.tokens, app.proc.pid,
+                         upstream_pid)
+            offset = 0
+            for n in levels:
+                names = [u.username for u in users[offset:offset + n]]
+                offset += n
+                per_level[str(n)] = await _level(app.url, names, upstream.tokens,
+                                                 app.proc.pid, upstream_pid)
+                print(f"{n} conversations: ttft p50 {per_level[str(n)]['ttft_ms']['p50']:.0f} ms,"
+                      f" errors {per_level[str(n)]['errors']}", flush=True)
+    single = per_level.get("1")
+    if single:
+        for fig in per_level.values():
+            fig["ttft_p50_over_single"] = fig["ttft_ms"]["p50"] / single["ttft_ms"]["p50"]
+            fig["ttft_p95_over_single_p50"] = fig["ttft_ms"]["p95"] / single["ttft_ms"]["p50"]
+    write("concurrency", {
+        "upstream": {"first_token_ms": 20, "token_ms": 5, "tokens": upstream.tokens},
+        "levels": per_level, "load_average_after": os.getloadavg(), "workdir": str(work),
+    })
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--levels", type=int, nargs="+", default=[1, 50, 100, 200])
+    args = p.parse_args()
+    asyncio.run(main(args.levels))

@@ -112,8 +112,6 @@ class Settings(BaseSettings):
     foundry_project: str | None = None
     # The model catalog's registry: Microsoft's own models (Phi) are in "azureml".
     foundry_registry: str = "azureml"
-    # How the chat reaches a deployed serverless endpoint: its key, or Entra ID.
-    foundry_endpoint_auth: Literal["key", "entra"] = "key"
 
     # Model facts (encodings, token limits, prices): the packaged dated table, plus a user TOML
     # file whose entries add to or override it.

@@ -367,7 +367,9 @@ class FoundryTrainer:
                 endpoint).result())
         conn = connection_name(name)
         env = f"TRAVEL_CONNECTIONS__{conn.upper()}__"
-        auth = self.settings.foundry_endpoint_auth
+        # Key auth: azure-ai-ml's ServerlessEndpoint._to_rest_object sends no auth mode, so the
+        # endpoint gets the service default (Key); Entra would also need the ml.azure.com token
+        # audience, not the Cognitive Services one the chat's Foundry provider asks for.
         self.deploy_notes = [
             f"serverless endpoint {name} in {location} serves {model_id}"
             + (f" (model deployable in {', '.join(regions)})" if regions else ""),
@@ -375,14 +377,10 @@ class FoundryTrainer:
             " (until then the fine_tuned arm falls back to base):",
             f"  {env}PROVIDER=foundry",
             f"  {env}ENDPOINT={created.scoring_uri}",
+            f"  {env}API_KEY=<the endpoint's primary key: az ml serverless-endpoint"
+            f" get-credentials --name {name} --resource-group {self.project.resource_group}"
+            f" --workspace-name {self.project.name}>",
         ]
-        if auth == "entra":
-            self.deploy_notes.append(f"  {env}AUTH=entra")
-        else:
-            self.deploy_notes.append(
-                f"  {env}API_KEY=<the endpoint's primary key: az ml serverless-endpoint"
-                f" get-credentials --name {name} --resource-group {self.project.resource_group}"
-                f" --workspace-name {self.project.name}>")
         return Deployment(name=name, connection=conn, provider="foundry",
                           model=str(job.fine_tuned_model), source_job=job.id)
 

@@ -358,3 +358,31 @@ def test_option_mapping_and_status_names() -> None:
     for mapping in ("Foundry: num_train_epochs", "Foundry: per_device_train_batch_size",
                     "Foundry: learning_rate = multiplier x 2e-5"):
         assert mapping in help_text
+
+
+def test_make_clients_signs_in_to_the_project_and_the_registry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MLClients are built with arguments the real MLClient signature accepts (checked by
+    binding them to it), for the project from settings and the catalog registry."""
+    import inspect
+
+    import azure.ai.ml
+    import azure.identity
+
+    real = inspect.signature(azure.ai.ml.MLClient.__init__)
+    made: list[dict[str, Any]] = []
+
+    class Recorder:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            made.append(dict(real.bind(self, *args, **kwargs).arguments))
+
+    monkeypatch.setattr(azure.ai.ml, "MLClient", Recorder)
+    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", lambda: "the-credential")
+    conf = load_settings(_env_file=None, azure_subscription_id=SUBSCRIPTION,
+                         foundry_resource_group=RESOURCE_GROUP, foundry_project=PROJECT)
+    clients = foundry_client.make_clients(foundry_client.project_settings(conf))
+    assert clients.credential == "the-credential"
+    workspace, registry = ({k: v for k, v in m.items() if k != "self"} for m in made)
+    assert workspace == {"credential": "the-credential", "subscription_id": SUBSCRIPTION,
+                         "resource_group_name": RESOURCE_GROUP, "workspace_name": PROJECT}
+    assert registry == {"credential": "the-credential", "registry_name": "azureml"}

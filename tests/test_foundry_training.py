@@ -225,6 +225,8 @@ def test_assets_are_reused_by_content_and_the_split_is_deterministic(
     assert (len(train_lines), len(valid_lines)) == (45, 5)
     assert sorted(train_lines + valid_lines) == sorted(
         json.dumps(json.loads(ln), ensure_ascii=False) for ln in TRAIN.read_text().splitlines())
+    watched = ok("train", "watch", first, "--interval", "0")
+    assert "validation split off the training file (seed 7): 45 train, 5 validation" in watched
     second = start("--seed", "7", "-q")
     assert second != first and project.uploads == uploads  # same content: nothing re-uploaded
     a, b = (details(project, j) for j in (first, second))

@@ -218,9 +218,13 @@ class FoundryTrainer:
                                   "base_model_version": str(model.version),
                                   "marketplace": marketplace, "train_asset": train_file_id}
         train_id, valid_id = train_file_id, validation_file_id
+        tags = {CREATED_BY_TAG: OURS, "marketplace": marketplace}
         if valid_id is None:
             train_id, valid_id, split = await self._split(spec)
             result["split"] = {**split, "train_asset": train_id, "validation_asset": valid_id}
+            tags["split"] = (f"validation split off the training file (seed {split['seed']}):"
+                             f" {split['train_examples']} train,"
+                             f" {split['validation_examples']} validation examples")
         result["validation_asset"] = valid_id
         hp = hyperparameters(spec)
         short = uuid.uuid4().hex[:8]
@@ -232,7 +236,7 @@ class FoundryTrainer:
             validation_data=valid_id, hyperparameters=hp, model=str(model.id),
             display_name=f"travel-chat {model.name} {spec.suffix or ''}".strip(),
             experiment_name=f"travel-chat-{base}", output_model_name_prefix=output,
-            name=job_name, tags={CREATED_BY_TAG: OURS, "marketplace": marketplace})
+            name=job_name, tags=tags)
         created = await self._call(f"starting fine-tuning of {model.id}",
                                    lambda: self.clients.workspace.jobs.create_or_update(job))
         result.update(hyperparameters=hp, output_model_name_prefix=output,
@@ -293,8 +297,8 @@ class FoundryTrainer:
         tags = job.tags or {}
         submitted = BackendEvent(
             id="submitted", at=at, level="info",
-            message=f"submitted to project {self.project.name} from {model}"
-                    + (f"; {tags['marketplace']}" if tags.get("marketplace") else ""))
+            message="; ".join([f"submitted to project {self.project.name} from {model}",
+                               *(str(tags[k]) for k in ("split", "marketplace") if tags.get(k))]))
         status = azure_status(job)
         state = self._state(job)
         text = f"job {status}"

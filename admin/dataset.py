@@ -274,7 +274,14 @@ class Builder:
             if self.opts.pii == "drop":
                 self.counts.skipped["pii"] += 1
                 return None
-        line = dumps_line({"messages": c.messages})
+        try:
+            line = dumps_line({"messages": c.messages})
+        except UnicodeEncodeError:
+            # A lone surrogate (SQLite keeps JSON "\\ud800" escapes from before the chat cleaned
+            # its input): not text any service would accept.
+            self.counts.skipped["invalid_unicode"] += 1
+            self._note(f"skipped: {c.group}: text holding a lone UTF-16 surrogate")
+            return None
         key = ex.exact_key(line)
         if key in self._seen_exact:
             self.counts.exact_duplicates += 1

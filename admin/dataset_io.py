@@ -146,18 +146,44 @@ class SeedError(ValueError):
 
 
 def read_seed(path: Path) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-    """(line number, messages) of a seed JSONL file (BOM and blank lines tolerated)."""
-    with path.open("r", encoding="utf-8-sig") as fh:
-        for number, line in enumerate(fh, 1):
+    """(line number, messages) of a seed JSONL file (BOM and blank lines tolerated).
+
+    Each example must pass the validator's error checks: a seed file is merged into every
+    dataset, so a bad line there is the build's error (named by file, line and field), not a
+    rejected upload later. Read in binary so that bad UTF-8 is reported on its line.
+    """
+    from admin.validate import CATEGORIES, check_example  # validate imports nothing from here
+
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise SeedError(f"{path}:{number}: byte {err.start + 1} of the line is not"
+                                " UTF-8") from None
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, parse_constant=_reject_constant)
             except json.JSONDecodeError as err:
                 raise SeedError(f"{path}:{number}: not JSON ({err.msg})") from None
-            messages = obj.get("messages") if isinstance(obj, dict) else None
-            if not isinstance(messages, list) or not all(
-                    isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
-                raise SeedError(f"{path}:{number}: messages: expected a list of"
-                                " {role, content} objects")
+            except (RecursionError, ValueError) as err:  # too deep, huge integers, NaN
+                what = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+                raise SeedError(f"{path}:{number}: not JSON ({what})") from None
+            for category, message in check_example(obj):
+                if CATEGORIES[category][0] == "error":
+                    raise SeedError(f"{path}:{number}: {message} ({category})")
+            messages: list[dict[str, Any]] = obj["messages"]
+            try:
+                dumps_line({"messages": messages})
+            except UnicodeEncodeError as err:
+                # A JSON "\\ud800" escape decodes to a lone surrogate, which UTF-8 cannot hold.
+                raise SeedError(f"{path}:{number}: text holding a lone UTF-16 surrogate"
+                                f" ({err.object[err.start]!a}): not valid Unicode") from None
             yield number, messages
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")

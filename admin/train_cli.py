@@ -314,6 +314,11 @@ def metrics(
 
     job, events = _run(run)
     rows = metric_rows(events)
+    if not rows and job.backend == "foundry":
+        # azure-ai-ml exposes no step metrics of these jobs; the portal charts them.
+        fail(f"job {job.id} ({job.status}) has no metric events: Foundry jobs report none"
+             " through azure-ai-ml; see the job's Metrics tab in the Foundry portal"
+             + (f" ({job.result['studio_url']})" if job.result.get("studio_url") else ""))
     if not rows:
         fail(f"job {job.id} ({job.status}) has no metric events yet")
     columns = ["step", "epoch", "train_loss", "valid_loss", "train_accuracy", "valid_accuracy"]

@@ -47,7 +47,9 @@ def closed_port() -> int:
 
 def health_settings(data_dir: Path, fake: FakeOpenAIServer, silent: int) -> Settings:
     return load_settings(
-        data_dir=data_dir, _env_file=None, health_probe_timeout_s=0.5, health_cache_s=10,
+        # The hung upstream costs this long; short, but not so short that a busy 2-core CI
+        # machine makes the fake service miss it.
+        data_dir=data_dir, _env_file=None, health_probe_timeout_s=2.0, health_cache_s=10,
         connections={
             "compat": {"provider": "openai_compat", "endpoint": fake.openai_base_url,
                        "api_key": fake.api_key},
@@ -99,7 +101,7 @@ async def test_report_probes_each_deployment_and_shows_no_secret(
     assert {k: deps[k]["status"] for k in deps} == {
         "compat-1": "reachable", "azure-1": "reachable", "entra-1": "reachable",
         "down-1": "unreachable", "hung-1": "unreachable", "nowhere-1": "misconfigured",
-        "local-1": "not_loaded"}
+        "local-1": "not_loaded"}, deps
     assert deps["hung-1"]["error"] == "timeout" and deps["compat-1"]["http_status"] == 404
     assert deps["local-1"]["arms"] == ["base"] and deps["compat-1"]["arms"] == ["fine_tuned"]
     probes = {r.path: r for r in fake.requests}

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from admin.cli import app
 from chatapp import privacy
 from chatapp.auth import hash_password
-from chatapp.domain import Exchange
+from chatapp.domain import Deployment, Exchange
 from chatapp.runtime import Runtime
 from chatapp.settings import load_settings
 from chatapp.store import Store
@@ -287,3 +287,69 @@ async def test_the_app_runtime_starts_the_purge_when_retention_is_set(data_dir: 
     keep_forever = Runtime(load_settings(data_dir=data_dir, _env_file=None))
     keep_forever.start_retention()  # TRAVEL_RETENTION_DAYS unset: nothing is ever purged
     assert keep_forever._retention is None
+
+
+@pytest.mark.slow
+async def test_through_the_running_app_limits_then_export_and_erase_reach_chainlits_rows(
+        tmp_path: Path) -> None:
+    """Rows written by Chainlit itself (not seeded): the third message in a minute is refused
+    by the app's on_message before the upstream sees it, and erasing the traveller afterwards
+    leaves nothing of them in any table while the other traveller's chat stays whole."""
+    from tests.browser_support import TRAVELLER, Account, add_accounts, running_app, sqlite_url
+    from tests.chainlit_client import ChainlitClient
+    from tests.fakes.openai_server import FakeOpenAIServer
+
+    other = Account("bob", "bob-roams-42", is_admin=False)
+    data_dir = tmp_path / "data"
+    with FakeOpenAIServer(deployments={"m": "m"}) as upstream:
+        store = await Store.open(sqlite_url(data_dir))
+        try:
+            await add_accounts(store, TRAVELLER, other)
+            await store.add_deployment(Deployment("fake-base", "fake", "openai_compat", "m"))
+            await store.start_experiment(name="t", base="fake-base", fine_tuned=None,
+                                         fine_tuned_weight=0.0, actor="test")
+        finally:
+            await store.close()
+        env = {"TRAVEL_CONNECTIONS__FAKE__PROVIDER": "openai_compat",
+               "TRAVEL_CONNECTIONS__FAKE__ENDPOINT": upstream.openai_base_url,
+               "TRAVEL_CONNECTIONS__FAKE__API_KEY": upstream.api_key,
+               "TRAVEL_RATE_LIMIT_PER_MINUTE": "2"}
+        async with running_app(data_dir, tmp_path / "app.log", env) as app:
+            async with ChainlitClient(app.url) as tab:
+                await tab.login(TRAVELLER.username, TRAVELLER.password)
+                await tab.connect()
+                replies = [await tab.send(f"Lisbon question {i}?") for i in range(3)]
+                await tab.feedback(str(replies[0].run_id), 1, "lovely answer")
+            async with ChainlitClient(app.url) as tab:
+                await tab.login(other.username, other.password)
+                await tab.connect()
+                bob_reply = await tab.send("Kyoto in autumn?")
+        chat_requests = [r for r in upstream.requests if r.path.endswith("/chat/completions")]
+    assert "try again in" in replies[2].text and "2 per minute" in replies[2].text
+    assert "try again in" not in replies[0].text + replies[1].text
+    assert len(chat_requests) == 3  # two of alice's, one of bob's: none for the refused one
+
+    store = await Store.open(sqlite_url(data_dir))
+    try:
+        stored = await store.thread_exchanges(str(replies[2].thread_id))
+        assert [e.outcome for e in stored] == ["ok", "ok", "rate_limited"]
+        doc = await privacy.export_user(store, TRAVELLER.username)
+        [thread] = doc["threads"]
+        outputs = [s["output"] for s in thread["steps"]]
+        assert "Lisbon question 0?" in outputs and replies[0].text in outputs
+        assert [f["comment"] for f in thread["feedbacks"]] == ["lovely answer"]
+        chainlit_id = doc["chainlit_user"]["id"]
+        before = await dump(store)
+        counts = await privacy.erase_user(store, TRAVELLER.username, actor="ops")
+        assert counts["threads"] == 1 and counts["exchanges"] == 3 and counts["feedbacks"] == 1
+        after = await dump(store)
+    finally:
+        await store.close()
+    gone = [TRAVELLER.username, chainlit_id, str(replies[0].thread_id),
+            *(str(r.run_id) for r in replies)]
+    for table, rows in after.items():
+        for row in rows:
+            assert not any(m in row for m in gone), (table, row)
+    for table in ("threads", "steps", "exchanges"):
+        assert [r for r in after[table] if str(bob_reply.thread_id) in r] == [
+            r for r in before[table] if str(bob_reply.thread_id) in r]

@@ -53,6 +53,27 @@ class NullSink:
         return None
 
 
+class _AfterRecorded:
+    """Holds reply text back until the turn's pending row is committed.
+
+    The row is written while the request goes upstream, so the insert (a SQLite write that
+    waits behind Chainlit's own step writes: ~10 ms, tens under load) is not added to the time
+    to first token; a crash mid-reply still finds the message on record, since nothing reaches
+    the traveller before it is. Shielded: a stop (cancel) must not cancel the insert itself.
+    """
+
+    def __init__(self, sink: ReplySink, recorded: asyncio.Task[Exchange]) -> None:
+        self._sink, self._recorded = sink, recorded
+
+    async def token(self, text: str) -> None:
+        await asyncio.shield(self._recorded)
+        await self._sink.token(text)
+
+    async def reset(self) -> None:
+        await asyncio.shield(self._recorded)
+        await self._sink.reset()
+
+
 @dataclass
 class _Attempt:
     text: str = ""
@@ -169,14 +190,16 @@ class ChatService:
         deployment = route.deployment
         outcome, error_kind, fell_back = "ok", None, False
         attempt = _Attempt(messages=[system, *history, user_msg])
-        # Recorded before any model call: a crash mid-reply must not lose the message.
-        exchange = await turns.begin(self.store, Exchange(
+        # Recorded before any reply text is shown (see _AfterRecorded): a crash mid-reply must
+        # not lose the message.
+        recorded = asyncio.ensure_future(turns.begin(self.store, Exchange(
             thread_id=thread_id, turn_index=turn_index, user_id=user_id, source=source,
             experiment_id=route.experiment_id, arm_assigned=route.arm_assigned, arm_served=arm,
             forced=route.forced, deployment=deployment, model=None,
             messages=[{"role": m["role"], "content": m["content"]} for m in attempt.messages],
             reply="", finish_reason=None, prompt_tokens=None, completion_tokens=None,
-            latency_ms=None, ttft_ms=None, outcome=turns.PENDING, step_id=step_id))
+            latency_ms=None, ttft_ms=None, outcome=turns.PENDING, step_id=step_id)))
+        sink = _AfterRecorded(sink, recorded)
         try:
             n_input = await self._count_input(route, user_text)
             if n_input.tokens > self.settings.max_input_tokens:
@@ -209,6 +232,7 @@ class ChatService:
         except asyncio.CancelledError:
             # The traveller pressed stop (Chainlit cancels the task): the turn ends unfinished
             # now rather than staying pending until the next restart.
+            exchange = await recorded
             exchange.outcome, exchange.error_kind = turns.INTERRUPTED, "cancelled"
             exchange.latency_ms = (time.perf_counter() - started) * 1000
             await turns.finish(self.store, exchange)
@@ -225,7 +249,7 @@ class ChatService:
             await sink.token(policy.UNAVAILABLE_REPLY)
             attempt.text, outcome, error_kind = policy.UNAVAILABLE_REPLY, "error", kind
         exchange = replace(
-            exchange,
+            await recorded,
             arm_served=arm,
             deployment=deployment,
             model=attempt.model,

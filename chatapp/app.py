@@ -13,6 +13,7 @@ from chainlit.input_widget import InputWidget, Select
 from chainlit.server import app as chainlit_server
 from chainlit.types import Feedback, ThreadDict
 
+from chatapp import access
 from chatapp.domain import Arm
 from chatapp.health import HealthChecker
 from chatapp.health import mount as mount_health
@@ -30,6 +31,8 @@ redact_logs(settings_secrets(settings))
 runtime = Runtime(settings)
 # GET /healthz without login: database and deployments, for load balancers and operators.
 mount_health(chainlit_server, HealthChecker(settings, runtime.service))
+# Chainlit does not check that a rated (or un-rated) step is the caller's: we do, first.
+access.install(chainlit_server, runtime.store)
 
 ARM_CHOICES = ["auto", "base", "fine_tuned"]
 

@@ -1,0 +1,131 @@
+"""The ownership check Chainlit 2.12 leaves out: ratings.
+
+Chainlit checks that a thread is the caller's before it serves, deletes or resumes it (HTTP
+`/project/thread...`, socket connect with a `threadId`), but `PUT /feedback` upserts a rating
+for whatever step id - and feedback id - the client sends, into whatever `threadId` it names,
+and `DELETE /feedback` deletes any rating by id. So anyone logged in who learns another user's
+step or feedback id could rate, overwrite or delete ratings on that user's replies.
+
+`install` puts guarded versions of both routes in front of Chainlit's own: the step (and an
+existing feedback) must belong to a thread of the caller, and the stored `threadId` is the
+step's real thread, never the client's. Then Chainlit's handler runs as before. The thread's
+author comes from Chainlit's tables; a step not (yet) there is checked against our exchange
+record of the turn.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import cast
+
+import sqlalchemy as sa
+from chainlit import server as chainlit_server
+from chainlit.config import config
+from chainlit.server import UserParam
+from chainlit.types import DeleteFeedbackRequest, UpdateFeedbackRequest
+from chainlit.user import PersistedUser, User
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.routing import APIRoute
+from starlette.responses import Response
+
+from chatapp.store import Store
+
+StoreFn = Callable[[], Awaitable[Store]]
+
+
+@dataclass(frozen=True)
+class StepOwner:
+    thread_id: str
+    user: str
+
+
+def _uuid(value: str) -> str | None:
+    """Chainlit's ids are UUIDs (a uuid column on PostgreSQL): anything else matches nothing."""
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+async def step_owner(store: Store, step_id: str) -> StepOwner | None:
+    """Who wrote the thread a step belongs to; None for an unknown step."""
+    sid = _uuid(step_id)
+    if sid is not None:
+        async with store.engine.connect() as conn:
+            row = (await conn.execute(sa.text(
+                'SELECT s."threadId", t."userIdentifier" FROM steps s'
+                ' JOIN threads t ON t."id" = s."threadId" WHERE s."id" = :id'),
+                {"id": sid})).first()
+        if row is not None and row[1] is not None:
+            return StepOwner(str(row[0]), str(row[1]))
+    # Chainlit writes its step and thread rows in background tasks: a rating that comes
+    # quickly may find them missing. Our exchange records the same thread and user.
+    exchange = await store.exchange_by_step(step_id)
+    return None if exchange is None else StepOwner(exchange.thread_id, exchange.user_id)
+
+
+async def feedback_step(store: Store, feedback_id: str) -> str | None:
+    """The step a stored feedback is for; None when there is no such feedback."""
+    fid = _uuid(feedback_id)
+    if fid is None:
+        return None
+    async with store.engine.connect() as conn:
+        row = (await conn.execute(sa.text('SELECT "forId" FROM feedbacks WHERE "id" = :id'),
+                                  {"id": fid})).first()
+    return None if row is None else str(row[0])
+
+
+async def _require_own_step(store: Store, step_id: str, user: str, what: str) -> StepOwner:
+    owner = await step_owner(store, step_id)
+    if owner is None:
+        raise HTTPException(status_code=404, detail=f"{what}: no step {step_id!r}")
+    if owner.user != user:
+        # 403 without saying whose it is: the step's existence is all a caller learns.
+        raise HTTPException(status_code=403, detail=f"{what}: step {step_id!r} is not yours")
+    return owner
+
+
+def _caller(user: User | PersistedUser | None) -> str:
+    if user is None:  # only when the app requires no login, which this one always does
+        raise HTTPException(status_code=401, detail="Unauthorized")
+    return user.identifier
+
+
+def install(app: FastAPI, store: StoreFn) -> None:
+    """Serve PUT and DELETE /feedback through the ownership check, before Chainlit's routes."""
+
+    async def update_feedback(request: Request, update: UpdateFeedbackRequest,
+                              current_user: UserParam) -> Response:
+        user = _caller(current_user)
+        db = await store()
+        fb = update.feedback
+        owner = await _require_own_step(db, fb.forId, user, "PUT /feedback")
+        if fb.id is not None:
+            previous = await feedback_step(db, fb.id)
+            if previous is not None and previous != fb.forId:
+                # An upsert by id would move someone's rating (or this user's) to another step.
+                await _require_own_step(db, previous, user, "PUT /feedback (existing id)")
+                raise HTTPException(status_code=400, detail=f"PUT /feedback: feedback {fb.id!r}"
+                                    f" is for step {previous!r}, not {fb.forId!r}")
+        fb.threadId = owner.thread_id
+        return cast(Response,
+                    await chainlit_server.update_feedback(request, update, current_user))
+
+    async def delete_feedback(request: Request, payload: DeleteFeedbackRequest,
+                              current_user: UserParam) -> Response:
+        db = await store()
+        step = await feedback_step(db, payload.feedbackId)
+        if step is None:
+            raise HTTPException(status_code=404,
+                                detail=f"DELETE /feedback: no feedback {payload.feedbackId!r}")
+        await _require_own_step(db, step, _caller(current_user), "DELETE /feedback")
+        return cast(Response,
+                    await chainlit_server.delete_feedback(request, payload, current_user))
+
+    prefix = config.run.root_path or ""
+    guarded = [APIRoute(f"{prefix}/feedback", update_feedback, methods=["PUT"]),
+               APIRoute(f"{prefix}/feedback", delete_feedback, methods=["DELETE"])]
+    # Starlette tries routes in order: ours must come before Chainlit's /feedback.
+    app.router.routes[:0] = guarded

@@ -216,25 +216,31 @@ async def _arm_counts(conn: AsyncConnection, thread_ids: Sequence[str]
                       ) -> dict[str, dict[str, dict[str, int]]]:
     """Per experiment and arm served: what a purge removes from `ab report`'s inputs."""
     ex = t.exchanges
-    newest = (sa.select(sa.func.max(t.ratings.c.id).label("id"))
-              .group_by(t.ratings.c.exchange_id).subquery())
-    rating = (sa.select(t.ratings.c.exchange_id, t.ratings.c.value)
-              .join(newest, newest.c.id == t.ratings.c.id).subquery())
-    rows = await conn.execute(
-        sa.select(ex.c.experiment_id, ex.c.arm_served, ex.c.outcome, ex.c.forced, rating.c.value)
-        .select_from(ex.outerjoin(rating, rating.c.exchange_id == ex.c.id))
-        .where(ex.c.thread_id.in_(list(thread_ids)), ex.c.source == "web"))
+    rows = (await conn.execute(
+        sa.select(ex.c.id, ex.c.experiment_id, ex.c.arm_served, ex.c.outcome, ex.c.forced)
+        .where(ex.c.thread_id.in_(list(thread_ids)), ex.c.source == "web"))).all()
+    # The current rating is the newest row per exchange; read only this batch's ratings (a
+    # max-per-exchange over the whole table would make every batch scan all ratings).
+    latest: dict[str, int] = {}
+    ids = [r.id for r in rows]
+    for start in range(0, len(ids), 500):
+        for exchange_id, value in await conn.execute(
+                sa.select(t.ratings.c.exchange_id, t.ratings.c.value)
+                .where(t.ratings.c.exchange_id.in_(ids[start:start + 500]))
+                .order_by(t.ratings.c.id)):
+            latest[exchange_id] = value
     out: dict[str, dict[str, dict[str, int]]] = {}
-    for exp_id, arm, outcome, forced, value in rows:
-        c = out.setdefault(exp_id or "none", {}).setdefault(
-            arm, {"replies": 0, "rated": 0, "up": 0, "fallbacks": 0, "errors": 0, "forced": 0})
+    for r in rows:
+        c = out.setdefault(r.experiment_id or "none", {}).setdefault(
+            r.arm_served,
+            {"replies": 0, "rated": 0, "up": 0, "fallbacks": 0, "errors": 0, "forced": 0})
         c["replies"] += 1
-        c["forced"] += int(bool(forced))
-        c["fallbacks"] += int(outcome == "fallback")
-        c["errors"] += int(outcome == "error")
-        if value is not None:
+        c["forced"] += int(bool(r.forced))
+        c["fallbacks"] += int(r.outcome == "fallback")
+        c["errors"] += int(r.outcome == "error")
+        if r.id in latest:
             c["rated"] += 1
-            c["up"] += int(value)
+            c["up"] += int(latest[r.id])
     return out
 
 

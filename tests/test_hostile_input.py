@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
+import tomllib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from playwright.async_api import Dialog, async_playwright
 
 from chatapp import policy
 from chatapp.conversation import ChatService, ModelRegistry
@@ -28,7 +31,20 @@ from chatapp.providers.base import AuthFailed, ChatModel, Chunk, Message, Upstre
 from chatapp.settings import Settings, load_settings
 from chatapp.store import Store
 from chatapp.tokens import TokenCounter, counter_for_model
+from tests.browser_support import (
+    TRAVELLER,
+    add_accounts,
+    finished_reply,
+    launch_chromium,
+    login,
+    new_page,
+    running_app,
+    send,
+    sqlite_url,
+)
+from tests.conftest import REPO
 from tests.fakes.chat_model import FakeChatModel
+from tests.fakes.openai_server import FakeOpenAIServer
 
 KEY = "sk-test-SECRET-1234567890abcdef"
 AUTH_SECRET = "session-SECRET-0987654321-fedcba"
@@ -308,3 +324,70 @@ async def test_a_reply_with_nul_or_lone_surrogate_is_stored(world: dict) -> None
     assert ex.outcome == "ok"
     stored = await store.exchange_by_step("t1-0")
     assert stored is not None and stored.reply == "Kyoto\ufffd is \ufffd lovely. When?"
+
+
+# -- in the browser -------------------------------------------------------------------------------
+
+USER_HTML = ('<img src=x onerror="window.__pwned=1;alert(1)"><script>window.__pwned=2</script>'
+             '<svg onload="window.__pwned=3"></svg> Rome?')
+REPLY_HTML = ('Rome is <b>grand</b>. <img src=x onerror="window.__pwned=4;alert(4)">'
+              '<script>window.__pwned=5</script><iframe src="javascript:parent.__pwned=6">'
+              '</iframe> [tap](javascript:window.__pwned=7) What draws you there?')
+
+
+def test_chainlit_renders_no_raw_html() -> None:
+    """Chainlit's `unsafe_allow_html` (raw HTML in messages) is off in the shipped config."""
+    config = tomllib.loads((REPO / ".chainlit" / "config.toml").read_text("utf-8"))
+    assert config["features"]["unsafe_allow_html"] is False
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+async def test_html_and_script_stay_inert_in_the_page(tmp_path: Path) -> None:
+    model = "travel-base-model"
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    store = await Store.open(sqlite_url(data_dir))
+    with FakeOpenAIServer(deployments={model: model}) as upstream:
+        try:
+            await add_accounts(store, TRAVELLER)
+            await store.add_deployment(Deployment("fake-base", "fake", "openai_compat", model))
+            await store.start_experiment(name="html", base="fake-base", fine_tuned=None,
+                                         fine_tuned_weight=0.0, actor="test")
+            upstream.queue_reply(REPLY_HTML)
+            env = {"TRAVEL_CONNECTIONS__FAKE__PROVIDER": "openai_compat",
+                   "TRAVEL_CONNECTIONS__FAKE__ENDPOINT": upstream.openai_base_url,
+                   "TRAVEL_CONNECTIONS__FAKE__API_KEY": upstream.api_key}
+            async with running_app(data_dir, tmp_path / "travel-chat.log", env) as app, \
+                    async_playwright() as pw:
+                browser = await launch_chromium(pw)
+                try:
+                    page = await new_page(browser)
+                    dialogs: list[str] = []
+
+                    async def on_dialog(dialog: Dialog) -> None:
+                        dialogs.append(dialog.message)
+                        await dialog.dismiss()
+
+                    page.on("dialog", on_dialog)
+                    await login(page, app.url, TRAVELLER)
+                    await send(page, USER_HTML)
+                    reply = await finished_reply(page, 1)
+                    await page.wait_for_timeout(500)  # let any injected handler fire
+                    pwned = await page.evaluate("window.__pwned")
+                    assert pwned is None, f"injected script ran (window.__pwned={pwned})"
+                    assert dialogs == []
+                    steps = page.locator("[data-step-type]")
+                    for selector in ("img[src='x']", "script", "svg[onload]", "iframe",
+                                     "a[href^='javascript:']"):
+                        assert await steps.locator(selector).count() == 0, selector
+                    # The traveller's text is shown as she typed it, markup and all.
+                    user_text = await page.locator(
+                        "[data-step-type='user_message']").first.inner_text()
+                    assert "<img src=x onerror=" in user_text and "<script>" in user_text
+                    reply_text = await reply.inner_text()
+                    assert "Rome is" in reply_text and "What draws you there?" in reply_text
+                finally:
+                    await browser.close()
+        finally:
+            await store.close()

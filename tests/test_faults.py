@@ -372,6 +372,12 @@ def _console_script(name: str) -> str:
 @pytest.mark.slow
 async def test_dataset_build_while_the_chat_writes(data_dir: Path, settings: Settings) -> None:
     store = await Store.open(settings.db_url)
+    async with store.engine.connect() as conn:
+        # What lets them share the file: readers never block the writer (WAL), and a writer
+        # waits for another one rather than failing at once (busy_timeout).
+        pragma = conn.exec_driver_sql
+        assert (await pragma("PRAGMA journal_mode")).scalar() == "wal"
+        assert (await pragma("PRAGMA busy_timeout")).scalar() == 30000
     n_up = await _seed_rated_exchanges(store, threads=600, per_thread=5)
     await store.add_deployment(Deployment("base", "c", "openai_compat", BASE))
     await store.start_experiment(name="t", base="base", fine_tuned=None, fine_tuned_weight=0.0,

@@ -158,6 +158,8 @@ async def test_bob_cannot_open_list_resume_or_delete_alices_thread(world: World)
     resp = await world.bob.request("GET", f"/project/thread/{thread}")
     assert resp.status_code in (401, 403), resp.text
     assert "Kyoto" not in resp.text and "maple" not in resp.text
+    resp = await world.bob.request("GET", f"/project/share/{thread}")  # not shared: hidden
+    assert resp.status_code == 404 and "Kyoto" not in resp.text, resp.text
     listed = await world.bob.threads()
     assert thread not in [t["id"] for t in listed["data"]]
     with pytest.raises(ConnectRefused):

@@ -336,9 +336,16 @@ REPLY_HTML = ('Rome is <b>grand</b>. <img src=x onerror="window.__pwned=4;alert(
 
 
 def test_chainlit_renders_no_raw_html() -> None:
-    """Chainlit's `unsafe_allow_html` (raw HTML in messages) is off in the shipped config."""
+    """Chainlit's `unsafe_allow_html` (raw HTML in messages) is off in the shipped config, and
+    so are the features that would widen what a traveller can reach: shared threads, file
+    uploads, MCP servers (stdio ones run commands on the server)."""
     config = tomllib.loads((REPO / ".chainlit" / "config.toml").read_text("utf-8"))
-    assert config["features"]["unsafe_allow_html"] is False
+    features = config["features"]
+    assert features["unsafe_allow_html"] is False
+    assert features["allow_thread_sharing"] is False
+    assert features["spontaneous_file_upload"]["enabled"] is False
+    assert features["mcp"]["enabled"] is False
+    assert features["mcp"]["user_servers"]["enabled"] is False
 
 
 @pytest.mark.browser

@@ -34,7 +34,8 @@ def purge_cmd(
     result = with_store(run)
     if as_json:
         emit([{"dry_run": dry_run, **result.as_dict()}],
-             ["dry_run", "cutoff", "threads", "rows", "batches", "undated_threads_kept"],
+             ["dry_run", "cutoff", "threads", "rows", "batches", "undated_threads_kept",
+              "came_back_kept"],
              as_json=True)
         return
     verb = "would delete" if dry_run else "deleted"
@@ -44,3 +45,5 @@ def purge_cmd(
                   f" {result.cutoff:%Y-%m-%d %H:%M} UTC ({n_days} days): {rows}")
     if result.undated:
         console.print(f"kept {result.undated} conversations with no readable time")
+    if result.came_back:
+        console.print(f"kept {result.came_back} conversations that became active during the purge")

@@ -64,11 +64,13 @@ class PurgeResult:
     counts: Counter[str] = field(default_factory=Counter)  # rows per table (deleted or to be)
     batches: int = 0
     undated: int = 0  # threads whose times could not be read: kept
+    came_back: int = 0  # old when listed, active again when their batch ran: kept
 
     def as_dict(self) -> dict[str, Any]:
         return {"cutoff": self.cutoff.isoformat(), "threads": self.threads,
                 "rows": {k: self.counts.get(k, 0) for k in TABLE_ORDER if k != "accounts"},
-                "batches": self.batches, "undated_threads_kept": self.undated}
+                "batches": self.batches, "undated_threads_kept": self.undated,
+                "came_back_kept": self.came_back}
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -100,34 +102,42 @@ async def last_activity(store: Store) -> tuple[dict[str, datetime], set[str], in
     The latest of the thread's creation, its steps and its exchanges, so a thread started long
     ago but still in use is not purged.
     """
+    async with store.engine.connect() as conn:
+        latest, in_chainlit = await _activity(conn)
+    # Nothing to date it by: keeping it beats deleting a live chat.
+    undated = sum(1 for key in in_chainlit if key not in latest)
+    return latest, in_chainlit, undated
+
+
+async def _activity(conn: AsyncConnection, only: Sequence[str] | None = None
+                    ) -> tuple[dict[str, datetime], set[str]]:
     latest: dict[str, datetime] = {}
     in_chainlit: set[str] = set()
-    undated = 0
 
     def bump(key: str, when: datetime | None) -> None:
         if when is not None and (key not in latest or when > latest[key]):
             latest[key] = when
 
-    step_max = (sa.select(cl_steps.c.threadId.label("tid"),
-                          sa.func.max(cl_steps.c.createdAt).label("last"))
-                .group_by(cl_steps.c.threadId).subquery())
-    threads_q = (sa.select(cl_threads.c.id, cl_threads.c.createdAt, step_max.c.last)
-                 .select_from(cl_threads.outerjoin(step_max, step_max.c.tid == cl_threads.c.id)))
+    steps_q = sa.select(cl_steps.c.threadId.label("tid"),
+                        sa.func.max(cl_steps.c.createdAt).label("last"))
+    threads_q = sa.select(cl_threads.c.id, cl_threads.c.createdAt)
     ex = t.exchanges
-    exchanges_q = (sa.select(ex.c.thread_id, sa.func.max(ex.c.created_at))
-                   .where(ex.c.source == "web").group_by(ex.c.thread_id))
-    async with store.engine.connect() as conn:
-        for tid, created, last_step in await conn.execute(threads_q):
-            key = str(tid)
-            in_chainlit.add(key)
-            bump(key, _parse_time(created))
-            bump(key, _parse_time(last_step))
-        for tid, last in await conn.execute(exchanges_q):
-            bump(str(tid), _parse_time(last))
-    for key in in_chainlit:
-        if key not in latest:
-            undated += 1  # nothing to date it by: keeping it beats deleting a live chat
-    return latest, in_chainlit, undated
+    exchanges_q = sa.select(ex.c.thread_id, sa.func.max(ex.c.created_at)).where(
+        ex.c.source == "web")
+    if only is not None:
+        uuids = [i for i in only if _is_uuid(i)]  # Chainlit's ids are UUIDs (typed on Postgres)
+        steps_q = steps_q.where(cl_steps.c.threadId.in_(uuids))
+        threads_q = threads_q.where(cl_threads.c.id.in_(uuids))
+        exchanges_q = exchanges_q.where(ex.c.thread_id.in_(list(only)))
+    for tid, created in await conn.execute(threads_q):
+        in_chainlit.add(str(tid))
+        bump(str(tid), _parse_time(created))
+    for tid, last_step in await conn.execute(steps_q.group_by(cl_steps.c.threadId)):
+        if str(tid) in in_chainlit:
+            bump(str(tid), _parse_time(last_step))
+    for tid, last in await conn.execute(exchanges_q.group_by(ex.c.thread_id)):
+        bump(str(tid), _parse_time(last))
+    return latest, in_chainlit
 
 
 async def purge(store: Store, days: int, *, dry_run: bool = False, batch_size: int = 200,
@@ -152,6 +162,15 @@ async def purge(store: Store, days: int, *, dry_run: bool = False, batch_size: i
             if dry_run:
                 counts = await _thread_rows(conn, ids, chainlit_ids, delete=False)
             else:
+                # The list was read before the first batch: a traveller may have come back
+                # since. Re-read this batch's activity inside its transaction.
+                fresh, _ = await _activity(conn, ids)
+                back = {i for i in ids if i in fresh and fresh[i] >= cutoff}
+                if back:
+                    ids = [i for i in ids if i not in back]
+                    chainlit_ids = [i for i in chainlit_ids if i not in back]
+                    result.threads -= len(back)
+                    result.came_back += len(back)
                 stats = await _arm_counts(conn, ids)
                 counts = await _thread_rows(conn, ids, chainlit_ids, delete=True)
                 if counts.total():

@@ -206,6 +206,29 @@ async def test_retention_purges_only_conversations_idle_past_the_cutoff(store: S
         await privacy.purge(store, 0)
 
 
+async def test_a_conversation_active_again_before_its_batch_runs_is_kept(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    back = await seed(store, "comes-back", days_ago=40)
+    gone = await seed(store, "stays-away", days_ago=40)
+    stale = await privacy.last_activity(store)  # the list a long purge read at its start
+    # ... and then the traveller writes again before the batch holding their thread runs.
+    await store.add_exchange(Exchange(
+        thread_id=back["thread_id"], turn_index=2, user_id="comes-back", source="web",
+        experiment_id=None, arm_assigned="base", arm_served="base", forced=False,
+        deployment="base-1", model="m", messages=[{"role": "user", "content": "Back again"}],
+        reply="Welcome back!", finish_reason="stop", prompt_tokens=1, completion_tokens=1,
+        latency_ms=1.0, ttft_ms=1.0, outcome="ok"))
+
+    async def snapshot(_store: Store) -> tuple[dict[str, datetime], set[str], int]:
+        return stale
+
+    monkeypatch.setattr(privacy, "last_activity", snapshot)
+    result = await privacy.purge(store, 30)
+    assert (result.threads, result.came_back) == (1, 1)
+    assert len(await store.thread_exchanges(back["thread_id"])) == 3
+    assert await store.thread_exchanges(gone["thread_id"]) == []
+
+
 async def test_the_background_loop_purges_at_start(store: Store) -> None:
     await seed(store, "old-one", days_ago=40)
 

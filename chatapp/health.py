@@ -84,7 +84,9 @@ class HealthChecker:
         deployments: list[dict[str, Any]] = []
         if database.status == "ok":
             deployments = await self._deployments(service)
-        degraded = any(d["status"] in UNHEALTHY for d in deployments)
+        # Only a deployment serving an arm counts: an idle one left registered (Azure deletes
+        # fine-tuned deployments unused for 15 days) is reported but harms no traveller.
+        degraded = any(d["status"] in UNHEALTHY and d["arms"] for d in deployments)
         status = "down" if database.status != "ok" else "degraded" if degraded else "ok"
         body = {"status": status, "database": database.as_dict(), "deployments": deployments}
         return (200 if database.status == "ok" else 503), body

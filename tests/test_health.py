@@ -50,6 +50,7 @@ def health_settings(data_dir: Path, fake: FakeOpenAIServer, silent: int) -> Sett
         # The hung upstream costs this long; short, but not so short that a busy 2-core CI
         # machine makes the fake service miss it.
         data_dir=data_dir, _env_file=None, health_probe_timeout_s=2.0, health_cache_s=10,
+        routing_poll_s=0.001,  # the service follows a new experiment at once
         connections={
             "compat": {"provider": "openai_compat", "endpoint": fake.openai_base_url,
                        "api_key": fake.api_key},
@@ -91,10 +92,11 @@ def by_name(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 async def test_report_probes_each_deployment_and_shows_no_secret(
-        checker: tuple[HealthChecker, Clock], fake: FakeOpenAIServer) -> None:
+        checker: tuple[HealthChecker, Clock], fake: FakeOpenAIServer, store: Store) -> None:
     health, _ = checker
     code, body = await health.report()
-    assert code == 200 and body["status"] == "degraded"  # down-1 and hung-1 are unreachable
+    # down-1 and hung-1 are unreachable, but no arm uses them.
+    assert code == 200 and body["status"] == "ok"
     assert body["database"]["status"] == "ok" and body["database"]["ms"] >= 0
     deps = by_name(body)
     # The fake serves no models list: an HTTP answer still proves the service is there.
@@ -112,6 +114,13 @@ async def test_report_probes_each_deployment_and_shows_no_secret(
     text = json.dumps(body)
     for secret in (fake.api_key, "sk-down-secret", fake.url, "127.0.0.1"):
         assert secret not in text
+    # Once an arm is served by the dead deployment, the app is degraded (still 200: the chat
+    # falls back to base).
+    await store.start_experiment(name="t2", base="local-1", fine_tuned="down-1",
+                                 fine_tuned_weight=0.5, actor="test")
+    code, body = await health.report()
+    assert code == 200 and body["status"] == "degraded"
+    assert by_name(body)["down-1"]["arms"] == ["fine_tuned"]
 
 
 async def test_probes_are_cached_and_shared_so_upstreams_cannot_be_hammered(

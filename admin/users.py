@@ -13,8 +13,15 @@ import typer
 
 from admin.common import JsonOpt, actor, console, emit, fail, with_store
 from admin.dataset_io import AtomicFile
+from admin.manifest import manifest_path
 from chatapp.auth import hash_password, random_password
-from chatapp.privacy import TABLE_ORDER, erase_user, export_user
+from chatapp.privacy import (
+    ERASE_ORDER,
+    erase_user,
+    export_user,
+    scrub_manifest,
+    scrubbed_dataset_paths,
+)
 from chatapp.store import Store
 
 app = typer.Typer(help="Chat accounts (passwords stored as scrypt hashes).", no_args_is_help=True)
@@ -137,7 +144,7 @@ def erase(
     found = with_store(count)
     if not sum(found.values()):
         fail(f"nothing is held about user {username!r}")
-    summary = ", ".join(f"{name} {found.get(name, 0)}" for name in TABLE_ORDER)
+    summary = ", ".join(f"{name} {found.get(name, 0)}" for name in ERASE_ORDER)
     if not yes and not typer.confirm(f"Erase {username} for good ({summary})?"):
         fail("nothing erased", 1)
 
@@ -145,6 +152,31 @@ def erase(
         return await erase_user(store, username, actor=actor())
 
     done = with_store(run)
+    # The database is done (one transaction); the manifests beside built files follow. Run
+    # again if this stops half-way: it finds the same records by their placeholder.
+    rewritten = _scrub_manifest_files(
+        with_store(lambda s: scrubbed_dataset_paths(s, username)), username)
     console.print(f"erased {username}: "
-                  + ", ".join(f"{name} {done.get(name, 0)}" for name in TABLE_ORDER)
-                  + f" ({sum(done.values())} rows); built training files are not touched")
+                  + ", ".join(f"{name} {done.get(name, 0)}" for name in ERASE_ORDER)
+                  + f" ({sum(done.values())} rows); manifest files rewritten {rewritten}."
+                  " Built training files are not touched (scrubbed of personal data).")
+
+
+def _scrub_manifest_files(data_files: list[str], username: str) -> int:
+    n = 0
+    for data_file in data_files:
+        path = manifest_path(Path(data_file))
+        if not path.is_file():
+            continue
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not scrub_manifest(doc, username):
+            continue
+        out = AtomicFile(path)
+        try:
+            out.write((json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode())
+            out.commit()
+        except BaseException:
+            out.discard()
+            raise
+        n += 1
+    return n

@@ -55,6 +55,7 @@ _SECRET_METADATA = {"env"}
 
 TABLE_ORDER = ("ratings", "exchanges", "feedbacks", "elements", "steps", "threads", "users",
                "accounts")
+ERASE_ORDER = (*TABLE_ORDER, "dataset_manifests")
 
 
 @dataclass
@@ -326,11 +327,58 @@ async def erase_user(store: Store, username: str, *, actor: str,
         targets += [("users", cl_users, cl_users.c.identifier == username),
                     ("accounts", t.accounts, t.accounts.c.username == username)]
         counts = await _apply(conn, targets, delete=not dry_run)
+        counts["dataset_manifests"] = await _scrub_manifests(conn, username, dry_run=dry_run)
         if not dry_run and counts.total():
             await _audit(conn, actor, "erase_user", {
                 "user_sha256": user_digest(username),
-                "rows": {k: counts.get(k, 0) for k in TABLE_ORDER}})
+                "rows": {k: counts.get(k, 0) for k in ERASE_ORDER}})
     return counts
+
+
+def erased_name(username: str) -> str:
+    """What replaces an erased user's name where a record must keep its shape."""
+    return f"erased:{user_digest(username)[:16]}"
+
+
+def scrub_manifest(manifest: dict[str, Any], username: str) -> bool:
+    """Replace `username` in a dataset manifest's user filter (`dataset build --user`)."""
+    query = manifest.get("query")
+    users = query.get("users") if isinstance(query, dict) else None
+    if not isinstance(users, list) or username not in users:
+        return False
+    assert isinstance(query, dict)
+    query["users"] = [erased_name(username) if u == username else u for u in users]
+    return True
+
+
+async def _scrub_manifests(conn: AsyncConnection, username: str, *, dry_run: bool) -> int:
+    """Built training files hold scrubbed text, but a manifest records the build's query, and
+    a `--user` filter names the user: keep the record, replace the name."""
+    n = 0
+    for sha, manifest in (await conn.execute(
+            sa.select(t.datasets.c.sha256, t.datasets.c.manifest))).all():
+        doc = json.loads(manifest) if isinstance(manifest, str) else dict(manifest or {})
+        if scrub_manifest(doc, username):
+            n += 1
+            if not dry_run:
+                await conn.execute(t.datasets.update().where(t.datasets.c.sha256 == sha)
+                                   .values(manifest=doc))
+    return n
+
+
+async def scrubbed_dataset_paths(store: Store, username: str) -> list[str]:
+    """Paths of built files whose manifest record carries the erased name's placeholder (their
+    sidecar `.manifest.json` files are rewritten by `travel-admin users erase`)."""
+    marker = erased_name(username)
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(t.datasets.c.path, t.datasets.c.manifest))).all()
+    out = []
+    for path, manifest in rows:
+        doc = json.loads(manifest) if isinstance(manifest, str) else manifest
+        query = doc.get("query") if isinstance(doc, dict) else None
+        if isinstance(query, dict) and marker in (query.get("users") or []):
+            out.append(str(path))
+    return out
 
 
 def _plain(value: Any, column: str = "") -> Any:

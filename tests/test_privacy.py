@@ -114,13 +114,19 @@ def markers(who: dict[str, Any]) -> list[str]:
 async def test_erase_leaves_nothing_of_the_user_and_touches_no_one_else(store: Store) -> None:
     alice = await seed(store, "alice-7f3e", days_ago=1)
     bob = await seed(store, "bob", days_ago=1)
+    # A training set built with `dataset build --user alice-7f3e --user bob`: its manifest
+    # records the query, names included.
+    await store.add_dataset(sha256="b" * 64, path="data/datasets/two.train.jsonl", kind="train",
+                            n_examples=3, manifest={"query": {"users": ["alice-7f3e", "bob"]}},
+                            tokenizer=None, created_by="test")
     before = await dump(store)
     counts = await privacy.erase_user(store, "alice-7f3e", actor="ops", dry_run=True)
     assert await dump(store) == before  # a dry run deletes nothing
     done = await privacy.erase_user(store, "alice-7f3e", actor="ops")
     assert done == counts
     assert dict(done) == {"ratings": 2, "exchanges": 2, "feedbacks": 1, "elements": 1,
-                          "steps": 6, "threads": 1, "users": 1, "accounts": 1}
+                          "steps": 6, "threads": 1, "users": 1, "accounts": 1,
+                          "dataset_manifests": 1}
     after = await dump(store)
     for table, rows in after.items():
         for row in rows:
@@ -133,6 +139,9 @@ async def test_erase_leaves_nothing_of_the_user_and_touches_no_one_else(store: S
             audit = json.loads(next(r for r in after[table] if r not in kept))
             assert audit["action"] == "erase_user" and audit["actor"] == "ops"
             assert privacy.user_digest("alice-7f3e") in str(audit["details"])
+        elif table == "datasets":
+            [row] = after[table]
+            assert privacy.erased_name("alice-7f3e") in row and "bob" in row
         else:
             assert after[table] == kept, table
     assert any(bob["thread_id"] in r for r in after["threads"])
@@ -280,9 +289,27 @@ def test_admin_commands(cli_env: Path, tmp_path: Path) -> None:
     assert "deleted 1 conversations" in _cli("retention", "purge", "--days", "30")
     assert "deleted 0 conversations" in _cli("retention", "purge", "--days", "30")
 
+    data_file = cli_env / "datasets" / "bobs.train.jsonl"
+    data_file.parent.mkdir()
+    sidecar = data_file.with_name(data_file.name + ".manifest.json")
+    sidecar.write_text(json.dumps({"query": {"users": ["bob"]}, "n_examples": 1}))
+
+    async def add_dataset() -> None:
+        store = await Store.open(f"sqlite+aiosqlite:///{cli_env / 'travel.db'}")
+        try:
+            await store.add_dataset(sha256="c" * 64, path=str(data_file), kind="train",
+                                    n_examples=1, manifest={"query": {"users": ["bob"]}},
+                                    tokenizer=None, created_by="test")
+        finally:
+            await store.close()
+
+    asyncio.run(add_dataset())
     assert "nothing erased" in runner.invoke(app, ["users", "erase", "bob"], input="n\n").output
     erased = _cli("users", "erase", "bob", "--yes")
     assert "erased bob:" in erased and "exchanges 2" in erased and "accounts 1" in erased
+    assert "dataset_manifests 1" in erased and "manifest files rewritten 1" in erased
+    assert json.loads(sidecar.read_text()) == {"query": {"users": [privacy.erased_name("bob")]},
+                                               "n_examples": 1}
     assert "nothing is held about user 'bob'" in _cli("users", "erase", "bob", "--yes", code=1)
     assert "nothing is held" in _cli("users", "export", "bob", code=1)
 

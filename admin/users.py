@@ -143,6 +143,11 @@ def erase(
 
     found = with_store(count)
     if not sum(found.values()):
+        # An erasure stopped between its transaction and the manifest files: finish it.
+        if rewritten := _scrub_manifest_files(
+                with_store(lambda s: scrubbed_dataset_paths(s, username)), username):
+            console.print(f"{username} was erased before; manifest files rewritten {rewritten}")
+            return
         fail(f"nothing is held about user {username!r}")
     summary = ", ".join(f"{name} {found.get(name, 0)}" for name in ERASE_ORDER)
     if not yes and not typer.confirm(f"Erase {username} for good ({summary})?"):

@@ -311,6 +311,10 @@ def test_admin_commands(cli_env: Path, tmp_path: Path) -> None:
     assert json.loads(sidecar.read_text()) == {"query": {"users": [privacy.erased_name("bob")]},
                                                "n_examples": 1}
     assert "nothing is held about user 'bob'" in _cli("users", "erase", "bob", "--yes", code=1)
+    # Had the command stopped before the manifest files, running it again finishes them.
+    sidecar.write_text(json.dumps({"query": {"users": ["bob"]}, "n_examples": 1}))
+    assert "manifest files rewritten 1" in _cli("users", "erase", "bob", "--yes")
+    assert "bob\"" not in sidecar.read_text()
     assert "nothing is held" in _cli("users", "export", "bob", code=1)
 
 

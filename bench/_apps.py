@@ -47,9 +47,13 @@ def cpu_s(pid: int) -> float:
 
 
 @asynccontextmanager
-async def travel_chat(workdir: Path, upstream: Upstream,
-                      users: Sequence[Account]) -> AsyncIterator[ChatApp]:
-    """Our app on SQLite, everyone routed to one deployment on the paced upstream."""
+async def travel_chat(workdir: Path, upstream: Upstream, users: Sequence[Account], *,
+                      check_log: bool = True) -> AsyncIterator[ChatApp]:
+    """Our app on SQLite, everyone routed to one deployment on the paced upstream.
+
+    `check_log`: fail at the end if the app logged an error (tests/browser_support.running_app);
+    False for a benchmark that counts them as figures instead (`ChatApp.log_problems()`).
+    """
     data_dir = workdir / "travel-data"
     data_dir.mkdir(parents=True, exist_ok=True)
     store = await Store.open(sqlite_url(data_dir))
@@ -63,8 +67,18 @@ async def travel_chat(workdir: Path, upstream: Upstream,
         await store.close()
     env = {**upstream.connection_env("bench"), **NO_RATE_LIMITS,
            "TRAVEL_MAX_REPLY_TOKENS": str(MAX_TOKENS)}
-    async with running_app(data_dir, workdir / "travel-chat.log", env) as app:
+    if check_log:
+        async with running_app(data_dir, workdir / "travel-chat.log", env) as app:
+            yield app
+        return
+    app = ChatApp(data_dir, workdir / "travel-chat.log", env)
+    print(f"travel-chat log: {app.log_path}")
+    app.start()
+    try:
+        await app.wait_ready()
         yield app
+    finally:
+        app.stop()
 
 
 class BareApp(ChatApp):

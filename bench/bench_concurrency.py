@@ -26,13 +26,17 @@ from typing import Any
 from bench._apps import PASSWORD, accounts, cpu_s, rss_kib, travel_chat
 from bench._common import summary, write
 from bench.fake_upstream import paced_upstream
+from tests.browser_support import ChatApp
 from tests.chainlit_client import ChainlitClient, Reply
 
 QUESTION = "What is there to see in Kyoto in autumn?"
 
 
-async def _level(url: str, users: list[str], expected_tokens: int, pid: int,
+async def _level(app: ChatApp, users: list[str], expected_tokens: int,
                  upstream_pid: int) -> dict[str, Any]:
+    assert app.proc is not None
+    url, pid = app.url, app.proc.pid
+    logged_before = len(app.log_problems())
     rss_before = rss_kib(pid)
     clients = [ChainlitClient(url, timeout_s=300) for _ in users]
     try:
@@ -63,8 +67,13 @@ async def _level(url: str, users: list[str], expected_tokens: int, pid: int,
             ttft.append(r.ttft_s * 1000)
             total.append(r.total_s * 1000)
     n = len(users)
+    # Errors the app logged (Chainlit logs its data layer's failed writes as warnings and goes
+    # on: a message missing from the thread's history later) and tracebacks of failed turns.
+    logged = app.log_problems()[logged_before:]
     return {
         "conversations": n, "errors": len(errors), "error_samples": errors[:5],
+        "app_log_problems": len(logged),
+        "app_log_samples": sorted({line[20:180] for line in logged})[:8],
         "ttft_ms": summary(ttft), "total_ms": summary(total), "wall_s": wall,
         "rss_mib": {"before": rss_before / 1024, "connected": rss_connected / 1024,
                     "after_turns": rss_after / 1024},
@@ -79,19 +88,16 @@ async def main(levels: list[int]) -> None:
     per_level: dict[str, Any] = {}
     with paced_upstream(first_token_ms=20, token_ms=5, tokens=200) as upstream:
         upstream_pid = upstream.pid
-        async with travel_chat(work, upstream, users) as app:
-            assert app.proc is not None
+        async with travel_chat(work, upstream, users, check_log=False) as app:
             # Warm the app (first turn builds the model client and tokenizer).
-            await _level(app.url, [users[-1].username], upstream.tokens, app.proc.pid,
-                         upstream_pid)
+            await _level(app, [users[-1].username], upstream.tokens, upstream_pid)
             offset = 0
             for n in levels:
                 names = [u.username for u in users[offset:offset + n]]
                 offset += n
-                per_level[str(n)] = await _level(app.url, names, upstream.tokens,
-                                                 app.proc.pid, upstream_pid)
-                print(f"{n} conversations: ttft p50 {per_level[str(n)]['ttft_ms']['p50']:.0f} ms,"
-                      f" errors {per_level[str(n)]['errors']}", flush=True)
+                fig = per_level[str(n)] = await _level(app, names, upstream.tokens, upstream_pid)
+                print(f"{n} conversations: ttft p50 {fig['ttft_ms']['p50']:.0f} ms, errors"
+                      f" {fig['errors']}, app log problems {fig['app_log_problems']}", flush=True)
     single = per_level.get("1")
     if single:
         for fig in per_level.values():

@@ -1,98 +1,124 @@
-"""Local model: time to first token and tokens/s through the app vs llama.cpp called directly.
+"""Local model: time to first token and tokens/s through the running app vs llama.cpp directly.
 
-Same model file, same messages, greedy, alternating runs so machine load hits both alike.
-Usage: .venv/bin/python bench/bench_local_chat.py [--runs 5] [--max-tokens 120]
+    .venv/bin/python -m bench.bench_local_chat [--runs 8] [--max-tokens 120]
+
+Through the app: `travel-chat` as a subprocess on its zero-configuration local deployment
+(SmolLM2-135M-Instruct in llama.cpp), driven by tests/chainlit_client.py as the browser would
+(login, socket.io, `client_message`); times are taken at the client, so they include Chainlit,
+the socket and our chat turn. Directly: `llama_cpp.Llama` in this process, loaded as the app
+loads it (same model file, n_ctx and n_threads), given for each run exactly the messages the
+app sent (read back from the stored exchange), greedy, the same max_tokens and stop strings.
+App and direct runs alternate, one at a time (two cores: running them at once would measure
+contention), so machine load hits both alike. Time to first token: request -> first text;
+tokens/s: text chunks after the first over the time from first to last (llama.cpp yields one
+chunk per token on both paths). `same_text` counts runs whose replies are identical.
+Figures to bench/results/local_chat.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
+import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from bench._apps import NO_RATE_LIMITS, PASSWORD, accounts
 from bench._common import summary, write
 from chatapp import policy
-from chatapp.conversation import ChatService
 from chatapp.domain import SMOLLM2
-from chatapp.runtime import bootstrap
-from chatapp.settings import load_settings
+from chatapp.settings import LOCAL_CONNECTION, load_settings
 from chatapp.store import Store
 from chatapp.tokens import resolve_local_model_path
+from tests.browser_support import add_accounts, running_app, sqlite_url
+from tests.chainlit_client import ChainlitClient
 
 QUESTIONS = ["What is there to see in Kyoto?", "When is the best season to visit Peru?",
              "What dishes should I try in Lisbon?", "Do I need a visa for Japan?"]
 
 
-class Timing:
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.first: float | None = None
-        self.n = 0
+def _rate(times: list[float]) -> float:
+    """Tokens per second after the first token (decode speed)."""
+    if len(times) < 2 or times[-1] <= times[0]:
+        return float("nan")
+    return (len(times) - 1) / (times[-1] - times[0])
 
-    async def token(self, text: str) -> None:
-        if self.first is None:
-            self.first = time.perf_counter() - self.t0
-        self.n += 1
 
-    async def reset(self) -> None:
-        return None
+def _direct(llm: Any, messages: list[dict[str, str]], max_tokens: int
+            ) -> tuple[float, list[float], str]:
+    t0 = time.perf_counter()
+    times: list[float] = []
+    text = []
+    for part in llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=0.0,
+                                           stop=list(policy.LOCAL_STOP), stream=True):
+        content = part["choices"][0]["delta"].get("content")
+        if content:
+            times.append(time.perf_counter())
+            text.append(content)
+    return t0, times, "".join(text)
 
 
 async def main(runs: int, max_tokens: int) -> None:
     from llama_cpp import Llama
 
-    data = Path(tempfile.mkdtemp())
-    settings = load_settings(data_dir=data, temperature=0.0, max_reply_tokens=max_tokens,
-                             _env_file=None)
-    store = await Store.open(settings.db_url)
-    await bootstrap(settings, store)
-    service = ChatService(settings, store)
-    llm = Llama(model_path=str(resolve_local_model_path(SMOLLM2, settings)), n_ctx=2048,
-                seed=0, verbose=False)
+    work = Path(tempfile.mkdtemp(prefix="bench-local-"))
+    data_dir = work / "data"
+    data_dir.mkdir()
+    user = accounts(1, prefix="local")[0]
+    store = await Store.open(sqlite_url(data_dir))
+    await add_accounts(store, user)
+    env = {**NO_RATE_LIMITS, "TRAVEL_TEMPERATURE": "0", "TRAVEL_MAX_REPLY_TOKENS": str(max_tokens)}
+    settings = load_settings(data_dir=data_dir, _env_file=None)
+    conn = settings.connections[LOCAL_CONNECTION]
+    n_threads = conn.n_threads or os.cpu_count() or 1  # what chatapp/providers/local.py uses
+    llm = Llama(model_path=str(resolve_local_model_path(SMOLLM2, settings)), n_ctx=conn.n_ctx,
+                n_threads=n_threads, seed=0, verbose=False)
     app_ttft, app_tps, direct_ttft, direct_tps = [], [], [], []
-    # Warm both (model load, tokenizer) so the first measured run is not a cold start.
-    await service.reply(user_id="w", thread_id="w", turn_index=0, history=[], user_text="Hi")
-    llm.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=4)
-    for i in range(runs):
-        q = QUESTIONS[i % len(QUESTIONS)]
-        t = Timing()
-        ex = await service.reply(user_id="bench", thread_id=f"t{i}", turn_index=0, history=[],
-                                 user_text=q, sink=t)
-        total = time.perf_counter() - t.t0
-        app_ttft.append((t.first or total) * 1000)
-        app_tps.append((ex.completion_tokens or 0) / max(total - (t.first or 0), 1e-9))
-        msgs = [{"role": "system", "content": policy.SYSTEM_PROMPT}, {"role": "user", "content": q}]
-        t0 = time.perf_counter()
-        first = None
-        n = 0
-        for part in llm.create_chat_completion(msgs, max_tokens=max_tokens, temperature=0.0,
-                                               stop=list(policy.LOCAL_STOP), stream=True):
-            if part["choices"][0]["delta"].get("content"):
-                n += 1
-                first = first or time.perf_counter() - t0
-        total = time.perf_counter() - t0
-        direct_ttft.append((first or total) * 1000)
-        direct_tps.append(n / max(total - (first or 0), 1e-9))
-    await store.close()
+    same_text = 0
+    try:
+        async with running_app(data_dir, work / "travel-chat.log", env) as app, \
+                ChainlitClient(app.url, timeout_s=300) as tab:
+            await tab.login(user.username, PASSWORD)
+            # Warm both (the app loads its model at start; first calls build caches).
+            await tab.connect()
+            await tab.send("Hi")
+            _direct(llm, [{"role": "user", "content": "Hi"}], 4)
+            for i in range(runs):
+                await tab.connect(new_session=True)  # one-turn conversations: same prompt shape
+                reply = await tab.send(QUESTIONS[i % len(QUESTIONS)])
+                if reply.ttft_s is None or reply.thread_id is None:
+                    raise RuntimeError(f"run {i}: no streamed reply from the app: {reply.text!r}")
+                app_ttft.append(reply.ttft_s * 1000)
+                app_tps.append(_rate(reply.token_times))
+                exchanges = await store.thread_exchanges(reply.thread_id)
+                messages = [{"role": m["role"], "content": m["content"]}
+                            for m in exchanges[-1].messages]
+                t0, times, text = _direct(llm, messages, max_tokens)
+                if not times:
+                    raise RuntimeError(f"run {i}: llama.cpp streamed nothing")
+                direct_ttft.append((times[0] - t0) * 1000)
+                direct_tps.append(_rate(times))
+                same_text += text == reply.streamed_text
+    finally:
+        await store.close()
     a, d = summary(app_ttft), summary(direct_ttft)
+    at, dt = summary(app_tps), summary(direct_tps)
     write("local_chat", {
         "runs": runs, "max_tokens": max_tokens, "model": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "n_threads": n_threads, "n_ctx": conn.n_ctx, "same_text": same_text,
         "app_ttft_ms": a, "direct_ttft_ms": d,
-        "app_tokens_per_s": summary(app_tps), "direct_tokens_per_s": summary(direct_tps),
+        "app_tokens_per_s": at, "direct_tokens_per_s": dt,
         "ttft_ratio_p50_app_over_direct": a["p50"] / d["p50"],
-        "throughput_ratio_p50_app_over_direct":
-            summary(app_tps)["p50"] / summary(direct_tps)["p50"],
+        "throughput_ratio_p50_app_over_direct": at["p50"] / dt["p50"],
+        "load_average_after": os.getloadavg(), "workdir": str(work),
     })
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--runs", type=int, default=6)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=120)
     args = p.parse_args()
     asyncio.run(main(args.runs, args.max_tokens))

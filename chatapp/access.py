@@ -23,6 +23,7 @@ from typing import cast
 import sqlalchemy as sa
 from chainlit import server as chainlit_server
 from chainlit.config import config
+from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.server import UserParam
 from chainlit.types import DeleteFeedbackRequest, UpdateFeedbackRequest
 from chainlit.user import PersistedUser, User
@@ -47,6 +48,23 @@ def _uuid(value: str) -> str | None:
         return str(uuid.UUID(value))
     except (ValueError, TypeError, AttributeError):
         return None
+
+
+class DataLayer(SQLAlchemyDataLayer):
+    """Chainlit's SQLAlchemy data layer, saying "no such thread" the way its callers expect.
+
+    Its `get_thread_author` raises ValueError for a thread without a row (an unknown id, or one
+    whose row a background task has not written yet): every thread route then answers 500 and
+    logs a traceback, where `is_thread_author` answers 404 for an empty author.
+    """
+
+    async def get_thread_author(self, thread_id: str) -> str:
+        if _uuid(thread_id) is None:
+            return ""  # matches nothing; on PostgreSQL's uuid column it would be an SQL error
+        try:
+            return await super().get_thread_author(thread_id)
+        except ValueError:
+            return ""
 
 
 async def step_owner(store: Store, step_id: str) -> StepOwner | None:

@@ -45,7 +45,7 @@ async def warm_up() -> None:
 
 @cl.data_layer
 def data_layer() -> SQLAlchemyDataLayer:
-    return SQLAlchemyDataLayer(conninfo=async_url(settings.db_url))
+    return access.DataLayer(conninfo=async_url(settings.db_url))
 
 
 if settings.auth_mode == "header":

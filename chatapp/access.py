@@ -18,19 +18,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import sqlalchemy as sa
 from chainlit import server as chainlit_server
 from chainlit.config import config
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.server import UserParam
+from chainlit.step import StepDict
 from chainlit.types import DeleteFeedbackRequest, UpdateFeedbackRequest
 from chainlit.user import PersistedUser, User
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
+from chatapp.input_guard import clean_text
 from chatapp.store import Store
 
 StoreFn = Callable[[], Awaitable[Store]]
@@ -51,12 +53,30 @@ def _uuid(value: str) -> str | None:
 
 
 class DataLayer(SQLAlchemyDataLayer):
-    """Chainlit's SQLAlchemy data layer, saying "no such thread" the way its callers expect.
+    """Chainlit's SQLAlchemy data layer, with two fixes.
 
     Its `get_thread_author` raises ValueError for a thread without a row (an unknown id, or one
     whose row a background task has not written yet): every thread route then answers 500 and
     logs a traceback, where `is_thread_author` answers 404 for an empty author.
+
+    It stores the traveller's text (the message step, the thread name taken from the first
+    message) as it arrived, before our turn cleans it: a NUL (PostgreSQL) or a lone surrogate
+    (any database) failed those inserts, and the thread was never saved. Cleaned here the same
+    way (chatapp.input_guard.clean_text).
     """
+
+    async def create_step(self, step_dict: StepDict) -> None:
+        for key in ("input", "output", "name"):
+            value = step_dict.get(key)
+            if isinstance(value, str):
+                step_dict[key] = clean_text(value)  # type: ignore[literal-required]
+        await super().create_step(step_dict)
+
+    async def update_thread(self, thread_id: str, name: str | None = None,
+                            user_id: str | None = None, metadata: dict[str, Any] | None = None,
+                            tags: list[str] | None = None) -> None:
+        await super().update_thread(thread_id, name=clean_text(name) if name else name,
+                                    user_id=user_id, metadata=metadata, tags=tags)
 
     async def get_thread_author(self, thread_id: str) -> str:
         if _uuid(thread_id) is None:
@@ -120,6 +140,8 @@ def install(app: FastAPI, store: StoreFn) -> None:
         db = await store()
         fb = update.feedback
         owner = await _require_own_step(db, fb.forId, user, "PUT /feedback")
+        if fb.comment:
+            fb.comment = clean_text(fb.comment)  # stored by Chainlit, then by on_feedback
         if fb.id is not None:
             previous = await feedback_step(db, fb.id)
             if previous is not None and previous != fb.forId:

@@ -38,10 +38,12 @@ from tests.browser_support import (
     launch_chromium,
     login,
     new_page,
+    poll,
     running_app,
     send,
     sqlite_url,
 )
+from tests.chainlit_client import ChainlitClient
 from tests.conftest import REPO
 from tests.fakes.chat_model import FakeChatModel
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -398,3 +400,54 @@ async def test_html_and_script_stay_inert_in_the_page(tmp_path: Path) -> None:
                     await browser.close()
         finally:
             await store.close()
+
+
+@pytest.mark.slow
+async def test_odd_characters_over_the_socket_are_stored_everywhere(tmp_path: Path) -> None:
+    """Through the running app: Chainlit stores the message, the thread name and the rating
+    comment in its own tables before our turn sees them; PostgreSQL refuses NUL there, and no
+    database takes a lone surrogate (a browser's JSON.stringify sends one as `\\ud800`)."""
+    model = "travel-base-model"
+    text = "Oslo\x00 or \ud800 Bergen \x1b[31m? \u202eevil"
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    store = await Store.open(sqlite_url(data_dir))
+    with FakeOpenAIServer(deployments={model: model}) as upstream:
+        try:
+            await add_accounts(store, TRAVELLER)
+            await store.add_deployment(Deployment("fake-base", "fake", "openai_compat", model))
+            await store.start_experiment(name="odd", base="fake-base", fine_tuned=None,
+                                         fine_tuned_weight=0.0, actor="test")
+            env = {"TRAVEL_CONNECTIONS__FAKE__PROVIDER": "openai_compat",
+                   "TRAVEL_CONNECTIONS__FAKE__ENDPOINT": upstream.openai_base_url,
+                   "TRAVEL_CONNECTIONS__FAKE__API_KEY": upstream.api_key}
+            async with running_app(data_dir, tmp_path / "travel-chat.log", env) as app, \
+                    ChainlitClient(app.url) as tab:
+                await tab.login(TRAVELLER.username, TRAVELLER.password)
+                await tab.connect()
+                reply = await tab.send(text)
+                assert reply.run_id is not None and reply.thread_id is not None
+                # As a browser's JSON.stringify sends it: the lone surrogate \u-escaped.
+                body = {"feedback": {"forId": reply.run_id, "value": 1,
+                                     "comment": "Great\x00 \udc00 tip"},
+                        "sessionId": tab.session_id}
+                resp = await tab.http.put("/feedback", content=json.dumps(body),
+                                          headers={"content-type": "application/json"})
+                assert resp.status_code == 200, resp.text
+                exchange = await poll(lambda: store.exchange_by_step(str(reply.run_id)))
+                assert exchange is not None and exchange.outcome == "ok"
+                assert exchange.messages[-1]["content"] == clean_text(text)
+                thread = await poll(lambda: _saved_thread(tab, str(reply.thread_id)))
+                assert thread, "the thread was not saved"
+                steps = (await tab.thread(str(reply.thread_id)))["steps"]
+                assert [s["output"] for s in steps if s["type"] == "user_message"] == [
+                    clean_text(text)]
+                ratings = await poll(lambda: store.ratings_for(exchange.id))
+                assert [r["comment"] for r in ratings] == ["Great\ufffd \ufffd tip"]
+                # (running_app fails the test if Chainlit logged a failed insert.)
+        finally:
+            await store.close()
+
+
+async def _saved_thread(tab: ChainlitClient, thread_id: str) -> bool:
+    return thread_id in [t["id"] for t in (await tab.threads())["data"]]

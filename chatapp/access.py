@@ -1,4 +1,4 @@
-"""The ownership check Chainlit 2.12 leaves out: ratings.
+"""What Chainlit 2.12 leaves to the app: who may rate a step, and storable text.
 
 Chainlit checks that a thread is the caller's before it serves, deletes or resumes it (HTTP
 `/project/thread...`, socket connect with a `threadId`), but `PUT /feedback` upserts a rating
@@ -11,6 +11,9 @@ existing feedback) must belong to a thread of the caller, and the stored `thread
 step's real thread, never the client's. Then Chainlit's handler runs as before. The thread's
 author comes from Chainlit's tables; a step not (yet) there is checked against our exchange
 record of the turn.
+
+`DataLayer` is Chainlit's SQLAlchemy data layer with a 404 for unknown threads and the
+traveller's text cleaned before Chainlit stores it (see the class).
 """
 
 from __future__ import annotations

@@ -251,6 +251,12 @@ def _event_text(reply: Reply) -> str:
 async def test_a_traveller_cannot_force_an_arm_or_see_routing(world: World) -> None:
     connected = [e.name for e in world.alice.events]
     assert "chat_settings" not in connected  # no settings panel was sent to her
+    # Nor does anything she can fetch name the deployments, models or upstreams.
+    for path in ("/project/settings", "/user", "/auth/config"):
+        resp = await world.alice.request("GET", path)
+        assert resp.status_code == 200, (path, resp.text)
+        for hidden in ("fake-base", "leaky-ft", MODEL, "echo-401", "127.0.0.1:", "SECRET"):
+            assert hidden not in resp.text, (path, hidden)
     sio = world.alice._sio  # the client has no settings call: the frontend's event, by hand
     assert sio is not None
     await sio.emit("chat_settings_change", {"arm": "fine_tuned"})

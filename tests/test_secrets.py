@@ -160,6 +160,19 @@ def test_redact_masks_credential_shapes_and_known_secrets() -> None:
     assert redact("tokens: 5 of 100, the key is short") == "tokens: 5 of 100, the key is short"
 
 
+@pytest.fixture
+def own_log_factory() -> Iterator[None]:
+    """redact_logs is process-wide: put the previous record factory back for later tests."""
+    from chatapp.providers import redact as redact_module
+
+    previous = logging.getLogRecordFactory()
+    yield
+    logging.setLogRecordFactory(previous)
+    redact_module._factory_installed.clear()
+    redact_module._log_secrets.clear()
+
+
+@pytest.mark.usefixtures("own_log_factory")
 def test_log_records_of_the_app_process_are_masked(caplog: pytest.LogCaptureFixture) -> None:
     settings = load_settings(_env_file=None, auth_secret=AUTH_SECRET, connections={
         "oc": {"provider": "openai_compat", "endpoint": "http://h/v1", "api_key": COMPAT_KEY}})

@@ -34,6 +34,7 @@ from chatapp.tokens import TokenCounter, counter_for_model
 from tests.browser_support import (
     TRAVELLER,
     add_accounts,
+    empty_database,
     finished_reply,
     launch_chromium,
     login,
@@ -402,8 +403,15 @@ async def test_html_and_script_stay_inert_in_the_page(tmp_path: Path) -> None:
             await store.close()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def app_db_url(request: pytest.FixtureRequest) -> str | None:
+    """None: the app's default SQLite file in its data folder; else a real PostgreSQL."""
+    return None if request.param == "sqlite" else str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.mark.slow
-async def test_odd_characters_over_the_socket_are_stored_everywhere(tmp_path: Path) -> None:
+async def test_odd_characters_over_the_socket_are_stored_everywhere(
+        tmp_path: Path, app_db_url: str | None) -> None:
     """Through the running app: Chainlit stores the message, the thread name and the rating
     comment in its own tables before our turn sees them; PostgreSQL refuses NUL there, and no
     database takes a lone surrogate (a browser's JSON.stringify sends one as `\\ud800`)."""
@@ -411,7 +419,8 @@ async def test_odd_characters_over_the_socket_are_stored_everywhere(tmp_path: Pa
     text = "Oslo\x00 or \ud800 Bergen \x1b[31m? \u202eevil"
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    store = await Store.open(sqlite_url(data_dir))
+    store = await Store.open(app_db_url or sqlite_url(data_dir))
+    await empty_database(store)
     with FakeOpenAIServer(deployments={model: model}) as upstream:
         try:
             await add_accounts(store, TRAVELLER)
@@ -421,6 +430,8 @@ async def test_odd_characters_over_the_socket_are_stored_everywhere(tmp_path: Pa
             env = {"TRAVEL_CONNECTIONS__FAKE__PROVIDER": "openai_compat",
                    "TRAVEL_CONNECTIONS__FAKE__ENDPOINT": upstream.openai_base_url,
                    "TRAVEL_CONNECTIONS__FAKE__API_KEY": upstream.api_key}
+            if app_db_url:
+                env["TRAVEL_DATABASE_URL"] = app_db_url
             async with running_app(data_dir, tmp_path / "travel-chat.log", env) as app, \
                     ChainlitClient(app.url) as tab:
                 await tab.login(TRAVELLER.username, TRAVELLER.password)
@@ -446,6 +457,7 @@ async def test_odd_characters_over_the_socket_are_stored_everywhere(tmp_path: Pa
                 assert [r["comment"] for r in ratings] == ["Great\ufffd \ufffd tip"]
                 # (running_app fails the test if Chainlit logged a failed insert.)
         finally:
+            await empty_database(store)
             await store.close()
 
 

@@ -60,7 +60,7 @@ def _direct(llm: Any, messages: list[dict[str, str]], max_tokens: int
     return t0, times, "".join(text)
 
 
-async def main(runs: int, max_tokens: int) -> None:
+async def main(runs: int, max_tokens: int, threads: int | None) -> None:
     from llama_cpp import Llama
 
     work = Path(tempfile.mkdtemp(prefix="bench-local-"))
@@ -70,8 +70,13 @@ async def main(runs: int, max_tokens: int) -> None:
     store = await Store.open(sqlite_url(data_dir))
     await add_accounts(store, user)
     env = {**NO_RATE_LIMITS, "TRAVEL_TEMPERATURE": "0", "TRAVEL_MAX_REPLY_TOKENS": str(max_tokens)}
+    if threads is not None:
+        env |= {"TRAVEL_CONNECTIONS__LOCAL__PROVIDER": "local",
+                "TRAVEL_CONNECTIONS__LOCAL__N_THREADS": str(threads)}
     settings = load_settings(data_dir=data_dir, _env_file=None)
     conn = settings.connections[LOCAL_CONNECTION]
+    if threads is not None:
+        conn = conn.model_copy(update={"n_threads": threads})
     n_threads = conn.n_threads or os.cpu_count() or 1  # what chatapp/providers/local.py uses
     llm = Llama(model_path=str(resolve_local_model_path(SMOLLM2, settings)), n_ctx=conn.n_ctx,
                 n_threads=n_threads, seed=0, verbose=False)
@@ -105,7 +110,7 @@ async def main(runs: int, max_tokens: int) -> None:
         await store.close()
     a, d = summary(app_ttft), summary(direct_ttft)
     at, dt = summary(app_tps), summary(direct_tps)
-    write("local_chat", {
+    write("local_chat" if threads is None else f"local_chat_threads{threads}", {
         "runs": runs, "max_tokens": max_tokens, "model": "SmolLM2-135M-Instruct.Q4_1.gguf",
         "n_threads": n_threads, "n_ctx": conn.n_ctx, "same_text": same_text,
         "app_ttft_ms": a, "direct_ttft_ms": d,
@@ -120,5 +125,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=120)
+    p.add_argument("--threads", type=int, default=None,
+                   help="llama.cpp threads for both (default: the app's setting, all cores)")
     args = p.parse_args()
-    asyncio.run(main(args.runs, args.max_tokens))
+    asyncio.run(main(args.runs, args.max_tokens, args.threads))

@@ -124,10 +124,11 @@ async def test_client_streams_rates_lists_resumes_and_deletes(
 
             await tab.delete_thread(thread_id)
             assert (await tab.threads())["data"] == []
-            # Gone for good: it cannot be reopened. (Not checked with `GET /project/thread/<id>`:
-            # Chainlit 2.12's SQLAlchemy data layer raises on a missing thread there, an HTTP
-            # 500 with a traceback in the log. And the refusal may come at connect: leaving the
-            # socket makes Chainlit write the session's metadata back, which re-creates the
+            with pytest.raises(ChainlitHTTPError) as gone:
+                await tab.thread(thread_id)
+            assert gone.value.status in (401, 403, 404)
+            # Gone for good: it cannot be reopened. (The refusal may come at connect: leaving
+            # the socket makes Chainlit write the session's metadata back, which re-creates the
             # deleted thread as a row without a user, which nobody may open.)
             with pytest.raises(ChainlitError):
                 await tab.resume(thread_id)

@@ -36,7 +36,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from chatapp.input_guard import clean_text
-from chatapp.store import Store
+from chatapp.store import SQLITE_BUSY_TIMEOUT_S, Store
 
 StoreFn = Callable[[], Awaitable[Store]]
 
@@ -66,7 +66,17 @@ class DataLayer(SQLAlchemyDataLayer):
     message) as it arrived, before our turn cleans it: a NUL (PostgreSQL) or a lone surrogate
     (any database) failed those inserts, and the thread was never saved. Cleaned here the same
     way (chatapp.input_guard.clean_text).
+
+    On SQLite its engine used the driver's 5 s lock wait: with 50+ conversations streaming at
+    once its step writes queued behind ours past that and failed with "database is locked"
+    (bench/bench_concurrency.py), losing steps. It waits as long as our store does.
     """
+
+    def __init__(self, conninfo: str, **kwargs: Any) -> None:
+        if conninfo.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S,
+                                      **(kwargs.get("connect_args") or {})}
+        super().__init__(conninfo, **kwargs)
 
     async def create_step(self, step_dict: StepDict) -> None:
         for key in ("input", "output", "name"):

@@ -30,6 +30,10 @@ from chatapp.domain import (
     TrainingJob,
 )
 
+# How long a SQLite writer waits for another's lock before "database is locked" (the store and
+# Chainlit's data layer both use it).
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
 # Chainlit's data layer passes Python lists/dicts (thread tags, metadata) as SQL parameters;
 # sqlite3 cannot bind them unless told how, and the failure is swallowed as a log warning.
 sqlite3.register_adapter(list, json.dumps)
@@ -84,7 +88,7 @@ class Store:
         engine = create_async_engine(
             url,
             # A wait beats "database is locked" reaching a user when admin and app write at once.
-            connect_args={"timeout": 30} if is_sqlite else {},
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S} if is_sqlite else {},
             pool_pre_ping=not is_sqlite,
         )
         if is_sqlite:
@@ -576,5 +580,5 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
     cur.close()

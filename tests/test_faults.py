@@ -28,12 +28,13 @@ import sqlalchemy as sa
 from admin.ab_report import summarize
 from chatapp import policy, turns
 from chatapp import schema as t
+from chatapp.access import DataLayer
 from chatapp.conversation import ChatService, ModelRegistry
 from chatapp.domain import Deployment, Exchange
 from chatapp.fallback_monitor import FallbackMonitor
 from chatapp.providers.base import ChatModel, Message
 from chatapp.settings import Settings, load_settings
-from chatapp.store import Store
+from chatapp.store import Store, async_url
 from tests.fakes.chat_model import FakeChatModel
 from tests.fakes.openai_server import FakeOpenAIServer, FaultKind, ServedChat
 
@@ -378,6 +379,12 @@ async def test_dataset_build_while_the_chat_writes(data_dir: Path, settings: Set
         pragma = conn.exec_driver_sql
         assert (await pragma("PRAGMA journal_mode")).scalar() == "wal"
         assert (await pragma("PRAGMA busy_timeout")).scalar() == 30000
+    # Chainlit's data layer writes the same file through its own engine: it must wait as long
+    # (its driver default of 5 s lost steps with 50 conversations streaming at once).
+    chainlit_layer = DataLayer(conninfo=async_url(settings.db_url))
+    async with chainlit_layer.engine.connect() as conn:
+        assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 30000
+    await chainlit_layer.engine.dispose()
     n_up = await _seed_rated_exchanges(store, threads=600, per_thread=5)
     await store.add_deployment(Deployment("base", "c", "openai_compat", BASE))
     await store.start_experiment(name="t", base="base", fine_tuned=None, fine_tuned_weight=0.0,

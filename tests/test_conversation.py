@@ -20,18 +20,7 @@ from chatapp.providers.base import (
 from chatapp.settings import Settings
 from chatapp.store import Store
 from tests.fakes.chat_model import FakeChatModel
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.text = ""
-        self.resets = 0
-
-    async def token(self, text: str) -> None:
-        self.text += text
-
-    async def reset(self) -> None:
-        self.text, self.resets = "", self.resets + 1
+from tests.fakes.sink import TextSink as Sink
 
 
 @pytest.fixture

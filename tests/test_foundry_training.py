@@ -8,15 +8,14 @@ the chat's Foundry provider (azure-ai-inference). Jobs advance one status per po
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from admin.cli import app
 from admin.dataset_io import sha256_file
@@ -27,6 +26,7 @@ from chatapp.conversation import ChatService
 from chatapp.domain import Deployment
 from chatapp.settings import get_settings, load_settings
 from chatapp.store import Store
+from tests.cli_support import invoke, ok, ok_json, runner, with_db
 from tests.fakes.azure_ml import (
     LOCATION,
     PHI,
@@ -38,12 +38,10 @@ from tests.fakes.azure_ml import (
 )
 from tests.fakes.openai_server import FakeOpenAIServer
 
-T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "training_data" / "seed_train.jsonl"  # 50 examples
 VALID = REPO / "training_data" / "seed_validation.jsonl"  # 16 examples
 BASE_MODEL = "gpt-4o-mini"  # the base arm: a deployment the fake chat server serves
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -67,17 +65,6 @@ def project(server: FakeOpenAIServer, data_dir: Path,
     get_settings.cache_clear()
 
 
-def with_db(data_dir: Path, fn: Callable[[Store], Awaitable[T]]) -> T:
-    async def run() -> T:
-        store = await Store.open(f"sqlite+aiosqlite:///{data_dir / 'travel.db'}")
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
 def bootstrap(data_dir: Path) -> None:
     async def go(store: Store) -> None:
         await store.add_deployment(Deployment("base", "chat", "foundry", BASE_MODEL))
@@ -85,22 +72,6 @@ def bootstrap(data_dir: Path) -> None:
                                      fine_tuned_weight=0.0, actor="bootstrap")
 
     with_db(data_dir, go)
-
-
-def invoke(*args: str) -> Result:
-    return runner.invoke(app, list(args))
-
-
-def ok(*args: str) -> str:
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def ok_json(*args: str) -> Any:
-    result = invoke(*args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def error_line(result: Result) -> str:

@@ -48,22 +48,13 @@ from tests.chainlit_client import ChainlitClient
 from tests.conftest import REPO
 from tests.fakes.chat_model import FakeChatModel
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.fakes.sink import TextSink as Sink
 
 KEY = "sk-test-SECRET-1234567890abcdef"
 AUTH_SECRET = "session-SECRET-0987654321-fedcba"
 BOB_SECRET = "BOB-PRIVATE-PASSPORT-X1234567"
 LIMIT = 1000
 
-
-class Sink:
-    def __init__(self) -> None:
-        self.text = ""
-
-    async def token(self, text: str) -> None:
-        self.text += text
-
-    async def reset(self) -> None:
-        self.text = ""
 
 
 @dataclass

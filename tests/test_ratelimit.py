@@ -14,6 +14,7 @@ from chatapp.ratelimit import RATE_LIMITED, RateLimiter, describe_wait, limiter_
 from chatapp.settings import Settings, load_settings
 from chatapp.store import Store
 from tests.fakes.chat_model import FakeChatModel
+from tests.fakes.sink import TextSink as Sink
 
 
 class Clock:
@@ -101,16 +102,6 @@ async def limited(data_dir: object, store: Store
 
     yield ChatService(settings, store, ModelRegistry(settings, store, build)), model
 
-
-class Sink:
-    def __init__(self) -> None:
-        self.text = ""
-
-    async def token(self, text: str) -> None:
-        self.text += text
-
-    async def reset(self) -> None:
-        self.text = ""
 
 
 async def _turn(service: ChatService, n: int, user: str = "alice", **kw: object):  # type: ignore[no-untyped-def]

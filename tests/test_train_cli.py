@@ -3,20 +3,16 @@ service (real openai SDK, real HTTP) and a real SQLite store in a temp data fold
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
-from typer.testing import CliRunner, Result
 
-from admin.cli import app
 from chatapp.domain import Deployment
 from chatapp.providers import azure_auth
 from chatapp.settings import get_settings
 from chatapp.store import Store
+from tests.cli_support import invoke, ok, ok_json, with_db
 from tests.fakes.azure_arm import (
     ACCOUNT,
     ARM_SCOPE,
@@ -27,12 +23,10 @@ from tests.fakes.azure_arm import (
 )
 from tests.fakes.openai_server import FakeOpenAIServer
 
-T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "training_data" / "seed_train.jsonl"
 VALID = REPO / "training_data" / "seed_validation.jsonl"
 BASE_MODEL = "gpt-4o-mini-2024-07-18"
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -54,17 +48,6 @@ def fake(server: FakeOpenAIServer, data_dir: Path,
     get_settings.cache_clear()
 
 
-def with_db(data_dir: Path, fn: Callable[[Store], Awaitable[T]]) -> T:
-    async def run() -> T:
-        store = await Store.open(f"sqlite+aiosqlite:///{data_dir / 'travel.db'}")
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
 def bootstrap(data_dir: Path) -> None:
     async def go(store: Store) -> None:
         await store.add_deployment(Deployment("base", "azure", "azure_openai", "gpt-4o-mini"))
@@ -72,23 +55,6 @@ def bootstrap(data_dir: Path) -> None:
                                      fine_tuned_weight=0.0, actor="bootstrap")
 
     with_db(data_dir, go)
-
-
-def invoke(*args: str) -> Result:
-    return runner.invoke(app, list(args))
-
-
-def ok(*args: str) -> str:
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def ok_json(*args: str) -> Any:
-    """A command's --json output: stdout only (warnings and notes go to stderr)."""
-    result = invoke(*args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def start_azure(*extra: str) -> str:

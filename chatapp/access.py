@@ -33,10 +33,15 @@ from chainlit.types import DeleteFeedbackRequest, UpdateFeedbackRequest
 from chainlit.user import PersistedUser, User
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.routing import APIRoute
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import sessionmaker
 from starlette.responses import Response
 
 from chatapp.input_guard import clean_text
 from chatapp.store import SQLITE_BUSY_TIMEOUT_S, Store
+
+# How long a Chainlit write waits for a free connection before it is dropped with a warning.
+DATA_LAYER_POOL_TIMEOUT_S = 300.0
 
 StoreFn = Callable[[], Awaitable[Store]]
 
@@ -67,9 +72,11 @@ class DataLayer(SQLAlchemyDataLayer):
     (any database) failed those inserts, and the thread was never saved. Cleaned here the same
     way (chatapp.input_guard.clean_text).
 
-    On SQLite its engine used the driver's 5 s lock wait: with 50+ conversations streaming at
-    once its step writes queued behind ours past that and failed with "database is locked"
-    (bench/bench_concurrency.py), losing steps. It waits as long as our store does.
+    Its engine lost steps under load (bench/bench_concurrency.py): on SQLite the driver's 5 s
+    lock wait failed writes with "database is locked" from 50 conversations streaming at once,
+    and at 200 the default pool's 30 s wait for a connection ran out ("QueuePool limit ...
+    reached"). A write that waits is better than a thread missing a step, so it waits as long
+    for a lock as our store does, and longer for a connection.
     """
 
     def __init__(self, conninfo: str, **kwargs: Any) -> None:
@@ -77,6 +84,12 @@ class DataLayer(SQLAlchemyDataLayer):
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S,
                                       **(kwargs.get("connect_args") or {})}
         super().__init__(conninfo, **kwargs)
+        # Chainlit takes no pool options: the same engine again with ours (no connection has
+        # been opened on the first one yet).
+        self.engine = create_async_engine(conninfo, connect_args=kwargs.get("connect_args") or {},
+                                          pool_timeout=DATA_LAYER_POOL_TIMEOUT_S)
+        self.async_session = sessionmaker(bind=self.engine, expire_on_commit=False,
+                                          class_=AsyncSession)  # type: ignore[call-overload]
 
     async def create_step(self, step_dict: StepDict) -> None:
         for key in ("input", "output", "name"):

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from admin.ab_report import summarize
 from chatapp import policy, turns
 from chatapp import schema as t
-from chatapp.access import DataLayer
+from chatapp.access import DATA_LAYER_POOL_TIMEOUT_S, DataLayer
 from chatapp.conversation import ChatService, ModelRegistry
 from chatapp.domain import Deployment, Exchange
 from chatapp.fallback_monitor import FallbackMonitor
@@ -37,6 +37,7 @@ from chatapp.settings import Settings, load_settings
 from chatapp.store import Store, async_url
 from tests.fakes.chat_model import FakeChatModel
 from tests.fakes.openai_server import FakeOpenAIServer, FaultKind, ServedChat
+from tests.fakes.sink import TextSink as Sink
 
 BASE, FT = "gpt-4o-mini", "travel-ft"  # the fake service's deployments
 FAULTS: tuple[FaultKind, ...] = ("429", "500", "reset", "reset_before_headers", "timeout",
@@ -46,18 +47,6 @@ ERROR_KIND = {"429": "rate_limited", "500": "upstream", "reset": "upstream",
               "reset_before_headers": "upstream", "timeout": "timeout"}
 FILTERED = ("content_filter", "content_filter_stream")
 
-
-class Sink:
-    """What the traveller saw: streamed text, cleared on reset as the Chainlit sink does."""
-
-    def __init__(self) -> None:
-        self.text = ""
-
-    async def token(self, text: str) -> None:
-        self.text += text
-
-    async def reset(self) -> None:
-        self.text = ""
 
 
 def fake_settings(fake: FakeOpenAIServer, data_dir: Path, **kw: Any) -> Settings:
@@ -384,6 +373,8 @@ async def test_dataset_build_while_the_chat_writes(data_dir: Path, settings: Set
     chainlit_layer = DataLayer(conninfo=async_url(settings.db_url))
     async with chainlit_layer.engine.connect() as conn:
         assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 30000
+    # ... and a write waits for a free connection rather than being dropped after 30 s.
+    assert chainlit_layer.engine.pool.timeout() == DATA_LAYER_POOL_TIMEOUT_S  # type: ignore[attr-defined]
     await chainlit_layer.engine.dispose()
     n_up = await _seed_rated_exchanges(store, threads=600, per_thread=5)
     await store.add_deployment(Deployment("base", "c", "openai_compat", BASE))

@@ -16,7 +16,14 @@ from pathlib import Path
 from bench.fake_upstream import Upstream
 from chatapp.domain import Deployment
 from chatapp.store import Store
-from tests.browser_support import Account, ChatApp, add_accounts, running_app, sqlite_url
+from tests.browser_support import (
+    Account,
+    ChatApp,
+    add_accounts,
+    running_app,
+    sqlite_url,
+    started,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BARE_APP = REPO / "bench" / "bare_app.py"
@@ -71,14 +78,8 @@ async def travel_chat(workdir: Path, upstream: Upstream, users: Sequence[Account
         async with running_app(data_dir, workdir / "travel-chat.log", env) as app:
             yield app
         return
-    app = ChatApp(data_dir, workdir / "travel-chat.log", env)
-    print(f"travel-chat log: {app.log_path}")
-    app.start()
-    try:
-        await app.wait_ready()
+    async with started(ChatApp(data_dir, workdir / "travel-chat.log", env), "travel-chat") as app:
         yield app
-    finally:
-        app.stop()
 
 
 class BareApp(ChatApp):
@@ -114,14 +115,8 @@ async def bare_chainlit(workdir: Path, upstream: Upstream, *,
         store = await Store.open(url)
         await store.close()
         env["BENCH_DB_URL"] = url
-    app = BareApp(data_dir, workdir / f"{name}.log", env)
-    print(f"{name} log: {app.log_path}")
-    app.start()
-    try:
-        await app.wait_ready()
+    async with started(BareApp(data_dir, workdir / f"{name}.log", env), name) as app:
         yield app
-    finally:
-        app.stop()
     problems = app.log_problems()
     if problems:
         raise RuntimeError(f"{name} logged errors:\n" + "\n".join(problems))

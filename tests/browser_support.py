@@ -194,6 +194,18 @@ class ChatApp:
 
 
 @asynccontextmanager
+async def started(app: ChatApp, name: str) -> AsyncIterator[ChatApp]:
+    """Start an app process, wait until it answers, yield it, stop it (no log check)."""
+    print(f"{name} log: {app.log_path}")
+    app.start()
+    try:
+        await app.wait_ready()
+        yield app
+    finally:
+        app.stop()
+
+
+@asynccontextmanager
 async def running_app(data_dir: Path, log_path: Path,
                       env: Mapping[str, str] | None = None) -> AsyncIterator[ChatApp]:
     """Start the app, yield it, stop it; then fail if its log shows a swallowed error.
@@ -201,14 +213,8 @@ async def running_app(data_dir: Path, log_path: Path,
     The log check is part of the test body (not a fixture teardown) so that it counts as a test
     failure; the log path is printed so a failing run can be read in full.
     """
-    app = ChatApp(data_dir, log_path, env or {})
-    print(f"travel-chat log: {log_path}")
-    app.start()
-    try:
-        await app.wait_ready()
+    async with started(ChatApp(data_dir, log_path, env or {}), "travel-chat") as app:
         yield app
-    finally:
-        app.stop()
     problems = app.log_problems()
     assert not problems, "travel-chat logged errors:\n" + "\n".join(problems) + (
         f"\n--- full log ---\n{app.log_text()}")

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# The public lab data the tests compare against: CI clones the repo next to shared/;
+# TRAVEL_SHARED_DIR points elsewhere for a clone that is not.
+SHARED = Path(os.environ.get("TRAVEL_SHARED_DIR") or REPO.parent / "shared")
 SEED_LAB = SHARED / "data" / "seed-lab"
 
 # Importing chainlit writes .chainlit/ and .files/ into the app root: point it at the repo's.

@@ -33,9 +33,9 @@ from chatapp.domain import Deployment
 from chatapp.providers.base import ChatModel, UpstreamError
 from chatapp.settings import Settings, get_settings
 from chatapp.store import Store
+from tests.conftest import REPO, SEED_LAB
 from tests.fakes.chat_model import FakeChatModel
 
-REPO = Path(__file__).resolve().parents[1]
 LABELS = REPO / "tests" / "fixtures" / "policy_labels.jsonl"
 HOLDOUT = REPO / "tests" / "fixtures" / "policy_labels_holdout.jsonl"
 REPORT = REPO / "test-output" / "policy_detector.json"
@@ -120,7 +120,7 @@ def test_labelled_set_is_well_formed() -> None:
     for check in CHECKS:
         assert sum(not r["labels"][check] for r in rows) >= 8, check
     # Every generic answer of the lab is in the set.
-    lab = _rows(REPO.parent / "shared" / "data" / "seed-lab" / "travel-qa.jsonl")
+    lab = _rows(SEED_LAB / "travel-qa.jsonl")
     assert {a["response"] for a in lab} <= {r["reply"] for r in rows}
 
 

@@ -35,8 +35,8 @@ from chatapp.tokens import (
     resolve_local_model_path,
     trim_history,
 )
+from tests.conftest import SEED_LAB
 
-SEED_LAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-lab"
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "token_counts.json").read_text("utf-8"))
 ENCODINGS = ("o200k_base", "cl100k_base")
 

@@ -153,11 +153,7 @@ async def _plan_azure(plan: Plan, store: Store, azure: AzureTrainer, jobs: list[
                                    f"model {model}, billed hourly while it exists", keep,
                                    None if keep else retire(name, _arm_delete(azure, name))))
     if on_azure is not None:
-        for name, dep in registered.items():
-            if dep.provider == "azure_openai" and dep.source_job and name not in on_azure:
-                keep = guard(name)
-                plan.items.append(Item("deployment record", name, "gone from Azure", keep,
-                                       None if keep else retire(name)))
+        _gone_records(plan, registered, "azure_openai", on_azure, "Azure", guard, retire)
 
     file_jobs: dict[str, Any] = {}
     for j in ours:
@@ -210,10 +206,18 @@ async def _plan_foundry(plan: Plan, foundry: FoundryTrainer, jobs: list[Any],
         plan.items.append(Item("foundry endpoint", name,
                                f"model {ep.model_id}, billed hourly while it exists", keep,
                                None if keep else retire(name, _endpoint_delete(foundry, name))))
+    _gone_records(plan, registered, "foundry", on_foundry, "Foundry", guard, retire)
+
+
+def _gone_records(plan: Plan, registered: dict[str, Any], provider: str, present: set[str],
+                  where: str, guard: Callable[[str], str | None],
+                  retire: Callable[..., Callable[[], Awaitable[None]]]) -> None:
+    """Deployments `deploy` registered whose cloud resource no longer exists: the record goes
+    (unless an arm or a rollback still names it)."""
     for name, dep in registered.items():
-        if dep.provider == "foundry" and dep.source_job and name not in on_foundry:
+        if dep.provider == provider and dep.source_job and name not in present:
             keep = guard(name)
-            plan.items.append(Item("deployment record", name, "gone from Foundry", keep,
+            plan.items.append(Item("deployment record", name, f"gone from {where}", keep,
                                    None if keep else retire(name)))
 
 

@@ -46,7 +46,7 @@ def with_store(fn: Callable[[Store], Awaitable[T]]) -> T:
     """Open the store (creating/migrating the schema), run `fn`, close; errors become messages."""
 
     async def run() -> T:
-        store = await Store.open(settings().db_url)
+        store = await Store.from_settings(settings())
         try:
             await ensure_routing(store)
             return await fn(store)

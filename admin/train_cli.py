@@ -67,7 +67,7 @@ def _run(fn: Callable[[Store, Settings], Awaitable[T]]) -> T:
     conf = settings()
 
     async def main() -> T:
-        store = await Store.open(conf.db_url)
+        store = await Store.from_settings(conf)
         try:
             return await fn(store, conf)
         finally:

@@ -38,10 +38,7 @@ from sqlalchemy.orm import sessionmaker
 from starlette.responses import Response
 
 from chatapp.input_guard import clean_text
-from chatapp.store import SQLITE_BUSY_TIMEOUT_S, Store
-
-# How long a Chainlit write waits for a free connection before it is dropped with a warning.
-DATA_LAYER_POOL_TIMEOUT_S = 300.0
+from chatapp.store import SQLITE_BUSY_TIMEOUT_S, PoolOptions, Store
 
 StoreFn = Callable[[], Awaitable[Store]]
 
@@ -79,15 +76,17 @@ class DataLayer(SQLAlchemyDataLayer):
     for a lock as our store does, and longer for a connection.
     """
 
-    def __init__(self, conninfo: str, **kwargs: Any) -> None:
+    def __init__(self, conninfo: str, pool: PoolOptions | None = None, **kwargs: Any) -> None:
         if conninfo.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S,
                                       **(kwargs.get("connect_args") or {})}
         super().__init__(conninfo, **kwargs)
         # Chainlit takes no pool options: the same engine again with ours (no connection has
-        # been opened on the first one yet).
+        # been opened on the first one yet), sized like the store's.
+        pool = pool or PoolOptions()
         self.engine = create_async_engine(conninfo, connect_args=kwargs.get("connect_args") or {},
-                                          pool_timeout=DATA_LAYER_POOL_TIMEOUT_S)
+                                          pool_size=pool.size, max_overflow=pool.overflow,
+                                          pool_timeout=pool.timeout_s)
         self.async_session = sessionmaker(bind=self.engine, expire_on_commit=False,
                                           class_=AsyncSession)  # type: ignore[call-overload]
 

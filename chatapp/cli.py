@@ -18,7 +18,7 @@ APP_ROOT = Path(__file__).resolve().parent.parent
 
 
 async def _bootstrap(settings: Settings) -> tuple[str, str | None]:
-    store = await Store.open(settings.db_url)
+    store = await Store.from_settings(settings)
     try:
         result = await bootstrap(settings, store)
     finally:

@@ -53,6 +53,10 @@ class NullSink:
         return None
 
 
+class TurnNotRecorded(Exception):
+    """The traveller's message could not be stored: the turn must not be answered."""
+
+
 class _AfterRecorded:
     """Holds reply text back until the turn's pending row is committed.
 
@@ -60,17 +64,26 @@ class _AfterRecorded:
     waits behind Chainlit's own step writes: ~10 ms, tens under load) is not added to the time
     to first token; a crash mid-reply still finds the message on record, since nothing reaches
     the traveller before it is. Shielded: a stop (cancel) must not cancel the insert itself.
+    An insert that failed stops the turn (TurnNotRecorded) before any reply text is shown.
     """
 
-    def __init__(self, sink: ReplySink, recorded: asyncio.Task[Exchange]) -> None:
+    def __init__(self, sink: ReplySink, recorded: asyncio.Future[Exchange]) -> None:
         self._sink, self._recorded = sink, recorded
 
+    async def _wait(self) -> None:
+        try:
+            await asyncio.shield(self._recorded)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            raise TurnNotRecorded(str(err)) from err
+
     async def token(self, text: str) -> None:
-        await asyncio.shield(self._recorded)
+        await self._wait()
         await self._sink.token(text)
 
     async def reset(self) -> None:
-        await asyncio.shield(self._recorded)
+        await self._wait()
         await self._sink.reset()
 
 
@@ -190,24 +203,27 @@ class ChatService:
         deployment = route.deployment
         outcome, error_kind, fell_back = "ok", None, False
         attempt = _Attempt(messages=[system, *history, user_msg])
-        # Recorded before any reply text is shown (see _AfterRecorded): a crash mid-reply must
-        # not lose the message.
-        recorded = asyncio.ensure_future(turns.begin(self.store, Exchange(
+        pending = Exchange(
             thread_id=thread_id, turn_index=turn_index, user_id=user_id, source=source,
             experiment_id=route.experiment_id, arm_assigned=route.arm_assigned, arm_served=arm,
             forced=route.forced, deployment=deployment, model=None,
             messages=[{"role": m["role"], "content": m["content"]} for m in attempt.messages],
             reply="", finish_reason=None, prompt_tokens=None, completion_tokens=None,
-            latency_ms=None, ttft_ms=None, outcome=turns.PENDING, step_id=step_id)))
+            latency_ms=None, ttft_ms=None, outcome=turns.PENDING, step_id=step_id)
+        # Recorded before any reply text is shown (see _AfterRecorded): a crash mid-reply must
+        # not lose the message.
+        recorded = asyncio.ensure_future(turns.begin(self.store, replace(pending)))
+        shown = sink
         sink = _AfterRecorded(sink, recorded)
+        # A fixed reply (refusal, apology) is shown only once the message is on record.
+        fixed: str | None = None
         try:
             n_input = await self._count_input(route, user_text)
             if n_input.tokens > self.settings.max_input_tokens:
                 # Bounded cost: refuse before any model call, and keep the message on record.
-                text = policy.TOO_LONG_REPLY.format(tokens=n_input.describe(),
-                                                    limit=self.settings.max_input_tokens)
-                await sink.token(text)
-                attempt.text, outcome, error_kind = text, "rejected", "input_too_long"
+                fixed = policy.TOO_LONG_REPLY.format(tokens=n_input.describe(),
+                                                     limit=self.settings.max_input_tokens)
+                outcome, error_kind = "rejected", "input_too_long"
             else:
                 try:
                     attempt = await self._attempt(deployment, system, history, user_msg, sink)
@@ -225,10 +241,8 @@ class ChatService:
                 if attempt.finish_reason == "content_filter":
                     raise ContentFiltered("the reply was filtered")
         except ContentFiltered:
-            await sink.reset()
-            await sink.token(policy.CONTENT_FILTER_REPLY)
-            attempt.text, outcome, error_kind = policy.CONTENT_FILTER_REPLY, "content_filter", (
-                "content_filter")
+            fixed, outcome, error_kind = (policy.CONTENT_FILTER_REPLY, "content_filter",
+                                          "content_filter")
         except asyncio.CancelledError:
             # The traveller pressed stop (Chainlit cancels the task): the turn ends unfinished
             # now rather than staying pending until the next restart.
@@ -237,6 +251,8 @@ class ChatService:
             exchange.latency_ms = (time.perf_counter() - started) * 1000
             await turns.finish(self.store, exchange)
             raise
+        except TurnNotRecorded as err:
+            return await self._not_recorded(shown, pending, err)
         except Exception as err:  # a traveller never sees a stack trace
             kind = err.kind if isinstance(err, ProviderError) else "internal"
             if kind == "internal":
@@ -245,11 +261,19 @@ class ChatService:
                 # Adapters scrub their messages already; a backend that does not must not
                 # put a key into the log either.
                 log.warning("chat turn failed: %s: %s", kind, redact(str(err), self._secrets))
-            await sink.reset()
-            await sink.token(policy.UNAVAILABLE_REPLY)
-            attempt.text, outcome, error_kind = policy.UNAVAILABLE_REPLY, "error", kind
+            fixed, outcome, error_kind = policy.UNAVAILABLE_REPLY, "error", kind
+        try:
+            # Done already unless no text was shown yet (a fixed reply, an empty one).
+            stored = await recorded
+        except Exception as err:
+            return await self._not_recorded(shown, pending, err)
+        if fixed is not None:
+            if outcome != "rejected":  # a partial or fallen-back reply makes way for it
+                await shown.reset()
+            await shown.token(fixed)
+            attempt.text = fixed
         exchange = replace(
-            await recorded,
+            stored,
             arm_served=arm,
             deployment=deployment,
             model=attempt.model,
@@ -264,12 +288,31 @@ class ChatService:
             outcome=outcome,
             error_kind=error_kind,
         )
-        await turns.finish(self.store, exchange)
+        try:
+            await turns.finish(self.store, exchange)
+        except Exception as err:
+            # The message is on record (pending) and the traveller has the reply; the next start
+            # marks the row interrupted. Nothing to tell the traveller, much to tell operators.
+            log.error("could not record the reply to turn %d of thread %s (%s: %s); the turn"
+                      " stays pending", turn_index, thread_id, type(err).__name__, err)
         if route.arm == "fine_tuned" and not pinned and outcome != "rejected":
             # The fine-tuned arm's turns that reached a model: a share of all turns would hide
             # a dead deployment behind a small fine-tuned weight.
             self.fallbacks.record(fell_back)
         return exchange
+
+    async def _not_recorded(self, shown: ReplySink, pending: Exchange,
+                            err: BaseException) -> Exchange:
+        """The pending row could not be written: answer nothing, say so, keep the turn out of
+        every record (an unsaved exchange with outcome `error`, kind `not_recorded`)."""
+        cause = err.__cause__ or err
+        log.error("could not record the message of turn %d of thread %s (%s: %s); the traveller"
+                  " was asked to send it again", pending.turn_index, pending.thread_id,
+                  type(cause).__name__, cause)
+        await shown.reset()
+        await shown.token(policy.NOT_RECORDED_REPLY)
+        return replace(pending, reply=policy.NOT_RECORDED_REPLY, outcome="error",
+                       error_kind="not_recorded")
 
     async def _rate_limited(self, route: Route, user_id: str, thread_id: str, turn_index: int,
                             user_text: str, step_id: str | None,
@@ -286,13 +329,20 @@ class ChatService:
         await sink.token(text)
         log.info("rate limit: %d per %gs reached; retry in %.0fs", decision.limit,
                  decision.window_s, decision.retry_after_s)
-        return await self.store.add_exchange(Exchange(
+        refused = Exchange(
             thread_id=thread_id, turn_index=turn_index, user_id=user_id, source="web",
             experiment_id=route.experiment_id, arm_assigned=route.arm_assigned,
             arm_served=route.arm, forced=route.forced, deployment=None, model=None,
             messages=[{"role": "user", "content": user_text}], reply=text, finish_reason=None,
             prompt_tokens=None, completion_tokens=None, latency_ms=None, ttft_ms=None,
-            outcome=RATE_LIMITED, error_kind="rate_limited", step_id=step_id))
+            outcome=RATE_LIMITED, error_kind="rate_limited", step_id=step_id)
+        try:
+            return await self.store.add_exchange(refused)
+        except Exception as err:
+            # The traveller is already told to send it again later: nothing is lost to them.
+            log.error("could not record a rate-limited message of thread %s (%s: %s)",
+                      thread_id, type(err).__name__, err)
+            return refused
 
     async def _count_input(self, route: Route, text: str) -> Count:
         try:

@@ -48,6 +48,10 @@ UNAVAILABLE_REPLY = (
     "Sorry, I couldn't reach the travel assistant just now. Your message is saved; "
     "please try again in a moment."
 )
+NOT_RECORDED_REPLY = (
+    "Sorry, I couldn't save your message just now, so I haven't answered it. "
+    "Please send it again in a moment."
+)
 TOO_LONG_REPLY = (
     "That message is a bit long for me ({tokens} tokens; the limit is {limit}). "
     "Could you shorten it or split it into a few questions?"

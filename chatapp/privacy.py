@@ -159,7 +159,7 @@ async def purge(store: Store, days: int, *, dry_run: bool = False, batch_size: i
     for start in range(0, len(old), batch_size):
         ids = old[start:start + batch_size]
         chainlit_ids = [i for i in ids if i in in_chainlit]
-        async with store.engine.begin() as conn:
+        async with store.write() as conn:
             if dry_run:
                 counts = await _thread_rows(conn, ids, chainlit_ids, delete=False)
             else:
@@ -307,7 +307,7 @@ async def erase_user(store: Store, username: str, *, actor: str,
     account. The audit line records that an erasure happened, by whom and how many rows, with
     the sha256 of the name instead of the name.
     """
-    async with store.engine.begin() as conn:
+    async with store.write() as conn:
         _, thread_ids = await _user_scope(conn, username)
         ex = t.exchanges
         mine = ex.c.user_id == username

@@ -85,7 +85,7 @@ class Runtime:
         if self._service is None:
             async with self._lock:
                 if self._service is None:
-                    store = await Store.open(self.settings.db_url)
+                    store = await Store.from_settings(self.settings)
                     self._service = ChatService(self.settings, store)
         return self._service
 

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     # SQLAlchemy async URL; default: SQLite file in data_dir. Postgres: postgresql+asyncpg://...
     database_url: str | None = None
+    # Connections per process (SQLite: its readers; it writes through one connection), and how
+    # long a database call waits for a free one before the turn says it could not be saved.
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout_s: float = Field(default=300.0, gt=0)
 
     # Named connections, e.g. TRAVEL_CONNECTIONS__MYVLLM__PROVIDER=openai_compat
     connections: dict[str, Connection] = Field(default_factory=dict)

@@ -10,7 +10,8 @@ import json
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, fields
+from contextlib import AbstractAsyncContextManager
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,26 @@ from chatapp.domain import (
     JobEvent,
     TrainingJob,
 )
+from chatapp.settings import Settings
 
 # How long a SQLite writer waits for another's lock before "database is locked" (the store and
 # Chainlit's data layer both use it).
 SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """How many connections the store keeps and how long a caller waits for one.
+
+    The wait is long on purpose: a chat turn that waits for a connection is slower, one whose
+    wait runs out loses the traveller's message (at 200 simultaneous conversations SQLAlchemy's
+    default 30 s ran out). On SQLite `size` and `overflow` apply to readers only: writes go
+    through one connection (see `Store.write`).
+    """
+
+    size: int = 10
+    overflow: int = 10
+    timeout_s: float = 300.0
 
 # Chainlit's data layer passes Python lists/dicts (thread tags, metadata) as SQL parameters;
 # sqlite3 cannot bind them unless told how, and the failure is swallowed as a log warning.
@@ -75,40 +92,63 @@ def _row_to(cls: type[Any], row: sa.Row[Any]) -> Any:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine) -> None:
+    """`engine` serves reads; every write goes through `write()`.
+
+    SQLite has one writer at a time: many pooled connections writing at once only take turns on
+    its file lock, each polling for it in the driver's busy handler. So on SQLite the store
+    writes through a single connection and writers queue for it in order (the pool's own FIFO
+    wait); readers keep a pool, which WAL lets run beside the writer. On PostgreSQL reads and
+    writes share one pool sized by `PoolOptions`.
+    """
+
+    def __init__(self, engine: AsyncEngine, writer: AsyncEngine | None = None) -> None:
         self.engine = engine
+        self.writer = writer or engine
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool = True) -> Store:
+    async def open(cls, url: str, *, migrate: bool = True,
+                   pool: PoolOptions | None = None) -> Store:
         url = async_url(url)
+        pool = pool or PoolOptions()
         is_sqlite = url.startswith("sqlite")
         db_file = make_url(url).database
-        if is_sqlite and db_file and db_file != ":memory:":
+        if not is_sqlite:
+            engine = create_async_engine(url, pool_pre_ping=True, pool_size=pool.size,
+                                         max_overflow=pool.overflow, pool_timeout=pool.timeout_s)
+            store = cls(engine)
+        elif not db_file or db_file == ":memory:":
+            # Each connection to :memory: is a database of its own: SQLAlchemy keeps one.
+            store = cls(_sqlite_engine(url, None))
+        else:
             Path(db_file).parent.mkdir(parents=True, exist_ok=True)  # a fresh data folder
-        engine = create_async_engine(
-            url,
-            # A wait beats "database is locked" reaching a user when admin and app write at once.
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S} if is_sqlite else {},
-            pool_pre_ping=not is_sqlite,
-        )
-        if is_sqlite:
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        store = cls(engine)
+            store = cls(_sqlite_engine(url, pool),
+                        _sqlite_engine(url, PoolOptions(1, 0, pool.timeout_s)))
         if migrate:
             await store.migrate()
         return store
 
+    @classmethod
+    async def from_settings(cls, settings: Settings, *, migrate: bool = True) -> Store:
+        return await cls.open(settings.db_url, migrate=migrate, pool=PoolOptions(
+            settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout_s))
+
+    def write(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A transaction on the writer connection (`async with store.write() as conn:`)."""
+        return self.writer.begin()
+
     async def migrate(self) -> list[int]:
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             return await t.migrate(conn)
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.writer is not self.engine:
+            await self.writer.dispose()
 
     # -- accounts -------------------------------------------------------------------------
 
     async def add_account(self, username: str, password_hash: str, is_admin: bool) -> None:
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             if await self._account(conn, username) is not None:
                 raise StoreError(f"user {username!r} already exists")
             ts = now()
@@ -145,7 +185,7 @@ class Store:
             values["password_hash"] = password_hash
         if is_admin is not None:
             values["is_admin"] = is_admin
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             res = await conn.execute(
                 t.accounts.update().where(t.accounts.c.username == username).values(**values)
             )
@@ -153,7 +193,7 @@ class Store:
                 raise StoreError(f"no user {username!r}")
 
     async def remove_account(self, username: str) -> None:
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             res = await conn.execute(t.accounts.delete().where(t.accounts.c.username == username))
             if res.rowcount == 0:
                 raise StoreError(f"no user {username!r}")
@@ -161,7 +201,7 @@ class Store:
     # -- deployments ----------------------------------------------------------------------
 
     async def add_deployment(self, dep: Deployment) -> Deployment:
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             exists = await conn.execute(
                 sa.select(t.deployments.c.name).where(t.deployments.c.name == dep.name)
             )
@@ -197,7 +237,7 @@ class Store:
         exp = await self.active_experiment()
         if exp and name in (exp.base_deployment, exp.fine_tuned_deployment):
             raise StoreError(f"deployment {name!r} serves an arm of experiment {exp.id}")
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             res = await conn.execute(
                 t.deployments.update()
                 .where(t.deployments.c.name == name, t.deployments.c.removed_at.is_(None))
@@ -255,7 +295,7 @@ class Store:
             started_at=now(),
             created_by=actor,
         )
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             await conn.execute(
                 t.experiments.update().where(t.experiments.c.ended_at.is_(None)).values(
                     ended_at=exp.started_at
@@ -274,7 +314,7 @@ class Store:
         if fine_tuned_weight > 0 and not exp.fine_tuned_deployment:
             raise StoreError("the running experiment has no fine-tuned deployment")
         weights = {"base": round(1.0 - fine_tuned_weight, 6), "fine_tuned": fine_tuned_weight}
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             await conn.execute(
                 t.experiments.update().where(t.experiments.c.id == exp.id).values(weights=weights)
             )
@@ -366,7 +406,7 @@ class Store:
         values.pop("extra")
         values["id"] = ex.id or str(uuid.uuid4())
         values["created_at"] = ex.created_at or now()
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             await conn.execute(t.exchanges.insert().values(**values))
         ex.id, ex.created_at = values["id"], values["created_at"]
         return ex
@@ -393,7 +433,7 @@ class Store:
     ) -> int:
         if value not in (0, 1):
             raise StoreError("rating value must be 0 (down) or 1 (up)")
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             res = await conn.execute(
                 t.ratings.insert().values(
                     exchange_id=exchange_id, value=value, comment=comment or None,
@@ -431,7 +471,7 @@ class Store:
         tokenizer: str | None, created_by: str | None,
     ) -> None:
         """Record a built file; the same content built again keeps its first record."""
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             exists = await conn.execute(
                 sa.select(t.datasets.c.sha256).where(t.datasets.c.sha256 == sha256))
             if exists.first():
@@ -452,14 +492,14 @@ class Store:
     async def add_job(self, job: TrainingJob) -> TrainingJob:
         values = asdict(job)
         values["created_at"] = values["updated_at"] = job.created_at or now()
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             await conn.execute(t.training_jobs.insert().values(**values))
         return TrainingJob(**values)
 
     async def update_job(self, job_id: str, **fields_: Any) -> TrainingJob:
         """Set fields of a job; finishing it (terminal status) stamps finished_at once."""
         fields_["updated_at"] = now()
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             if fields_.get("status") in ("succeeded", "failed", "cancelled"):
                 row = (await conn.execute(sa.select(t.training_jobs.c.finished_at).where(
                     t.training_jobs.c.id == job_id))).first()
@@ -487,7 +527,7 @@ class Store:
 
     async def add_job_event(self, job_id: str, message: str, *, level: str = "info",
                             data: dict[str, Any] | None = None) -> int:
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             res = await conn.execute(t.job_events.insert().values(
                 job_id=job_id, at=now(), level=level, message=message, data=data or {}))
             return int(res.inserted_primary_key[0])  # type: ignore[index]
@@ -565,13 +605,22 @@ class Store:
 
     async def remove_dataset(self, sha256: str) -> None:
         """Forget a dataset record (a build undoing its own half-finished commit)."""
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             await conn.execute(t.datasets.delete().where(t.datasets.c.sha256 == sha256))
 
     @staticmethod
     def _utc(value: datetime) -> datetime:
         # Stored times are UTC (SQLite keeps them naive): compare in UTC whatever the caller gave.
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _sqlite_engine(url: str, pool: PoolOptions | None) -> AsyncEngine:
+    sizing: dict[str, Any] = {} if pool is None else {
+        "pool_size": pool.size, "max_overflow": pool.overflow, "pool_timeout": pool.timeout_s}
+    # A wait beats "database is locked" reaching a user when admin and app write at once.
+    engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, **sizing)
+    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

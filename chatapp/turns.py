@@ -31,7 +31,7 @@ async def finish(store: Store, ex: Exchange) -> Exchange:
     values = asdict(ex)
     for key in ("id", "created_at", "extra"):
         values.pop(key)
-    async with store.engine.begin() as conn:
+    async with store.write() as conn:
         res = await conn.execute(t.exchanges.update().where(t.exchanges.c.id == ex.id)
                                  .values(**values))
         if res.rowcount != 1:
@@ -47,7 +47,7 @@ async def mark_interrupted(store: Store, started_before: datetime | None = None)
     turns would be completed by their own `finish` anyway, which overwrites the mark.
     """
     cutoff = started_before or now()
-    async with store.engine.begin() as conn:
+    async with store.write() as conn:
         res = await conn.execute(
             t.exchanges.update()
             .where(t.exchanges.c.outcome == PENDING, t.exchanges.c.created_at < cutoff)

@@ -28,13 +28,13 @@ import sqlalchemy as sa
 from admin.ab_report import summarize
 from chatapp import policy, turns
 from chatapp import schema as t
-from chatapp.access import DATA_LAYER_POOL_TIMEOUT_S, DataLayer
+from chatapp.access import DataLayer
 from chatapp.conversation import ChatService, ModelRegistry
 from chatapp.domain import Deployment, Exchange
 from chatapp.fallback_monitor import FallbackMonitor
 from chatapp.providers.base import ChatModel, Message
 from chatapp.settings import Settings, load_settings
-from chatapp.store import Store, async_url
+from chatapp.store import PoolOptions, Store, async_url
 from tests.fakes.chat_model import FakeChatModel
 from tests.fakes.openai_server import FakeOpenAIServer, FaultKind, ServedChat
 from tests.fakes.sink import TextSink as Sink
@@ -374,7 +374,7 @@ async def test_dataset_build_while_the_chat_writes(data_dir: Path, settings: Set
     async with chainlit_layer.engine.connect() as conn:
         assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 30000
     # ... and a write waits for a free connection rather than being dropped after 30 s.
-    assert chainlit_layer.engine.pool.timeout() == DATA_LAYER_POOL_TIMEOUT_S  # type: ignore[attr-defined]
+    assert chainlit_layer.engine.pool.timeout() == PoolOptions().timeout_s  # type: ignore[attr-defined]
     await chainlit_layer.engine.dispose()
     n_up = await _seed_rated_exchanges(store, threads=600, per_thread=5)
     await store.add_deployment(Deployment("base", "c", "openai_compat", BASE))

@@ -55,15 +55,17 @@ def cpu_s(pid: int) -> float:
 
 @asynccontextmanager
 async def travel_chat(workdir: Path, upstream: Upstream, users: Sequence[Account], *,
-                      check_log: bool = True) -> AsyncIterator[ChatApp]:
-    """Our app on SQLite, everyone routed to one deployment on the paced upstream.
+                      check_log: bool = True, db_url: str | None = None
+                      ) -> AsyncIterator[ChatApp]:
+    """Our app on SQLite (or the empty database `db_url`), everyone routed to one deployment
+    on the paced upstream.
 
     `check_log`: fail at the end if the app logged an error (tests/browser_support.running_app);
     False for a benchmark that counts them as figures instead (`ChatApp.log_problems()`).
     """
     data_dir = workdir / "travel-data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    store = await Store.open(sqlite_url(data_dir))
+    store = await Store.open(db_url or sqlite_url(data_dir))
     try:
         await add_accounts(store, *users)
         await store.add_deployment(Deployment(name="bench", connection="bench",
@@ -74,6 +76,8 @@ async def travel_chat(workdir: Path, upstream: Upstream, users: Sequence[Account
         await store.close()
     env = {**upstream.connection_env("bench"), **NO_RATE_LIMITS,
            "TRAVEL_MAX_REPLY_TOKENS": str(MAX_TOKENS)}
+    if db_url:
+        env["TRAVEL_DATABASE_URL"] = db_url
     if check_log:
         async with running_app(data_dir, workdir / "travel-chat.log", env) as app:
             yield app

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,3 +46,26 @@ def _cpus() -> int:
     import os
 
     return os.cpu_count() or 1
+
+
+@asynccontextmanager
+async def fresh_postgres(server_url: str) -> AsyncIterator[str]:
+    """An empty database on a PostgreSQL server for one run (its async URL), dropped after."""
+    import asyncpg
+
+    plain = server_url.replace("postgresql+asyncpg://", "postgresql://")
+    name = f"travel_bench_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(plain, timeout=5)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield f"{plain.rsplit('/', 1)[0]}/{name}".replace("postgresql://",
+                                                          "postgresql+asyncpg://")
+    finally:
+        admin = await asyncpg.connect(plain, timeout=5)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()

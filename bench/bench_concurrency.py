@@ -1,6 +1,7 @@
 """Concurrency: 1, 50, 100, 200 simultaneous conversations through ONE travel-chat process.
 
-    .venv/bin/python -m bench.bench_concurrency [--levels 1 50 100 200]
+    .venv/bin/python -m bench.bench_concurrency [--levels 1 50 100 200] [--runs 3]
+        [--db postgresql://postgres@127.0.0.1:5432/test]
 
 Each conversation is a distinct user (own login, own socket.io connection, own thread) who sends
 one message at the same moment as all the others; the reply is 200 chunks from the paced fake
@@ -10,7 +11,7 @@ end, or a reply other than the 200 streamed words), the app's resident memory (V
 the users connect, with them connected and after their turns, and the CPU seconds the app, the
 upstream and this client process used. The clients run in this one process: at 200 streams of
 200 tokens the client's own event loop is part of what is measured (its CPU is reported).
-Figures to bench/results/concurrency.json.
+Figures to bench/results/concurrency.json (concurrency_postgresql.json with --db).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._apps import PASSWORD, accounts, cpu_s, rss_kib, travel_chat
-from bench._common import summary, write
+from bench._common import fresh_postgres, summary, write
 from bench.fake_upstream import paced_upstream
 from tests.browser_support import ChatApp
 from tests.chainlit_client import ChainlitClient, Reply
@@ -85,13 +86,13 @@ async def _level(app: ChatApp, users: list[str], expected_tokens: int,
     }
 
 
-async def main(levels: list[int]) -> None:
+async def _run(levels: list[int], db_url: str | None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-concurrency-"))
     users = accounts(sum(levels), prefix="conc")
     per_level: dict[str, Any] = {}
     with paced_upstream(first_token_ms=20, token_ms=5, tokens=200) as upstream:
         upstream_pid = upstream.pid
-        async with travel_chat(work, upstream, users, check_log=False) as app:
+        async with travel_chat(work, upstream, users, check_log=False, db_url=db_url) as app:
             # Warm the app (first turn builds the model client and tokenizer).
             await _level(app, [users[-1].username], upstream.tokens, upstream_pid)
             offset = 0
@@ -106,14 +107,49 @@ async def main(levels: list[int]) -> None:
         for fig in per_level.values():
             fig["ttft_p50_over_single"] = fig["ttft_ms"]["p50"] / single["ttft_ms"]["p50"]
             fig["ttft_p95_over_single_p50"] = fig["ttft_ms"]["p95"] / single["ttft_ms"]["p50"]
-    write("concurrency", {
-        "upstream": {"first_token_ms": 20, "token_ms": 5, "tokens": upstream.tokens},
-        "levels": per_level, "load_average_after": os.getloadavg(), "workdir": str(work),
+    return {"levels": per_level, "load_average_after": os.getloadavg(), "workdir": str(work)}
+
+
+def _across(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per level over all runs: the worst failure counts and each run's percentiles."""
+    out: dict[str, Any] = {}
+    for level in runs[0]["levels"]:
+        figs = [r["levels"][level] for r in runs]
+        out[level] = {
+            "failed_turns": [f["errors"] for f in figs],
+            "app_log_problems": [f["app_log_problems"] for f in figs],
+            "ttft_ms_p50": [round(f["ttft_ms"]["p50"]) for f in figs],
+            "ttft_ms_p95": [round(f["ttft_ms"]["p95"]) for f in figs],
+            "total_ms_p50": [round(f["total_ms"]["p50"]) for f in figs],
+            "total_ms_p95": [round(f["total_ms"]["p95"]) for f in figs],
+            "rss_mib_after": [round(f["rss_mib"]["after_turns"]) for f in figs],
+        }
+    return out
+
+
+async def main(levels: list[int], runs: int, db: str | None) -> None:
+    results = []
+    for i in range(runs):
+        print(f"run {i + 1} of {runs} on {'PostgreSQL' if db else 'SQLite'}", flush=True)
+        if db:
+            async with fresh_postgres(db) as url:
+                results.append(await _run(levels, url))
+        else:
+            results.append(await _run(levels, None))
+    write("concurrency" + ("_postgresql" if db else ""), {
+        "database": "postgresql" if db else "sqlite",
+        "upstream": {"first_token_ms": 20, "token_ms": 5, "tokens": 200},
+        "across_runs": _across(results), "runs": results,
     })
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--levels", type=int, nargs="+", default=[1, 50, 100, 200])
+    p.add_argument("--runs", type=int, default=1, help="repeat the whole sequence (fresh app"
+                   " and database each time)")
+    p.add_argument("--db", metavar="SERVER_URL", help="a PostgreSQL server on which to create"
+                   " a database per run (e.g. postgresql://postgres@127.0.0.1:5432/test);"
+                   " default: SQLite in a temporary folder")
     args = p.parse_args()
-    asyncio.run(main(args.levels))
+    asyncio.run(main(args.levels, args.runs, args.db))

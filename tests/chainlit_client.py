@@ -159,7 +159,11 @@ class ChainlitClient:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.client_type = client_type
-        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+        # uvicorn closes an idle keep-alive connection after 5 s: a request sent on it just then
+        # fails with ReadError (seen between the logins and the connects of 200 users).
+        # Browsers retry such a request; forgetting idle connections sooner avoids the race.
+        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s,
+                                      limits=httpx.Limits(keepalive_expiry=2.0))
         self.session_id = str(uuid.uuid4())
         self.events: list[Event] = []
         self.thread_id: str | None = None

@@ -22,7 +22,7 @@ from chatapp.providers.redact import redact_logs, settings_secrets
 from chatapp.runtime import Runtime
 from chatapp.settings import get_settings
 from chatapp.starters import STARTERS
-from chatapp.store import PoolOptions, async_url
+from chatapp.store import async_url
 
 settings = get_settings()
 # Before anything logs: an upstream error may echo a key or token, and Chainlit, httpx and the
@@ -45,8 +45,7 @@ async def warm_up() -> None:
 
 @cl.data_layer
 def data_layer() -> SQLAlchemyDataLayer:
-    return access.DataLayer(conninfo=async_url(settings.db_url), pool=PoolOptions(
-        settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout_s))
+    return access.DataLayer(conninfo=async_url(settings.db_url), store=runtime.store)
 
 
 if settings.auth_mode == "header":

@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from chainlit.user import User
+from sqlalchemy import event as sa_event
 
 from admin.ab_report import summarize
 from chatapp import policy, turns
@@ -34,7 +36,7 @@ from chatapp.domain import Deployment, Exchange
 from chatapp.fallback_monitor import FallbackMonitor
 from chatapp.providers.base import ChatModel, Message
 from chatapp.settings import Settings, load_settings
-from chatapp.store import PoolOptions, Store, async_url
+from chatapp.store import Store, async_url
 from tests.fakes.chat_model import FakeChatModel
 from tests.fakes.openai_server import FakeOpenAIServer, FaultKind, ServedChat
 from tests.fakes.sink import TextSink as Sink
@@ -368,14 +370,22 @@ async def test_dataset_build_while_the_chat_writes(data_dir: Path, settings: Set
         pragma = conn.exec_driver_sql
         assert (await pragma("PRAGMA journal_mode")).scalar() == "wal"
         assert (await pragma("PRAGMA busy_timeout")).scalar() == 30000
-    # Chainlit's data layer writes the same file through its own engine: it must wait as long
-    # (its driver default of 5 s lost steps with 50 conversations streaming at once).
-    chainlit_layer = DataLayer(conninfo=async_url(settings.db_url))
-    async with chainlit_layer.engine.connect() as conn:
-        assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 30000
-    # ... and a write waits for a free connection rather than being dropped after 30 s.
-    assert chainlit_layer.engine.pool.timeout() == PoolOptions().timeout_s  # type: ignore[attr-defined]
-    await chainlit_layer.engine.dispose()
+    # Chainlit's data layer runs its SQL on the store's connections: its writes queue for the
+    # one writer connection with ours (its own engine, racing ours for the file lock, lost
+    # steps under load), its reads use the store's pool.
+    seen: dict[str, list[str]] = {"writer": [], "reader": []}
+    for name, engine in (("writer", store.writer), ("reader", store.engine)):
+        sa_event.listen(engine.sync_engine, "before_cursor_execute",
+                        lambda *a, _n=name: seen[_n].append(a[2].split()[0]))
+
+    async def the_store() -> Store:
+        return store
+
+    chainlit_layer = DataLayer(conninfo=async_url(settings.db_url), store=the_store)
+    await chainlit_layer.create_user(User(identifier="chainlit-user"))
+    assert await chainlit_layer.get_user("chainlit-user") is not None
+    assert "INSERT" in seen["writer"] and "INSERT" not in seen["reader"]
+    assert "SELECT" in seen["reader"]
     n_up = await _seed_rated_exchanges(store, threads=600, per_thread=5)
     await store.add_deployment(Deployment("base", "c", "openai_compat", BASE))
     await store.start_experiment(name="t", base="base", fine_tuned=None, fine_tuned_weight=0.0,

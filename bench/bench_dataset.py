@@ -2,8 +2,10 @@
 
 Builds N exchanges (threads of 1..4 turns, system prompt + history as the chat stores them,
 ~70% rated up, 15% down, 15% unrated) into a temp SQLite database with bulk inserts, then times:
-  build     admin.dataset.build_dataset (query, PII scrub, dedupe, split, write, validate, record)
-  validate  admin.validate.validate_file on the files written (what `dataset validate` runs)
+  build     admin.datasets.build.build_dataset (query, PII scrub, dedupe, split, write,
+            validate, record)
+  validate  admin.datasets.validate.validate_file on the files written (what
+            `dataset validate` runs)
   bare      tiktoken o200k_base encode_ordinary over every message content of those files
             (a loop on one thread, and encode_ordinary_batch on tiktoken's thread pool)
 and reports seconds and the ratios build/bare and validate/bare (loop).
@@ -26,13 +28,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from admin.dataset import BuildOptions, build_dataset
-from admin.validate import validate_file
+from admin.datasets.build import BuildOptions, build_dataset
+from admin.datasets.validate import validate_file
 from bench._common import write
 from chatapp import policy
-from chatapp import schema as t
 from chatapp.settings import load_settings
 from chatapp.store import Store
+from chatapp.store import schema as t
 from chatapp.tokens import get_encoding
 
 MODEL = "gpt-4o-mini-2024-07-18"

@@ -5,7 +5,7 @@
 For 100 kB messages of several shapes (prose, one letter repeated, random letters, digits,
 CJK, emoji with joiners, spaces) and 1 MB of spaces (socket.io's message cap is about 1 MB),
 the median time of `TiktokenCounter.count_text` on the whole text and of
-`chatapp.input_guard.count_bounded` (what the chat turn does: slices, stopping once over
+`chatapp.chat.input_guard.count_bounded` (what the chat turn does: slices, stopping once over
 TRAVEL_MAX_INPUT_TOKENS=1000), the tokens each reports, and whether the whole count failed
 (tiktoken's Rust regex panics on ~1M whitespace characters). Figures to
 bench/results/input_guard.json.
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench._common import write
-from chatapp.input_guard import count_bounded
+from chatapp.chat.input_guard import count_bounded
 from chatapp.tokens import counter_for_model
 
 LIMIT = 1000

@@ -6,7 +6,7 @@ Fills a fresh database (a temporary SQLite file, or the PostgreSQL URL given) wi
 conversations stored as the app stores them: a Chainlit thread with 6 steps (two turns of user
 message, run, reply), a feedback, two exchanges and a rating each; half of them idle for 40
 days, the other half active today, spread over N/20 users. Then it times, on the product's own
-functions (chatapp.privacy, chatapp.ratelimit):
+functions (chatapp.privacy, chatapp.chat.ratelimit):
 
 - `purge_dry_run_s` and `purge_s`: TRAVEL_RETENTION_DAYS=30 over the N/2 old conversations
   (batches of 200, one transaction each), and conversations purged per second;
@@ -34,9 +34,9 @@ import sqlalchemy as sa
 
 from bench._common import write
 from chatapp import privacy
-from chatapp import schema as t
-from chatapp.ratelimit import RateLimiter
+from chatapp.chat.ratelimit import RateLimiter
 from chatapp.store import Store
+from chatapp.store import schema as t
 
 NOW = datetime.now(UTC)
 

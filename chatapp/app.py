@@ -1,4 +1,4 @@
-"""Chainlit handlers: thin glue between the UI and `chatapp.conversation`.
+"""Chainlit handlers: thin glue between the UI and `chatapp.chat.conversation`.
 
 Started by `travel-chat` (see chatapp/cli.py), which bootstraps the data folder first.
 """
@@ -13,16 +13,16 @@ from chainlit.input_widget import InputWidget, Select
 from chainlit.server import app as chainlit_server
 from chainlit.types import Feedback, ThreadDict
 
-from chatapp import access
 from chatapp.domain import Arm
-from chatapp.health import HealthChecker
-from chatapp.health import mount as mount_health
 from chatapp.providers.base import Message
 from chatapp.providers.redact import redact_logs, settings_secrets
 from chatapp.runtime import Runtime
 from chatapp.settings import get_settings
 from chatapp.starters import STARTERS
 from chatapp.store import async_url
+from chatapp.web import access
+from chatapp.web.health import HealthChecker
+from chatapp.web.health import mount as mount_health
 
 settings = get_settings()
 # Before anything logs: an upstream error may echo a key or token, and Chainlit, httpx and the

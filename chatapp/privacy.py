@@ -29,8 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from chatapp import schema as t
 from chatapp.store import Store, now
+from chatapp.store import schema as t
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import logging
 import secrets
 from dataclasses import dataclass
 
-from chatapp import turns
 from chatapp.auth import hash_password, random_password, verify_password
-from chatapp.conversation import ChatService
+from chatapp.chat import turns
+from chatapp.chat.conversation import ChatService
 from chatapp.domain import SMOLLM2, Deployment
 from chatapp.privacy import retention_loop
 from chatapp.settings import LOCAL_CONNECTION, Settings

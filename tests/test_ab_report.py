@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from admin.ab_report import (
+from chatapp.experiments.report import (
     difference_interval,
     sample_size_per_arm,
     summarize,

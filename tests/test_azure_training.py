@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from admin.dataset_io import sha256_file
+from admin.datasets.files import sha256_file
 from admin.training import jobs
 from admin.training.azure_openai import AzureTrainer
 from admin.training.base import JobSpec, TrainingError
 from admin.training.metrics import metric_rows, plot
-from chatapp.conversation import ChatService
+from chatapp.chat.conversation import ChatService
 from chatapp.domain import Deployment, TrainingJob
 from chatapp.providers.azure_auth import COGNITIVE_SERVICES_SCOPE
 from chatapp.settings import ConfigError, Settings, load_settings

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from chatapp import policy
-from chatapp.conversation import ChatService
+from chatapp.chat.conversation import ChatService
 from chatapp.domain import Deployment
 from chatapp.settings import Settings, load_settings
 from chatapp.store import Store

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from chatapp import policy
-from chatapp.conversation import ChatService, ModelRegistry
+from chatapp.chat.conversation import ChatService, ModelRegistry
 from chatapp.domain import Deployment
 from chatapp.providers.base import (
     ChatModel,

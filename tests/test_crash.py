@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from admin.dataset import Selection
-from chatapp import turns
-from chatapp.conversation import ChatService, ModelRegistry
+from admin.datasets.build import Selection
+from chatapp.chat import turns
+from chatapp.chat.conversation import ChatService, ModelRegistry
 from chatapp.domain import Deployment, Exchange
 from chatapp.providers.base import ChatModel, Chunk, Message
 from chatapp.runtime import bootstrap

@@ -18,14 +18,14 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from admin.cli import app
-from admin.dataset import BuildError, BuildOptions, Selection, build_dataset, split_groups
-from admin.dataset_io import JsonlWriter
-from admin.validate import validate_file
+from admin.datasets.build import BuildError, BuildOptions, Selection, build_dataset, split_groups
+from admin.datasets.files import JsonlWriter
+from admin.datasets.validate import validate_file
 from chatapp import policy
-from chatapp import schema as t
 from chatapp.domain import Exchange
 from chatapp.settings import Settings
 from chatapp.store import Store
+from chatapp.store import schema as t
 from tests.conftest import REPO
 
 SEEDS = tuple(sorted((REPO / "training_data").glob("*.jsonl")))

@@ -13,10 +13,15 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from admin import eval_cli
 from admin.cli import app
-from admin.eval_run import run_eval
-from admin.evaluate import (
+from admin.cli import eval as eval_cli
+from admin.evaluation.judge import RUBRIC, judge_reply, parse_judgement
+from admin.evaluation.run import run_eval
+from chatapp import policy
+from chatapp.chat.conversation import ChatService, ModelRegistry
+from chatapp.domain import Deployment
+from chatapp.experiments.stats import wilson
+from chatapp.policy.checks import (
     CHECKS,
     Question,
     Verdict,
@@ -25,14 +30,9 @@ from admin.evaluate import (
     infer_category,
     load_questions,
 )
-from admin.judge import RUBRIC, judge_reply, parse_judgement
-from admin.stats import wilson
-from chatapp import policy, schema
-from chatapp.conversation import ChatService, ModelRegistry
-from chatapp.domain import Deployment
 from chatapp.providers.base import ChatModel, UpstreamError
 from chatapp.settings import Settings, get_settings
-from chatapp.store import Store
+from chatapp.store import Store, schema
 from tests.conftest import REPO, SEED_LAB
 from tests.fakes.chat_model import FakeChatModel
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from admin.ab_report import summarize
 from admin.cli import app
-from admin.compare import to_html, to_markdown
-from admin.eval_run import run_eval
-from admin.evaluate import Question, load_questions
-from admin.simulate import simulate
-from chatapp.conversation import ChatService, ModelRegistry
+from admin.evaluation.compare import to_html, to_markdown
+from admin.evaluation.run import run_eval
+from admin.evaluation.simulate import simulate
+from chatapp.chat.conversation import ChatService, ModelRegistry
 from chatapp.domain import Deployment
+from chatapp.experiments.report import summarize
+from chatapp.policy.checks import Question, load_questions
 from chatapp.providers.base import ChatModel
 from chatapp.settings import Settings
 from chatapp.store import Store, StoreError

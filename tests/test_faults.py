@@ -27,16 +27,17 @@ import sqlalchemy as sa
 from chainlit.user import User
 from sqlalchemy import event as sa_event
 
-from admin.ab_report import summarize
-from chatapp import policy, turns
-from chatapp import schema as t
-from chatapp.access import DataLayer
-from chatapp.conversation import ChatService, ModelRegistry
+from chatapp import policy
+from chatapp.chat import turns
+from chatapp.chat.conversation import ChatService, ModelRegistry
+from chatapp.chat.fallback_monitor import FallbackMonitor
 from chatapp.domain import Deployment, Exchange
-from chatapp.fallback_monitor import FallbackMonitor
+from chatapp.experiments.report import summarize
 from chatapp.providers.base import ChatModel, Message
 from chatapp.settings import Settings, load_settings
 from chatapp.store import Store, async_url
+from chatapp.store import schema as t
+from chatapp.web.access import DataLayer
 from tests.fakes.chat_model import FakeChatModel
 from tests.fakes.openai_server import FakeOpenAIServer, FaultKind, ServedChat
 from tests.fakes.sink import TextSink as Sink
@@ -252,7 +253,7 @@ async def test_deleted_fine_tuned_deployment_mid_experiment(
                 assert (ex.outcome, ex.arm_served) == ("ok", "base")
     n_fallbacks = 3 * len(on_ft)
     # One alert for the whole outage, not one per turn.
-    alerts = [r for r in caplog.records if r.name == "chatapp.fallback_monitor"]
+    alerts = [r for r in caplog.records if r.name == "chatapp.chat.fallback_monitor"]
     assert [r.levelname for r in alerts] == ["WARNING"] and service.fallbacks.alerting
     assert problems_in_log(caplog.records) == []
 
@@ -285,7 +286,7 @@ def _admin(*args: str) -> str:
 
 
 def test_fallback_monitor_warns_once_and_clears_once(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="chatapp.fallback_monitor")
+    caplog.set_level(logging.INFO, logger="chatapp.chat.fallback_monitor")
     mon = FallbackMonitor(ratio=0.3, window=10)
 
     def feed(pattern: str) -> list[tuple[str, str]]:

@@ -18,11 +18,11 @@ import pytest
 from typer.testing import Result
 
 from admin.cli import app
-from admin.dataset_io import sha256_file
+from admin.datasets.files import sha256_file
 from admin.training import foundry_client
 from admin.training.base import JobSpec
 from admin.training.foundry import connection_name, hyperparameters, our_status
-from chatapp.conversation import ChatService
+from chatapp.chat.conversation import ChatService
 from chatapp.domain import Deployment
 from chatapp.settings import get_settings, load_settings
 from chatapp.store import Store

@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from admin import examples as ex
-from admin.dataset import BuildError, BuildOptions, build_dataset
-from admin.dataset_io import SeedError, read_seed
-from admin.validate import CATEGORIES, validate_file
+from admin.datasets import examples as ex
+from admin.datasets.build import BuildError, BuildOptions, build_dataset
+from admin.datasets.files import SeedError, read_seed
+from admin.datasets.validate import CATEGORIES, validate_file
 from chatapp.domain import Exchange
 from chatapp.settings import Settings, load_settings
 from chatapp.store import Store

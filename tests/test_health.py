@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from chatapp.conversation import ChatService
+from chatapp.chat.conversation import ChatService
 from chatapp.domain import SMOLLM2, Deployment
-from chatapp.health import HealthChecker, classify
 from chatapp.settings import Settings, load_settings
 from chatapp.store import Store
+from chatapp.web.health import HealthChecker, classify
 from tests.fakes.openai_server import FakeOpenAIServer
 
 

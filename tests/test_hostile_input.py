@@ -24,9 +24,9 @@ import pytest
 from playwright.async_api import Dialog, async_playwright
 
 from chatapp import policy
-from chatapp.conversation import ChatService, ModelRegistry
+from chatapp.chat.conversation import ChatService, ModelRegistry
+from chatapp.chat.input_guard import SLICE_CHARS, clean_text, count_bounded
 from chatapp.domain import Deployment
-from chatapp.input_guard import SLICE_CHARS, clean_text, count_bounded
 from chatapp.providers.base import AuthFailed, ChatModel, Chunk, Message, UpstreamError
 from chatapp.settings import Settings, load_settings
 from chatapp.store import Store

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chatapp import policy
-from chatapp.conversation import ChatService
+from chatapp.chat.conversation import ChatService
 from chatapp.domain import SMOLLM2, Deployment
 from chatapp.providers.local import LocalChat
 from chatapp.runtime import LOCAL_BASE, bootstrap

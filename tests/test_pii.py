@@ -1,4 +1,5 @@
-"""admin.pii: personal data becomes typed placeholders; ordinary travel text stays as written."""
+"""admin.datasets.pii: personal data becomes typed placeholders; ordinary travel text stays
+as written."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from admin.pii import iban_ok, luhn_ok, scrub
+from admin.datasets.pii import iban_ok, luhn_ok, scrub
 from tests.conftest import REPO, SEED_LAB
 
 

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from admin.ab_report import summarize
-from chatapp.conversation import ChatService, ModelRegistry
+from chatapp.chat.conversation import ChatService, ModelRegistry
+from chatapp.chat.ratelimit import RATE_LIMITED, RateLimiter, describe_wait, limiter_for
 from chatapp.domain import Deployment
+from chatapp.experiments.report import summarize
 from chatapp.providers.base import ChatModel
-from chatapp.ratelimit import RATE_LIMITED, RateLimiter, describe_wait, limiter_for
 from chatapp.settings import Settings, load_settings
 from chatapp.store import Store
 from tests.fakes.chat_model import FakeChatModel

@@ -4,8 +4,8 @@ from collections import Counter
 
 import pytest
 
+from chatapp.chat.routing import ExperimentWatcher, assign_arm, bucket, choose
 from chatapp.domain import Experiment
-from chatapp.routing import ExperimentWatcher, assign_arm, bucket, choose
 
 
 def exp(weight: float, exp_id: str = "exp-1", ft: str | None = "ft-1") -> Experiment:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from admin.cli import app as admin_app
 from chatapp import policy
-from chatapp.conversation import ChatService
+from chatapp.chat.conversation import ChatService
 from chatapp.domain import Deployment
 from chatapp.providers import azure_auth
 from chatapp.providers.base import ProviderError

@@ -149,7 +149,7 @@ def test_start_refuses_an_invalid_file_with_file_line_messages(
 
 def test_start_shows_which_files_are_built_datasets(fake: FakeOpenAIServer,
                                                     data_dir: Path) -> None:
-    from admin.dataset_io import sha256_file as sha256_of
+    from admin.datasets.files import sha256_file as sha256_of
 
     with_db(data_dir, lambda s: s.add_dataset(
         sha256=sha256_of(TRAIN), path="data/datasets/train-v3.jsonl", kind="train",
@@ -174,14 +174,14 @@ def test_start_needs_a_model_for_azure_and_a_known_backend(fake: FakeOpenAIServe
 
 def test_watch_ctrl_c_stops_watching_not_the_job(fake: FakeOpenAIServer,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import admin.train_cli
+    import admin.cli.train
 
     job_id = start_azure("-q")
 
     async def interrupted(seconds: float) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(admin.train_cli, "_interval_sleep", interrupted)
+    monkeypatch.setattr(admin.cli.train, "_interval_sleep", interrupted)
     result = invoke("train", "watch", job_id, "--interval", "5")
     assert result.exit_code == 130, result.output
     assert "stopped watching; the job keeps running" in result.output

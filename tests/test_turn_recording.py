@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 import pytest
 import sqlalchemy as sa
 
-from chatapp import policy, schema
-from chatapp.conversation import ChatService, ModelRegistry
+from chatapp import policy
+from chatapp.chat.conversation import ChatService, ModelRegistry
 from chatapp.domain import Deployment, Exchange
 from chatapp.providers.base import ChatModel
 from chatapp.settings import Settings
-from chatapp.store import PoolOptions, Store
+from chatapp.store import PoolOptions, Store, schema
 from tests.conftest import _truncate
 from tests.fakes.chat_model import FakeChatModel
 from tests.fakes.sink import TextSink

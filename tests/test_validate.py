@@ -1,4 +1,5 @@
-"""admin.validate + admin.dataset_stats + chatapp.model_table: the checks Azure would make.
+"""admin.datasets.validate + admin.datasets.stats + chatapp.model_table: the checks Azure
+would make.
 
 Token counts themselves are proven equal to an independent implementation in test_tokens.py
 (tests/fixtures/token_counts.json); here they are only used.
@@ -13,10 +14,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from admin import validate as v
 from admin.cli import app
-from admin.dataset_stats import CostEstimate, Distribution, default_epochs
-from admin.validate import CATEGORIES, check_example, validate_file
+from admin.datasets import validate as v
+from admin.datasets.stats import CostEstimate, Distribution, default_epochs
+from admin.datasets.validate import CATEGORIES, check_example, validate_file
 from chatapp import model_table
 from chatapp.settings import ConfigError, Settings, load_settings
 from chatapp.tokens import encoding_for_model

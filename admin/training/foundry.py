@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from admin.dataset_io import sha256_file
+from admin.datasets.files import sha256_file
 from admin.training import foundry_client as fc
 from admin.training.base import BackendEvent, JobSpec, JobState, TrainingError
 from admin.training.chat_data import load_examples, split_examples, write_examples

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from admin.dataset_io import sha256_file
+from admin.datasets.files import sha256_file
 from admin.training.base import JobSpec, Trainer, TrainingError
 from chatapp.domain import Deployment, Experiment, JobEvent, TrainingJob
 from chatapp.settings import Settings
@@ -71,7 +71,7 @@ class InputFile:
     kind: str  # train | validation
     path: Path
     sha256: str
-    report: Any  # admin.validate.ValidationReport
+    report: Any  # admin.datasets.validate.ValidationReport
     dataset: dict[str, Any] | None  # the datasets row with this sha256: a file travel-admin built
 
 
@@ -93,7 +93,7 @@ class InvalidTrainingFiles(TrainingError):
 
 async def check_inputs(spec: JobSpec, *, settings: Settings, store: Store) -> list[InputFile]:
     """Validate the files (format, tokens) and look them up among the built datasets."""
-    from admin.validate import validate_file
+    from admin.datasets.validate import validate_file
 
     files = []
     inputs: tuple[tuple[Literal["train", "validation"], Path | None], ...] = (

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import admin
-from admin.dataset_io import sha256_file
+from admin.datasets.files import sha256_file
 from admin.training import local_worker as w
 from admin.training.base import BackendEvent, JobSpec, JobState, TrainingError
 from admin.training.chat_data import load_examples, split_examples, write_examples

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from admin.dataset_io import sha256_file
+from admin.datasets.files import sha256_file
 from chatapp.domain import TrainingJob
 from chatapp.store import Store, now
 

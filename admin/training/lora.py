@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from admin.dataset_io import sha256_file
+from admin.datasets.files import sha256_file
 from admin.training.chat_data import IGNORE, Encoded
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from admin.common import JsonOpt, actor, console, emit, fail, settings, with_store
+from admin.cli.common import JsonOpt, actor, console, emit, fail, settings, with_store
 from chatapp.privacy import TABLE_ORDER, PurgeResult, purge
 from chatapp.store import Store
 

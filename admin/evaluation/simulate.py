@@ -15,8 +15,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from admin.evaluate import Question, Verdict, check_reply
-from chatapp.conversation import ChatService
+from chatapp.chat.conversation import ChatService
+from chatapp.policy.checks import Question, Verdict, check_reply
 from chatapp.providers.base import Message
 
 Rater = Callable[[Question, str], Awaitable[Verdict]]

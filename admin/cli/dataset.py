@@ -15,8 +15,8 @@ from rich.progress import Progress as RichBar
 from rich.table import Table
 
 import admin
-from admin.common import JsonOpt, actor, console, err_console, fail, settings, with_store
-from admin.dataset import (
+from admin.cli.common import JsonOpt, actor, console, err_console, fail, settings, with_store
+from admin.datasets.build import (
     DEFAULT_MODEL,
     BuildError,
     BuildOptions,
@@ -28,9 +28,9 @@ from admin.dataset import (
     build_dataset,
     default_name,
 )
-from admin.dataset_io import SeedError
-from admin.dataset_stats import Distribution
-from admin.validate import Kind, ValidationReport, validate_file
+from admin.datasets.files import SeedError
+from admin.datasets.stats import Distribution
+from admin.datasets.validate import Kind, ValidationReport, validate_file
 from chatapp.settings import ConfigError
 from chatapp.store import Store
 

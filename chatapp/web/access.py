@@ -36,7 +36,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from chatapp.input_guard import clean_text
+from chatapp.chat.input_guard import clean_text
 from chatapp.store import Store
 
 StoreFn = Callable[[], Awaitable[Store]]
@@ -67,7 +67,7 @@ class DataLayer(SQLAlchemyDataLayer):
     It stores the traveller's text (the message step, the thread name taken from the first
     message) as it arrived, before our turn cleans it: a NUL (PostgreSQL) or a lone surrogate
     (any database) failed those inserts, and the thread was never saved. Cleaned here the same
-    way (chatapp.input_guard.clean_text).
+    way (chatapp.chat.input_guard.clean_text).
 
     Its own engine lost steps under load (bench/bench_concurrency.py): on SQLite the driver's
     5 s lock wait failed writes with "database is locked" from 50 conversations streaming at

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import typer
 
-from admin.common import JsonOpt, actor, console, emit, fail, settings, with_store
+from admin.cli.common import JsonOpt, actor, console, emit, fail, settings, with_store
 from chatapp.domain import Deployment
 from chatapp.settings import ConfigError
 from chatapp.store import Store

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from chatapp.conversation import ChatService
+from chatapp.chat.conversation import ChatService
 from chatapp.domain import Deployment
 from chatapp.settings import ConfigError, Connection, Settings
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import datetime
 
-from chatapp import schema as t
 from chatapp.domain import UNFINISHED_OUTCOMES, Exchange
 from chatapp.store import Store, now
+from chatapp.store import schema as t
 
 PENDING = "pending"
 INTERRUPTED = "interrupted"

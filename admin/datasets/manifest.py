@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from admin.dataset_io import AtomicFile, JsonlWriter, write_json_atomic
+from admin.datasets.files import AtomicFile, JsonlWriter, write_json_atomic
 
 if TYPE_CHECKING:
-    from admin.dataset import Builder, OutputFile, _Record
-    from admin.validate import Kind, ValidationReport
+    from admin.datasets.build import Builder, OutputFile, _Record
+    from admin.datasets.validate import Kind, ValidationReport
 
 MANIFEST_VERSION = 1
 
@@ -79,7 +79,7 @@ class Manifests:
         }
 
     async def commit(self) -> list[OutputFile]:
-        from admin.dataset import OutputFile
+        from admin.datasets.build import OutputFile
 
         docs = {kind: self.document(kind) for kind in self.writers}
         sidecars: dict[Kind, AtomicFile] = {}

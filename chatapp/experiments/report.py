@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from admin.stats import Z95, wilson
 from chatapp.domain import ARMS
+from chatapp.experiments.stats import Z95, wilson
 
 Z80 = 0.8416212335729143  # the 80 % quantile: power 0.8
 

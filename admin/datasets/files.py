@@ -152,7 +152,10 @@ def read_seed(path: Path) -> Iterator[tuple[int, list[dict[str, Any]]]]:
     dataset, so a bad line there is the build's error (named by file, line and field), not a
     rejected upload later. Read in binary so that bad UTF-8 is reported on its line.
     """
-    from admin.validate import CATEGORIES, check_example  # validate imports nothing from here
+    from admin.datasets.validate import (  # validate imports nothing from here
+        CATEGORIES,
+        check_example,
+    )
 
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, 1):

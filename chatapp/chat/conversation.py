@@ -15,10 +15,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from chatapp import policy, turns
+from chatapp import policy
+from chatapp.chat import turns
+from chatapp.chat.fallback_monitor import FallbackMonitor
+from chatapp.chat.input_guard import Count, clean_text, count_bounded
+from chatapp.chat.ratelimit import RATE_LIMITED, RateLimiter, limiter_for
+from chatapp.chat.routing import ExperimentWatcher, Route, choose
 from chatapp.domain import Arm, Deployment, Exchange, Source
-from chatapp.fallback_monitor import FallbackMonitor
-from chatapp.input_guard import Count, clean_text, count_bounded
 from chatapp.providers import build_chat_model
 from chatapp.providers.base import (
     ChatModel,
@@ -28,8 +31,6 @@ from chatapp.providers.base import (
     RateLimited,
 )
 from chatapp.providers.redact import redact, settings_secrets
-from chatapp.ratelimit import RATE_LIMITED, RateLimiter, limiter_for
-from chatapp.routing import ExperimentWatcher, Route, choose
 from chatapp.settings import Settings
 from chatapp.store import Store
 from chatapp.tokens import TokenCounter, counter_for_deployment, trim_history

@@ -9,13 +9,13 @@ from pathlib import Path
 import typer
 from rich.progress import Progress
 
-from admin.common import JsonOpt, console, fail, settings, with_store
-from admin.compare import to_markdown, write_report
-from admin.eval_run import EvalReport, run_eval
-from admin.evaluate import DEFAULT_QUESTIONS, Question, Verdict, load_questions
-from admin.judge import judge_reply
-from admin.simulate import Rater, SimulationResult, rules_rater, simulate
-from chatapp.conversation import ChatService
+from admin.cli.common import JsonOpt, console, fail, settings, with_store
+from admin.evaluation.compare import to_markdown, write_report
+from admin.evaluation.judge import judge_reply
+from admin.evaluation.run import EvalReport, run_eval
+from admin.evaluation.simulate import Rater, SimulationResult, rules_rater, simulate
+from chatapp.chat.conversation import ChatService
+from chatapp.policy.checks import DEFAULT_QUESTIONS, Question, Verdict, load_questions
 from chatapp.store import Store
 
 # Module-level option objects (ruff B008).

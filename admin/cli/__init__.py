@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from admin import (
-    dataset_cli,
-    deployments,
-    eval_cli,
-    experiments,
-    loop_cli,
-    retention,
-    train_cli,
-    users,
-)
+from admin.cli import ab as experiments
+from admin.cli import dataset as dataset_cli
+from admin.cli import deployments, retention, users
+from admin.cli import eval as eval_cli
+from admin.cli import loop as loop_cli
+from admin.cli import train as train_cli
 
 app = typer.Typer(help="Administer travel-chat: users, data, training, deployments, A/B.",
                   no_args_is_help=True, pretty_exceptions_enable=False)

@@ -12,8 +12,8 @@ import json
 import re
 from typing import Any
 
-from admin.evaluate import CHECKS, CheckResult, Verdict, infer_category
 from chatapp import policy
+from chatapp.policy.checks import CHECKS, CheckResult, Verdict, infer_category
 from chatapp.providers.base import ChatModel, Message, ProviderError
 
 RUBRIC = f"""You audit replies of Wayfarer, the chat assistant of a travel agency, against its \

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from admin.eval_run import EvalItem, EvalReport, fmt_rate
+from admin.evaluation.run import EvalItem, EvalReport, fmt_rate
 
 
 def _pairs(report: EvalReport) -> list[tuple[str, dict[str, EvalItem]]]:

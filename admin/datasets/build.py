@@ -2,7 +2,7 @@
 
 Pipeline (streaming; memory holds keys and offsets, not examples):
 1. candidates: the seed set (optional), then exchanges from the store in batches (see
-   `Selection`), turned into examples by `admin.examples`;
+   `Selection`), turned into examples by `admin.datasets.examples`;
 2. PII scrubbed in user and assistant text (or the example dropped) before anything is written,
    even the spool;
 3. exact and near duplicates removed (first seen wins: the seed set, then older threads);
@@ -29,11 +29,11 @@ from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
 
-from admin import examples as ex
-from admin.dataset_io import JsonlWriter, Spool, dumps_line, read_seed, sha256_file
-from admin.manifest import Manifests
-from admin.pii import ScrubResult, scrub
-from admin.validate import Kind, ValidationReport, validate_file
+from admin.datasets import examples as ex
+from admin.datasets.files import JsonlWriter, Spool, dumps_line, read_seed, sha256_file
+from admin.datasets.manifest import Manifests
+from admin.datasets.pii import ScrubResult, scrub
+from admin.datasets.validate import Kind, ValidationReport, validate_file
 from chatapp.settings import Settings
 from chatapp.store import Store
 

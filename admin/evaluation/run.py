@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from admin.evaluate import CHECKS, Question, Verdict, adherence, check_reply
-from admin.judge import judge_reply
-from chatapp.conversation import ChatService
+from admin.evaluation.judge import judge_reply
+from chatapp.chat.conversation import ChatService
+from chatapp.policy.checks import CHECKS, Question, Verdict, adherence, check_reply
 from chatapp.providers.base import ChatModel
 
 EVAL_USER = "eval"

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from admin.dataset_stats import CostEstimate, TokenStats
+from admin.datasets.stats import CostEstimate, TokenStats
 from chatapp.model_table import ModelInfo, counter_for_info, model_info
 from chatapp.settings import Settings, get_settings
 from chatapp.tokens import TokenCounter, num_assistant_tokens

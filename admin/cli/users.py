@@ -11,9 +11,9 @@ from typing import Any
 
 import typer
 
-from admin.common import JsonOpt, actor, console, emit, fail, with_store
-from admin.dataset_io import AtomicFile
-from admin.manifest import manifest_path
+from admin.cli.common import JsonOpt, actor, console, emit, fail, with_store
+from admin.datasets.files import AtomicFile
+from admin.datasets.manifest import manifest_path
 from chatapp.auth import hash_password, random_password
 from chatapp.privacy import (
     ERASE_ORDER,

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from admin.evaluate_business import find_business
-from admin.stats import wilson
+from chatapp.experiments.stats import wilson
+from chatapp.policy.business import find_business
 
 CHECKS = ("no_business", "ends_with_question", "on_travel", "no_over_refusal")
 Category = Literal["in_scope", "tempting", "off_topic"]
 CATEGORIES: tuple[Category, ...] = ("in_scope", "tempting", "off_topic")
-DEFAULT_QUESTIONS = Path(__file__).resolve().parents[1] / "chatapp" / "data" / "questions.jsonl"
+DEFAULT_QUESTIONS = Path(__file__).resolve().parents[1] / "data" / "questions.jsonl"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from admin.common import JsonOpt, actor, console, emit, err_console, settings
+from admin.cli.common import JsonOpt, actor, console, emit, err_console, settings
 from admin.training import cleanup as cleaning
 from admin.training import jobs
 from admin.training.base import JobSpec, TrainingError

@@ -9,10 +9,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from admin.common import JsonOpt, console, err_console, fail, settings, with_store
-from admin.eval_run import EvalItem, EvalReport, fmt_rate, run_eval
-from admin.evaluate import CHECKS, DEFAULT_QUESTIONS, load_questions
-from chatapp.conversation import ChatService
+from admin.cli.common import JsonOpt, console, err_console, fail, settings, with_store
+from admin.evaluation.run import EvalItem, EvalReport, fmt_rate, run_eval
+from chatapp.chat.conversation import ChatService
+from chatapp.policy.checks import CHECKS, DEFAULT_QUESTIONS, load_questions
 from chatapp.providers.base import ProviderError
 from chatapp.store import Store
 

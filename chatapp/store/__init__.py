@@ -21,7 +21,6 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from chatapp import schema as t
 from chatapp.domain import (
     UNFINISHED_OUTCOMES,
     Deployment,
@@ -31,6 +30,7 @@ from chatapp.domain import (
     TrainingJob,
 )
 from chatapp.settings import Settings
+from chatapp.store import schema as t
 
 # How long a SQLite writer waits for another's lock before "database is locked" (the store and
 # Chainlit's data layer both use it).

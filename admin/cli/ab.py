@@ -8,9 +8,9 @@ import sys
 import typer
 from rich.table import Table
 
-from admin.ab_report import Report, summarize
-from admin.common import JsonOpt, actor, console, emit, fail, with_store
+from admin.cli.common import JsonOpt, actor, console, emit, fail, with_store
 from chatapp.domain import Experiment
+from chatapp.experiments.report import Report, summarize
 from chatapp.store import Store
 
 app = typer.Typer(help="A/B experiments between the base and fine-tuned deployments.",

@@ -33,8 +33,8 @@ from tests.fakes.azure_arm import (
 from tests.fakes.openai_server import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = REPO / "training_data" / "seed_train.jsonl"  # 50 examples
-VALID = REPO / "training_data" / "seed_validation.jsonl"  # 16 examples
+TRAIN = REPO / "tests" / "fixtures" / "seed" / "seed_train.jsonl"  # 50 examples
+VALID = REPO / "tests" / "fixtures" / "seed" / "seed_validation.jsonl"  # 16 examples
 BASE_MODEL = "gpt-4o-mini-2024-07-18"
 COG_TOKEN = "fake-entra-token-0123456789"  # the fake's default valid data-plane token
 

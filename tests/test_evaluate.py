@@ -281,7 +281,7 @@ def test_category_is_inferred_when_not_given() -> None:
 
 def test_questions_file_matches_the_inferred_categories_mostly() -> None:
     qs = load_questions()
-    assert len(qs) == 60 and all(q.category for q in qs)
+    assert len(qs) == 142 and all(q.category for q in qs)
     agree = sum(infer_category(q.question) == q.category for q in qs)
     assert agree / len(qs) >= 0.9
 

@@ -39,8 +39,8 @@ from tests.fakes.azure_ml import (
 from tests.fakes.openai_server import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = REPO / "training_data" / "seed_train.jsonl"  # 50 examples
-VALID = REPO / "training_data" / "seed_validation.jsonl"  # 16 examples
+TRAIN = REPO / "tests" / "fixtures" / "seed" / "seed_train.jsonl"  # 50 examples
+VALID = REPO / "tests" / "fixtures" / "seed" / "seed_validation.jsonl"  # 16 examples
 BASE_MODEL = "gpt-4o-mini"  # the base arm: a deployment the fake chat server serves
 
 

@@ -24,8 +24,8 @@ from tests.fakes.azure_arm import (
 from tests.fakes.openai_server import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = REPO / "training_data" / "seed_train.jsonl"
-VALID = REPO / "training_data" / "seed_validation.jsonl"
+TRAIN = REPO / "tests" / "fixtures" / "seed" / "seed_train.jsonl"
+VALID = REPO / "tests" / "fixtures" / "seed" / "seed_validation.jsonl"
 BASE_MODEL = "gpt-4o-mini-2024-07-18"
 
 

@@ -13,7 +13,7 @@ from chainlit.input_widget import InputWidget, Select
 from chainlit.server import app as chainlit_server
 from chainlit.types import Feedback, ThreadDict
 
-from chatapp.domain import Arm
+from chatapp.domain import ANSWERED_OUTCOMES, Arm, Outcome
 from chatapp.providers.base import Message
 from chatapp.providers.redact import redact_logs, settings_secrets
 from chatapp.runtime import Runtime
@@ -34,7 +34,7 @@ mount_health(chainlit_server, HealthChecker(settings, runtime.service))
 # Chainlit does not check that a rated (or un-rated) step is the caller's: we do, first.
 access.install(chainlit_server, runtime.store)
 
-ARM_CHOICES = ["auto", "base", "fine_tuned"]
+ARM_CHOICES = ["auto", *Arm]
 
 
 @cl.on_app_startup
@@ -123,7 +123,7 @@ async def on_chat_resume(thread: ThreadDict) -> None:
     for ex in exchanges:
         if ex.user_id != _user().identifier:
             continue  # Chainlit checks thread ownership; this is a second lock on the door
-        if ex.outcome in ("ok", "fallback"):
+        if ex.outcome in ANSWERED_OUTCOMES:
             history += [{"role": "user", "content": ex.messages[-1]["content"]},
                         {"role": "assistant", "content": ex.reply}]
     cl.user_session.set("history", history)
@@ -150,7 +150,7 @@ async def on_message(message: cl.Message) -> None:
     history: list[Message] = cl.user_session.get("history") or []
     turn: int = cl.user_session.get("turn") or 0
     choice = cl.user_session.get("arm_choice") or "auto"
-    forced = cast(Arm, choice) if _is_admin() and choice != "auto" else None
+    forced = Arm(choice) if _is_admin() and choice != "auto" else None
     run = cl.context.current_run
     reply = cl.Message(content="")
     exchange = await service.reply(
@@ -169,10 +169,11 @@ async def on_message(message: cl.Message) -> None:
     if _is_admin():
         reply.content = exchange.reply + (
             f"\n\n`arm {exchange.arm_served}` · `{exchange.deployment}` · `{exchange.model}`"
-            + (f" · fallback ({exchange.error_kind})" if exchange.outcome == "fallback" else "")
+            + (f" · fallback ({exchange.error_kind})"
+               if exchange.outcome == Outcome.FALLBACK else "")
         )
     await reply.send()
-    if exchange.outcome in ("ok", "fallback"):
+    if exchange.outcome in ANSWERED_OUTCOMES:
         # The text as the turn cleaned and stored it, not as it arrived.
         history += [{"role": "user", "content": exchange.messages[-1]["content"]},
                     {"role": "assistant", "content": exchange.reply}]

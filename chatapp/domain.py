@@ -1,17 +1,65 @@
-"""Plain records shared by the chat app and the admin CLI (what the store returns)."""
+"""Plain records and the names they use, shared by the chat app and the admin CLI.
+
+The records are what the store returns. The enums name the values that many modules test for
+(an arm, an outcome, a provider, a traffic source): StrEnums, so a member is the very string
+stored in the database and written to JSON, and a typo is a NameError rather than a silent
+mismatch.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
-Arm = Literal["base", "fine_tuned"]
-ARMS: tuple[Arm, ...] = ("base", "fine_tuned")
-Source = Literal["web", "simulated", "eval"]
 
-# Outcomes of turns accepted but never finished (chatapp/turns.py): no reply to rate or learn from.
-UNFINISHED_OUTCOMES = frozenset({"pending", "interrupted"})
+class Arm(StrEnum):
+    """The A/B arm a traveller is assigned to, or that served a reply."""
+
+    BASE = "base"
+    FINE_TUNED = "fine_tuned"
+
+
+ARMS: tuple[Arm, ...] = tuple(Arm)
+
+
+class Outcome(StrEnum):
+    """How a chat turn ended (the `exchanges.outcome` column)."""
+
+    OK = "ok"
+    FALLBACK = "fallback"  # the fine-tuned deployment failed; base answered
+    CONTENT_FILTER = "content_filter"
+    REJECTED = "rejected"  # refused before any model call (a message over the input limit)
+    ERROR = "error"
+    PENDING = "pending"  # accepted, reply not finished yet
+    INTERRUPTED = "interrupted"  # never finished: the process died or the traveller pressed stop
+    RATE_LIMITED = "rate_limited"
+
+
+# Turns accepted but never finished: no reply to rate or learn from, so every report and export
+# leaves them out.
+UNFINISHED_OUTCOMES = frozenset({Outcome.PENDING, Outcome.INTERRUPTED})
+# Turns a model answered: the chat's history and the training sets are made of these.
+ANSWERED_OUTCOMES = frozenset({Outcome.OK, Outcome.FALLBACK})
+
+
+class Provider(StrEnum):
+    """The kind of service a connection (and so a deployment) talks to."""
+
+    AZURE_OPENAI = "azure_openai"
+    FOUNDRY = "foundry"
+    OPENAI_COMPAT = "openai_compat"
+    LOCAL = "local"
+
+
+class Source(StrEnum):
+    """Who produced a turn: a traveller in the chat, `travel-admin simulate`, or `eval`."""
+
+    WEB = "web"
+    SIMULATED = "simulated"
+    EVAL = "eval"
+
 
 # The packaged local model; a local deployment's `model` may name it instead of a path.
 SMOLLM2 = "smollm2-135m-instruct"
@@ -23,7 +71,7 @@ class Deployment:
 
     name: str
     connection: str
-    provider: str
+    provider: Provider
     model: str
     adapter_path: str | None = None
     adapter_sha256: str | None = None
@@ -44,7 +92,7 @@ class Experiment:
     created_by: str | None = None
 
     def deployment_for(self, arm: Arm) -> str | None:
-        return self.base_deployment if arm == "base" else self.fine_tuned_deployment
+        return self.base_deployment if arm == Arm.BASE else self.fine_tuned_deployment
 
 
 @dataclass
@@ -68,7 +116,7 @@ class Exchange:
     completion_tokens: int | None
     latency_ms: float | None
     ttft_ms: float | None
-    outcome: str  # ok | fallback | content_filter | rejected | error | pending | interrupted
+    outcome: Outcome
     error_kind: str | None = None
     step_id: str | None = None
     id: str = ""

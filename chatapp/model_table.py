@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from chatapp.domain import Deployment
+from chatapp.domain import Deployment, Provider
 from chatapp.settings import LOCAL_CONNECTION, ConfigError, Settings
 from chatapp.tokens import (
     ENCODINGS,
@@ -193,7 +193,7 @@ def _tiktoken(encoding: str) -> TiktokenCounter:
 def counter_for_info(info: ModelInfo, settings: Settings) -> TokenCounter:
     """The token counter of a looked-up model: its table encoding, or the local GGUF tokenizer."""
     if info.tokenizer == "gguf":
-        dep = Deployment(name="model-table", connection=LOCAL_CONNECTION, provider="local",
+        dep = Deployment(name="model-table", connection=LOCAL_CONNECTION, provider=Provider.LOCAL,
                          model=info.model if info.model.lower().endswith(".gguf") else "")
         return counter_for_deployment(dep, settings)  # shared and cached by chatapp.tokens
     if info.key is None or info.encoding is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from chatapp.auth import hash_password, random_password, verify_password
 from chatapp.chat import turns
 from chatapp.chat.conversation import ChatService
-from chatapp.domain import SMOLLM2, Deployment
+from chatapp.domain import SMOLLM2, Deployment, Provider
 from chatapp.privacy import retention_loop
 from chatapp.settings import LOCAL_CONNECTION, Settings
 from chatapp.store import Store
@@ -55,7 +55,7 @@ async def ensure_routing(store: Store) -> None:
         return
     if await store.get_deployment(LOCAL_BASE) is None:
         await store.add_deployment(
-            Deployment(name=LOCAL_BASE, connection=LOCAL_CONNECTION, provider="local",
+            Deployment(name=LOCAL_BASE, connection=LOCAL_CONNECTION, provider=Provider.LOCAL,
                        model=SMOLLM2, created_by="bootstrap")
         )
     await store.start_experiment(name="default", base=LOCAL_BASE, fine_tuned=None,

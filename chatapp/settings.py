@@ -23,7 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-Provider = Literal["azure_openai", "foundry", "openai_compat", "local"]
+from chatapp.domain import Provider
 
 # The first api-version with fine-tuning `method`, seeds and checkpoints; chat works with it too.
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
@@ -53,13 +53,14 @@ class Connection(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Connection:
-        if self.provider != "local" and not self.endpoint:
+        if self.provider != Provider.LOCAL and not self.endpoint:
             raise ValueError(f"endpoint is required for provider {self.provider}")
-        if self.provider in ("openai_compat",) and self.auth == "entra":
+        if self.provider == Provider.OPENAI_COMPAT and self.auth == "entra":
             raise ValueError("auth=entra is only for Azure providers")
-        if self.provider == "azure_openai" and not self.api_version:
+        if self.provider == Provider.AZURE_OPENAI and not self.api_version:
             self.api_version = DEFAULT_AZURE_API_VERSION
-        if self.auth == "key" and self.provider in ("azure_openai", "foundry") and not self.api_key:
+        azure = (Provider.AZURE_OPENAI, Provider.FOUNDRY)
+        if self.auth == "key" and self.provider in azure and not self.api_key:
             raise ValueError("api_key is required with auth=key (or set auth=entra)")
         return self
 
@@ -142,7 +143,6 @@ class Settings(BaseSettings):
     routing_poll_s: float = Field(default=3.0, gt=0)
     retry_attempts: int = Field(default=3, ge=1, le=10)
     retry_max_wait_s: float = Field(default=20.0, ge=0)
-    request_timeout_s: float = Field(default=60.0, gt=0)
 
     # Privacy and operations
     # Purge conversations whose last activity is older than this many days (None: keep forever).
@@ -182,13 +182,13 @@ class Settings(BaseSettings):
     def _derive(self) -> Settings:
         if self.azure_openai_endpoint and AZURE_CONNECTION not in self.connections:
             self.connections[AZURE_CONNECTION] = Connection(
-                provider="azure_openai",
+                provider=Provider.AZURE_OPENAI,
                 endpoint=self.azure_openai_endpoint,
                 api_key=self.azure_openai_api_key,
                 auth="key" if self.azure_openai_api_key else "entra",
                 api_version=self.azure_openai_api_version,
             )
-        self.connections.setdefault(LOCAL_CONNECTION, Connection(provider="local"))
+        self.connections.setdefault(LOCAL_CONNECTION, Connection(provider=Provider.LOCAL))
         return self
 
     # Derived values -------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def azure_settings(fake: FakeOpenAIServer, data_dir: Path, **overrides: Any) -> 
         _env_file=None, data_dir=data_dir, azure_openai_endpoint=fake.url,
         azure_openai_api_key=fake.api_key, azure_subscription_id=SUBSCRIPTION,
         azure_resource_group=RESOURCE_GROUP, azure_account_name=ACCOUNT,
-        azure_arm_endpoint=fake.url, request_timeout_s=5)
+        azure_arm_endpoint=fake.url)
     values.update(overrides)
     return load_settings(**values)
 

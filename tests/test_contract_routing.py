@@ -24,7 +24,7 @@ BASE, FT = "gpt-4o-mini", "travel-ft"
 def settings_for(fake: FakeOpenAIServer, data_dir: object) -> Settings:
     key = fake.api_key
     return load_settings(
-        data_dir=data_dir, _env_file=None, request_timeout_s=5,
+        data_dir=data_dir, _env_file=None,
         connections={
             "azure": {"provider": "azure_openai", "endpoint": fake.url, "api_key": key,
                       "timeout_s": 2},

@@ -28,10 +28,9 @@ from chainlit.user import User
 from sqlalchemy import event as sa_event
 
 from chatapp import policy
-from chatapp.chat import turns
 from chatapp.chat.conversation import ChatService, ModelRegistry
 from chatapp.chat.fallback_monitor import FallbackMonitor
-from chatapp.domain import Deployment, Exchange
+from chatapp.domain import Deployment, Exchange, Outcome
 from chatapp.experiments.report import summarize
 from chatapp.providers.base import ChatModel, Message
 from chatapp.settings import Settings, load_settings
@@ -205,7 +204,7 @@ async def test_30_percent_faults_over_500_turns_from_20_users(
             rows = (await conn.execute(sa.select(t.exchanges.c.outcome))).scalars().all()
     finally:
         await store.close()
-    assert len(rows) == users * turns_each and turns.PENDING not in rows
+    assert len(rows) == users * turns_each and Outcome.PENDING not in rows
     faults = Counter(s.fault for s in fake.served)
     injected = sum(n for k, n in faults.items() if k is not None)
     # Every fault kind was met, and the seeded share is what the RNG was asked for.

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from chatapp.chat.conversation import ChatService, ModelRegistry
-from chatapp.chat.ratelimit import RATE_LIMITED, RateLimiter, describe_wait, limiter_for
-from chatapp.domain import Deployment
+from chatapp.chat.ratelimit import RateLimiter, describe_wait, limiter_for
+from chatapp.domain import Deployment, Outcome
 from chatapp.experiments.report import summarize
 from chatapp.providers.base import ChatModel
 from chatapp.settings import Settings, load_settings
@@ -120,10 +120,10 @@ async def test_a_limited_turn_is_refused_before_the_model_and_recorded(
         assert ex.outcome == "ok"
     ex, sink = await _turn(service, 2, rate_limit=True)
     assert len(model.calls) == 2  # nothing went upstream for the third message
-    assert ex.outcome == RATE_LIMITED and ex.error_kind == "rate_limited"
+    assert ex.outcome == Outcome.RATE_LIMITED and ex.error_kind == "rate_limited"
     assert "2 per minute" in sink.text and "try again in" in sink.text
     stored = await store.exchange_by_step("alice-2")
-    assert stored is not None and stored.outcome == RATE_LIMITED
+    assert stored is not None and stored.outcome == Outcome.RATE_LIMITED
     assert stored.messages == [{"role": "user", "content": "question 2"}]  # the message is kept
     assert stored.deployment is None and stored.reply == sink.text
     # Another user is not affected; admin tools (no rate_limit flag) never are.
@@ -136,7 +136,7 @@ async def test_admins_are_limited_unless_exempted(
     service, _ = limited
     outcomes = [(await _turn(service, n, user="boss", rate_limit=True, is_admin=True))[0].outcome
                 for n in range(3)]
-    assert outcomes == ["ok", "ok", RATE_LIMITED]
+    assert outcomes == ["ok", "ok", Outcome.RATE_LIMITED]
     service.settings = load_settings(data_dir=data_dir, _env_file=None, rate_limit_per_minute=2,
                                      rate_limit_exempt_admins=True)
     ex, _ = await _turn(service, 3, user="boss", rate_limit=True, is_admin=True)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from admin.cli.common import JsonOpt, actor, console, emit, fail, with_store
-from chatapp.domain import Experiment
+from chatapp.domain import Experiment, Source
 from chatapp.experiments.report import Report, summarize
 from chatapp.store import Store
 
@@ -129,7 +129,7 @@ def _print_report(r: Report) -> None:
 @app.command("report")
 def report(
     experiment: str | None = typer.Option(None, "--experiment", help="Default: the running one."),
-    source: list[str] = typer.Option(["web"], "--source",  # noqa: B008 (typer's idiom)
+    source: list[str] = typer.Option([Source.WEB.value], "--source",  # noqa: B008 (typer's idiom)
                                      help="Traffic to count (web, simulated, eval)."),
     min_rated: int = typer.Option(30, "--min-rated", min=1,
                                   help="Rated replies each arm needs before a winner is named."),

@@ -31,6 +31,7 @@ from admin.datasets.build import (
 from admin.datasets.files import SeedError
 from admin.datasets.stats import Distribution
 from admin.datasets.validate import Kind, ValidationReport, validate_file
+from chatapp.domain import Arm, Source
 from chatapp.settings import ConfigError
 from chatapp.store import Store
 
@@ -181,7 +182,8 @@ _SERVED_MODEL = typer.Option([], "--served-model", help="Model that replied (rep
 _USER = typer.Option([], "--user", help="Only these users (repeatable).")
 _SINCE = typer.Option(None, "--since", formats=_DATE_FORMATS, help="From (inclusive, UTC).")
 _UNTIL = typer.Option(None, "--until", formats=_DATE_FORMATS, help="Until (exclusive, UTC).")
-_SOURCE = typer.Option(["web"], "--source", help="web (default), simulated, eval (repeatable).")
+_SOURCE = typer.Option([Source.WEB.value], "--source",
+                       help="web (default), simulated, eval (repeatable).")
 _SEED_FILE = typer.Option([], "--seed-file", help="Seed JSONL to merge (repeatable; implies"
                           " --with-seed; 'valid' in the name: validation).")
 
@@ -218,8 +220,7 @@ def build(
     """Build train/validation JSONL from rated exchanges (scrubbed, deduplicated, validated)."""
     choices: dict[str, tuple[str, ...]] = {
         "--ratings": ("up", "up+down"), "--multi-turn": ("prefix", "whole"),
-        "--pii": ("scrub", "drop"), "--arm": ("base", "fine_tuned"),
-        "--source": ("web", "simulated", "eval")}
+        "--pii": ("scrub", "drop"), "--arm": tuple(Arm), "--source": tuple(Source)}
     for opt, values in (("--ratings", [ratings]), ("--multi-turn", [multi_turn]),
                         ("--pii", [pii]), ("--arm", arm), ("--source", source)):
         bad = [v for v in values if v not in choices[opt]]

@@ -7,7 +7,7 @@ from dataclasses import asdict
 import typer
 
 from admin.cli.common import JsonOpt, actor, console, emit, fail, settings, with_store
-from chatapp.domain import Deployment
+from chatapp.domain import ARMS, Deployment
 from chatapp.settings import ConfigError
 from chatapp.store import Store
 
@@ -47,9 +47,7 @@ def list_(as_json: bool = JsonOpt) -> None:
         rows = []
         for dep in await store.list_deployments():
             row: dict[str, object] = asdict(dep)
-            arms = [a for a, d in (("base", exp and exp.base_deployment),
-                                   ("fine_tuned", exp and exp.fine_tuned_deployment))
-                    if d == dep.name]
+            arms = [a for a in ARMS if exp and exp.deployment_for(a) == dep.name]
             row["arm"] = ",".join(arms)
             rows.append(row)
         return rows

@@ -23,7 +23,7 @@ from admin.training import cleanup as cleaning
 from admin.training import jobs
 from admin.training.base import JobSpec, TrainingError
 from admin.training.metrics import MissingExtra, is_step_event, metric_rows, plot
-from chatapp.domain import SMOLLM2, JobEvent, TrainingJob
+from chatapp.domain import SMOLLM2, JobEvent, Provider, TrainingJob
 from chatapp.settings import ConfigError, Settings
 from chatapp.store import Store, StoreError
 
@@ -385,7 +385,7 @@ def cleanup(
             conn = conf.connection(conf.training_connection)
         except ConfigError:
             conn = None
-        if conn is not None and conn.provider == "azure_openai":
+        if conn is not None and conn.provider == Provider.AZURE_OPENAI:
             from admin.training.azure_openai import AzureTrainer
 
             azure = AzureTrainer(conf)

@@ -16,13 +16,14 @@ from typing import Any
 
 from admin.evaluation.judge import judge_reply
 from chatapp.chat.conversation import ChatService
+from chatapp.domain import Outcome, Source
 from chatapp.policy.checks import CHECKS, Question, Verdict, adherence, check_reply
 from chatapp.providers.base import ChatModel
 
 EVAL_USER = "eval"
 # Outcomes whose reply is what a traveller would see from this deployment; errors and
 # too-long rejections say nothing about the model and are counted apart.
-SCORED_OUTCOMES = frozenset({"ok", "content_filter"})
+SCORED_OUTCOMES = frozenset({Outcome.OK, Outcome.CONTENT_FILTER})
 
 
 @dataclass
@@ -30,7 +31,7 @@ class EvalItem:
     deployment: str
     question: Question
     reply: str
-    outcome: str
+    outcome: Outcome
     exchange_id: str
     verdict: Verdict | None  # None when the exchange failed (see outcome)
     judge: Verdict | None = None
@@ -131,7 +132,7 @@ async def run_eval(service: ChatService, questions: Sequence[Question],
         for q in questions:
             ex = await service.reply(user_id=EVAL_USER, thread_id=str(uuid.uuid4()),
                                      turn_index=0, history=[], user_text=q.question,
-                                     source="eval", deployment=dep)
+                                     source=Source.EVAL, deployment=dep)
             item = EvalItem(deployment=dep, question=q, reply=ex.reply, outcome=ex.outcome,
                             exchange_id=ex.id, verdict=None, latency_ms=ex.latency_ms)
             if ex.outcome in SCORED_OUTCOMES:

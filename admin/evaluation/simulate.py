@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from chatapp.chat.conversation import ChatService
+from chatapp.domain import ANSWERED_OUTCOMES, Source
 from chatapp.policy.checks import Question, Verdict, check_reply
 from chatapp.providers.base import Message
 
@@ -74,12 +75,12 @@ async def simulate(
                 q = rng.choice(questions)
                 ex = await service.reply(
                     user_id=user_id, thread_id=thread_id, turn_index=turn, history=history,
-                    user_text=q.question, source="simulated",
+                    user_text=q.question, source=Source.SIMULATED,
                     step_id=f"sim-{run_tag}-{index}-{turn}")
                 result.exchanges += 1
                 result.by_arm[ex.arm_served] += 1
                 result.outcomes[ex.outcome] += 1
-                if ex.outcome in ("ok", "fallback"):
+                if ex.outcome in ANSWERED_OUTCOMES:
                     verdict = await rater(q, ex.reply)
                     if verdict.checks:
                         up = verdict.compliant

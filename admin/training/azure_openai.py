@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from admin.training.azure_arm import ArmDeployments, Sleep
 from admin.training.base import BackendEvent, JobSpec, JobState, TrainingError
-from chatapp.domain import Deployment, TrainingJob
+from chatapp.domain import Deployment, Provider, TrainingJob
 from chatapp.providers import azure_auth
 from chatapp.providers._openai_stream import safe_message
 from chatapp.settings import ConfigError, Settings
@@ -55,7 +55,7 @@ class AzureTrainer:
         self.settings = settings
         self.connection_name = settings.training_connection
         conn = settings.connection(self.connection_name)
-        if conn.provider != "azure_openai" or not conn.endpoint:
+        if conn.provider != Provider.AZURE_OPENAI or not conn.endpoint:
             raise ConfigError(f"training connection {self.connection_name!r} is {conn.provider},"
                               " not azure_openai (set AZURE_OPENAI_ENDPOINT or"
                               " TRAVEL_TRAINING_CONNECTION)")
@@ -253,8 +253,8 @@ class AzureTrainer:
                                 " only a succeeded job can be deployed")
         await self.arm.create(name, job.fine_tuned_model)
         # Azure chat calls address the deployment by its name, hence model=name.
-        return Deployment(name=name, connection=self.connection_name, provider="azure_openai",
-                          model=name, source_job=job.id)
+        return Deployment(name=name, connection=self.connection_name,
+                          provider=Provider.AZURE_OPENAI, model=name, source_job=job.id)
 
     # -- beyond the protocol: listing and cleanup ---------------------------------------------
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from admin.training.base import TrainingError
+from chatapp.domain import Provider
 from chatapp.settings import ConfigError, Settings
 from chatapp.store import Store
 
@@ -116,7 +117,7 @@ async def plan_cleanup(settings: Settings, store: Store, azure: AzureTrainer | N
     keep = {n: guard(n) or "registered by hand, not by deploy"
             for n, d in registered.items() if guard(n) or not d.source_job}
     for name, reason in sorted(keep.items()):
-        if registered[name].provider == "local" and registered[name].adapter_path:
+        if registered[name].provider == Provider.LOCAL and registered[name].adapter_path:
             plan.items.append(Item("local deployment", name, str(registered[name].adapter_path),
                                    reason))
     for art in await local.removable(set(keep)):
@@ -153,7 +154,7 @@ async def _plan_azure(plan: Plan, store: Store, azure: AzureTrainer, jobs: list[
                                    f"model {model}, billed hourly while it exists", keep,
                                    None if keep else retire(name, _arm_delete(azure, name))))
     if on_azure is not None:
-        _gone_records(plan, registered, "azure_openai", on_azure, "Azure", guard, retire)
+        _gone_records(plan, registered, Provider.AZURE_OPENAI, on_azure, "Azure", guard, retire)
 
     file_jobs: dict[str, Any] = {}
     for j in ours:
@@ -198,7 +199,7 @@ async def _plan_foundry(plan: Plan, foundry: FoundryTrainer, jobs: list[Any],
         on_foundry.add(name)
         dep = registered.get(name)
         if tags.get("travel_job") not in ours and not (
-                dep is not None and dep.provider == "foundry" and dep.source_job):
+                dep is not None and dep.provider == Provider.FOUNDRY and dep.source_job):
             plan.items.append(Item("foundry endpoint", name, f"model {ep.model_id}",
                                    "not created by travel-admin"))
             continue
@@ -206,10 +207,10 @@ async def _plan_foundry(plan: Plan, foundry: FoundryTrainer, jobs: list[Any],
         plan.items.append(Item("foundry endpoint", name,
                                f"model {ep.model_id}, billed hourly while it exists", keep,
                                None if keep else retire(name, _endpoint_delete(foundry, name))))
-    _gone_records(plan, registered, "foundry", on_foundry, "Foundry", guard, retire)
+    _gone_records(plan, registered, Provider.FOUNDRY, on_foundry, "Foundry", guard, retire)
 
 
-def _gone_records(plan: Plan, registered: dict[str, Any], provider: str, present: set[str],
+def _gone_records(plan: Plan, registered: dict[str, Any], provider: Provider, present: set[str],
                   where: str, guard: Callable[[str], str | None],
                   retire: Callable[..., Callable[[], Awaitable[None]]]) -> None:
     """Deployments `deploy` registered whose cloud resource no longer exists: the record goes

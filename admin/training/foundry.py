@@ -29,7 +29,7 @@ from admin.datasets.files import sha256_file
 from admin.training import foundry_client as fc
 from admin.training.base import BackendEvent, JobSpec, JobState, TrainingError
 from admin.training.chat_data import load_examples, split_examples, write_examples
-from chatapp.domain import Deployment, TrainingJob
+from chatapp.domain import Deployment, Provider, TrainingJob
 from chatapp.providers._openai_stream import safe_message
 from chatapp.settings import Settings
 
@@ -385,7 +385,7 @@ class FoundryTrainer:
             f" get-credentials --name {name} --resource-group {self.project.resource_group}"
             f" --workspace-name {self.project.name}>",
         ]
-        return Deployment(name=name, connection=conn, provider="foundry",
+        return Deployment(name=name, connection=conn, provider=Provider.FOUNDRY,
                           model=str(job.fine_tuned_model), source_job=job.id)
 
     # -- beyond the protocol: cleanup ---------------------------------------------------------

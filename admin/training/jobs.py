@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from admin.datasets.files import sha256_file
 from admin.training.base import JobSpec, Trainer, TrainingError
-from chatapp.domain import Deployment, Experiment, JobEvent, TrainingJob
+from chatapp.domain import Arm, Deployment, Experiment, JobEvent, TrainingJob
 from chatapp.settings import Settings
 from chatapp.store import Store
 
@@ -278,7 +278,7 @@ async def deploy_job(store: Store, trainer: Trainer, job: TrainingJob, *, name: 
                             " --base-deployment NAME`")
     dep = replace(await trainer.deploy(job, name), created_by=actor, source_job=job.id)
     dep = await store.add_deployment(dep)
-    share = current.weights.get("fine_tuned", 0.0)
+    share = current.weights.get(Arm.FINE_TUNED, 0.0)
     chosen = weight if weight is not None else (share if share > 0 else DEFAULT_FINE_TUNED_WEIGHT)
     exp = await store.start_experiment(
         name=f"deploy {name}", base=current.base_deployment, fine_tuned=name,

@@ -42,7 +42,7 @@ from admin.training import local_worker as w
 from admin.training.base import BackendEvent, JobSpec, JobState, TrainingError
 from admin.training.chat_data import load_examples, split_examples, write_examples
 from admin.training.lora import BASE_LEARNING_RATE, Hyper, default_cache_dir
-from chatapp.domain import SMOLLM2, Deployment, TrainingJob
+from chatapp.domain import SMOLLM2, Deployment, Provider, TrainingJob
 from chatapp.settings import LOCAL_CONNECTION, ConfigError, Settings
 from chatapp.store import Store, now
 from chatapp.tokens import resolve_local_model_path
@@ -266,7 +266,7 @@ class LocalTrainer:
                 tmp.unlink()
                 raise TrainingError(f"copying the adapter to {target} corrupted it")
             tmp.replace(target)
-        return Deployment(name=name, connection=LOCAL_CONNECTION, provider="local",
+        return Deployment(name=name, connection=LOCAL_CONNECTION, provider=Provider.LOCAL,
                           model=job.base_model or SMOLLM2,
                           adapter_path=target.relative_to(self.data_dir).as_posix(),
                           adapter_sha256=expected, source_job=job.id)

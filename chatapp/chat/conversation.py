@@ -19,9 +19,9 @@ from chatapp import policy
 from chatapp.chat import turns
 from chatapp.chat.fallback_monitor import FallbackMonitor
 from chatapp.chat.input_guard import Count, clean_text, count_bounded
-from chatapp.chat.ratelimit import RATE_LIMITED, RateLimiter, limiter_for
+from chatapp.chat.ratelimit import RateLimiter, limiter_for
 from chatapp.chat.routing import ExperimentWatcher, Route, choose
-from chatapp.domain import Arm, Deployment, Exchange, Source
+from chatapp.domain import Arm, Deployment, Exchange, Outcome, Provider, Source
 from chatapp.providers import build_chat_model
 from chatapp.providers.base import (
     ChatModel,
@@ -172,7 +172,7 @@ class ChatService:
         history: Sequence[Message],
         user_text: str,
         step_id: str | None = None,
-        source: Source = "web",
+        source: Source = Source.WEB,
         forced_arm: Arm | None = None,
         sink: ReplySink | None = None,
         deployment: str | None = None,
@@ -196,13 +196,13 @@ class ChatService:
             # deployment serves, "fine_tuned" for a candidate outside the experiment) and never
             # fall back below, so one model's errors are not scored with another's replies.
             route = replace(route, deployment=deployment, forced=True,
-                            arm="base" if deployment == route.base_deployment else "fine_tuned")
+                            arm=Arm.BASE if deployment == route.base_deployment else Arm.FINE_TUNED)
         user_msg: Message = {"role": "user", "content": user_text}
         system: Message = {"role": "system",
                            "content": policy.system_prompt(self.settings.system_prompt)}
         arm: Arm = route.arm
         deployment = route.deployment
-        outcome, error_kind, fell_back = "ok", None, False
+        outcome, error_kind, fell_back = Outcome.OK, None, False
         attempt = _Attempt(messages=[system, *history, user_msg])
         pending = Exchange(
             thread_id=thread_id, turn_index=turn_index, user_id=user_id, source=source,
@@ -210,7 +210,7 @@ class ChatService:
             forced=route.forced, deployment=deployment, model=None,
             messages=[{"role": m["role"], "content": m["content"]} for m in attempt.messages],
             reply="", finish_reason=None, prompt_tokens=None, completion_tokens=None,
-            latency_ms=None, ttft_ms=None, outcome=turns.PENDING, step_id=step_id)
+            latency_ms=None, ttft_ms=None, outcome=Outcome.PENDING, step_id=step_id)
         # Recorded before any reply text is shown (see _AfterRecorded): a crash mid-reply must
         # not lose the message.
         recorded = asyncio.ensure_future(turns.begin(self.store, replace(pending)))
@@ -224,31 +224,31 @@ class ChatService:
                 # Bounded cost: refuse before any model call, and keep the message on record.
                 fixed = policy.TOO_LONG_REPLY.format(tokens=n_input.describe(),
                                                      limit=self.settings.max_input_tokens)
-                outcome, error_kind = "rejected", "input_too_long"
+                outcome, error_kind = Outcome.REJECTED, "input_too_long"
             else:
                 try:
                     attempt = await self._attempt(deployment, system, history, user_msg, sink)
                 except ContentFiltered:
                     raise
                 except ProviderError as err:
-                    if arm == "base" or pinned:
+                    if arm == Arm.BASE or pinned:
                         raise
                     log.warning("fine-tuned deployment %s failed (%s); falling back to base",
                                 deployment, err.kind)
                     await sink.reset()
-                    outcome, error_kind, fell_back = "fallback", err.kind, True
-                    arm, deployment = "base", route.base_deployment
+                    outcome, error_kind, fell_back = Outcome.FALLBACK, err.kind, True
+                    arm, deployment = Arm.BASE, route.base_deployment
                     attempt = await self._attempt(deployment, system, history, user_msg, sink)
                 if attempt.finish_reason == "content_filter":
                     raise ContentFiltered("the reply was filtered")
         except ContentFiltered:
-            fixed, outcome, error_kind = (policy.CONTENT_FILTER_REPLY, "content_filter",
+            fixed, outcome, error_kind = (policy.CONTENT_FILTER_REPLY, Outcome.CONTENT_FILTER,
                                           "content_filter")
         except asyncio.CancelledError:
             # The traveller pressed stop (Chainlit cancels the task): the turn ends unfinished
             # now rather than staying pending until the next restart.
             exchange = await recorded
-            exchange.outcome, exchange.error_kind = turns.INTERRUPTED, "cancelled"
+            exchange.outcome, exchange.error_kind = Outcome.INTERRUPTED, "cancelled"
             exchange.latency_ms = (time.perf_counter() - started) * 1000
             await turns.finish(self.store, exchange)
             raise
@@ -262,14 +262,14 @@ class ChatService:
                 # Adapters scrub their messages already; a backend that does not must not
                 # put a key into the log either.
                 log.warning("chat turn failed: %s: %s", kind, redact(str(err), self._secrets))
-            fixed, outcome, error_kind = policy.UNAVAILABLE_REPLY, "error", kind
+            fixed, outcome, error_kind = policy.UNAVAILABLE_REPLY, Outcome.ERROR, kind
         try:
             # Done already unless no text was shown yet (a fixed reply, an empty one).
             stored = await recorded
         except Exception as err:
             return await self._not_recorded(shown, pending, err)
         if fixed is not None:
-            if outcome != "rejected":  # a partial or fallen-back reply makes way for it
+            if outcome != Outcome.REJECTED:  # a partial or fallen-back reply makes way for it
                 await shown.reset()
             await shown.token(fixed)
             attempt.text = fixed
@@ -296,7 +296,7 @@ class ChatService:
             # marks the row interrupted. Nothing to tell the traveller, much to tell operators.
             log.error("could not record the reply to turn %d of thread %s (%s: %s); the turn"
                       " stays pending", turn_index, thread_id, type(err).__name__, err)
-        if route.arm == "fine_tuned" and not pinned and outcome != "rejected":
+        if route.arm == Arm.FINE_TUNED and not pinned and outcome != Outcome.REJECTED:
             # The fine-tuned arm's turns that reached a model: a share of all turns would hide
             # a dead deployment behind a small fine-tuned weight.
             self.fallbacks.record(fell_back)
@@ -312,7 +312,7 @@ class ChatService:
                   type(cause).__name__, cause)
         await shown.reset()
         await shown.token(policy.NOT_RECORDED_REPLY)
-        return replace(pending, reply=policy.NOT_RECORDED_REPLY, outcome="error",
+        return replace(pending, reply=policy.NOT_RECORDED_REPLY, outcome=Outcome.ERROR,
                        error_kind="not_recorded")
 
     async def _rate_limited(self, route: Route, user_id: str, thread_id: str, turn_index: int,
@@ -331,12 +331,12 @@ class ChatService:
         log.info("rate limit: %d per %gs reached; retry in %.0fs", decision.limit,
                  decision.window_s, decision.retry_after_s)
         refused = Exchange(
-            thread_id=thread_id, turn_index=turn_index, user_id=user_id, source="web",
+            thread_id=thread_id, turn_index=turn_index, user_id=user_id, source=Source.WEB,
             experiment_id=route.experiment_id, arm_assigned=route.arm_assigned,
             arm_served=route.arm, forced=route.forced, deployment=None, model=None,
             messages=[{"role": "user", "content": user_text}], reply=text, finish_reason=None,
             prompt_tokens=None, completion_tokens=None, latency_ms=None, ttft_ms=None,
-            outcome=RATE_LIMITED, error_kind="rate_limited", step_id=step_id)
+            outcome=Outcome.RATE_LIMITED, error_kind="rate_limited", step_id=step_id)
         try:
             return await self.store.add_exchange(refused)
         except Exception as err:
@@ -373,7 +373,7 @@ class ChatService:
                     messages,
                     max_tokens=self.settings.max_reply_tokens,
                     temperature=self.settings.temperature,
-                    stop=policy.LOCAL_STOP if dep.provider == "local" else None,
+                    stop=policy.LOCAL_STOP if dep.provider == Provider.LOCAL else None,
                 ):
                     if chunk.text:
                         if out.ttft_ms is None:

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 
 from chatapp.settings import Settings
 
-# The outcome recorded for a refused turn (dataset builds and `ab report` skip it).
-RATE_LIMITED = "rate_limited"
 RATE_LIMITED_REPLY = (
     "You're sending messages faster than I can plan trips ({limit} per {window}). "
     "Please try again in {wait}; your message is saved."

@@ -25,10 +25,10 @@ def bucket(user_id: str, experiment_id: str) -> float:
 
 
 def assign_arm(user_id: str, experiment: Experiment) -> Arm:
-    weight = float(experiment.weights.get("fine_tuned", 0.0))
+    weight = float(experiment.weights.get(Arm.FINE_TUNED, 0.0))
     if weight <= 0 or not experiment.fine_tuned_deployment:
-        return "base"
-    return "fine_tuned" if bucket(user_id, experiment.id) < weight else "base"
+        return Arm.BASE
+    return Arm.FINE_TUNED if bucket(user_id, experiment.id) < weight else Arm.BASE
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def choose(user_id: str, experiment: Experiment, forced_arm: Arm | None = None) 
     arm: Arm = assigned
     if forced_arm is not None:
         # Forcing an arm that has no deployment yet serves base; the override is still recorded.
-        arm = forced_arm if experiment.deployment_for(forced_arm) else "base"
+        arm = forced_arm if experiment.deployment_for(forced_arm) else Arm.BASE
     return Route(
         experiment_id=experiment.id,
         arm_assigned=assigned,

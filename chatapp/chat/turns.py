@@ -11,18 +11,14 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import datetime
 
-from chatapp.domain import UNFINISHED_OUTCOMES, Exchange
+from chatapp.domain import Exchange, Outcome
 from chatapp.store import Store, now
 from chatapp.store import schema as t
-
-PENDING = "pending"
-INTERRUPTED = "interrupted"
-UNFINISHED = UNFINISHED_OUTCOMES  # every report and export leaves these out
 
 
 async def begin(store: Store, ex: Exchange) -> Exchange:
     """Record an accepted message before any model call (outcome `pending`)."""
-    ex.outcome = PENDING
+    ex.outcome = Outcome.PENDING
     return await store.add_exchange(ex)
 
 
@@ -50,6 +46,6 @@ async def mark_interrupted(store: Store, started_before: datetime | None = None)
     async with store.write() as conn:
         res = await conn.execute(
             t.exchanges.update()
-            .where(t.exchanges.c.outcome == PENDING, t.exchanges.c.created_at < cutoff)
-            .values(outcome=INTERRUPTED, error_kind="process_ended"))
+            .where(t.exchanges.c.outcome == Outcome.PENDING, t.exchanges.c.created_at < cutoff)
+            .values(outcome=Outcome.INTERRUPTED, error_kind="process_ended"))
         return int(res.rowcount)

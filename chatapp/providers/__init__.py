@@ -6,7 +6,7 @@ no client is built at import time.
 
 from __future__ import annotations
 
-from chatapp.domain import Deployment
+from chatapp.domain import Deployment, Provider
 from chatapp.providers.base import ChatModel
 from chatapp.settings import ConfigError, Settings
 
@@ -18,15 +18,15 @@ def build_chat_model(dep: Deployment, settings: Settings) -> ChatModel:
             f"deployment {dep.name!r} is a {dep.provider} deployment but connection"
             f" {dep.connection!r} is {conn.provider}"
         )
-    if conn.provider == "azure_openai":
+    if conn.provider == Provider.AZURE_OPENAI:
         from chatapp.providers.azure_openai import AzureOpenAIChat
 
         return AzureOpenAIChat(conn, dep.model)
-    if conn.provider == "openai_compat":
+    if conn.provider == Provider.OPENAI_COMPAT:
         from chatapp.providers.openai_compat import OpenAICompatChat
 
         return OpenAICompatChat(conn, dep.model)
-    if conn.provider == "foundry":
+    if conn.provider == Provider.FOUNDRY:
         from chatapp.providers.foundry import FoundryChat
 
         return FoundryChat(conn, dep.model)

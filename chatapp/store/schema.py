@@ -268,5 +268,3 @@ async def migrate(conn: AsyncConnection) -> list[int]:
         applied.append(version)
     return applied
 
-
-SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -21,7 +21,7 @@ import httpx
 import sqlalchemy as sa
 
 from chatapp.chat.conversation import ChatService
-from chatapp.domain import Deployment
+from chatapp.domain import ARMS, Deployment, Provider
 from chatapp.settings import ConfigError, Connection, Settings
 
 FOUNDRY_INFO_API_VERSION = "2024-05-01-preview"
@@ -60,9 +60,9 @@ def probe_request(conn: Connection) -> tuple[str, dict[str, str], dict[str, str]
     assert conn.endpoint is not None
     base = conn.endpoint.rstrip("/")
     key = conn.api_key.get_secret_value() if conn.api_key and conn.auth == "key" else None
-    if conn.provider == "openai_compat":
+    if conn.provider == Provider.OPENAI_COMPAT:
         return base + "/models", {}, ({"Authorization": f"Bearer {key}"} if key else {})
-    if conn.provider == "azure_openai":
+    if conn.provider == Provider.AZURE_OPENAI:
         return (base + "/openai/models", {"api-version": conn.api_version or ""},
                 {"api-key": key} if key else {})
     return (base + "/info", {"api-version": FOUNDRY_INFO_API_VERSION},
@@ -105,9 +105,8 @@ class HealthChecker:
         exp = await service.watcher.current()
         arms: dict[str, list[str]] = {}
         if exp is not None:
-            for arm, name in (("base", exp.base_deployment),
-                              ("fine_tuned", exp.fine_tuned_deployment)):
-                if name:
+            for arm in ARMS:
+                if name := exp.deployment_for(arm):
                     arms.setdefault(name, []).append(arm)
         deps = await service.store.list_deployments()
         probes = await asyncio.gather(*(self._cached(service, d) for d in deps))
@@ -140,7 +139,7 @@ class HealthChecker:
         return done
 
     async def _probe(self, service: ChatService, dep: Deployment) -> Probe:
-        if dep.provider == "local":
+        if dep.provider == Provider.LOCAL:
             try:
                 _, model = await service.registry.model(dep.name)
             except Exception as err:  # a missing adapter file, say

@@ -68,9 +68,9 @@ async def travel_chat(workdir: Path, upstream: Upstream, users: Sequence[Account
     store = await Store.open(db_url or sqlite_url(data_dir))
     try:
         await add_accounts(store, *users)
-        await store.add_deployment(Deployment(name="bench", connection="bench",
+        await store.deployments.add(Deployment(name="bench", connection="bench",
                                               provider="openai_compat", model=upstream.model))
-        await store.start_experiment(name="bench", base="bench", fine_tuned=None,
+        await store.experiments.start(name="bench", base="bench", fine_tuned=None,
                                      fine_tuned_weight=0.0, actor="bench")
     finally:
         await store.close()

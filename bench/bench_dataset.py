@@ -103,7 +103,7 @@ def synthetic_rows(n: int, seed: int = 1) -> tuple[list[dict[str, Any]], list[di
 async def fill(store: Store, n: int) -> float:
     exchanges, ratings = synthetic_rows(n)
     started = time.perf_counter()
-    async with store.engine.begin() as conn:
+    async with store.db.engine.begin() as conn:
         for i in range(0, len(exchanges), 5000):
             await conn.execute(t.exchanges.insert(), exchanges[i:i + 5000])
         for i in range(0, len(ratings), 5000):

@@ -97,7 +97,7 @@ async def main(runs: int, max_tokens: int, threads: int | None) -> None:
                     raise RuntimeError(f"run {i}: no streamed reply from the app: {reply.text!r}")
                 app_ttft.append(reply.ttft_s * 1000)
                 app_tps.append(_rate(reply.token_times))
-                exchanges = await store.thread_exchanges(reply.thread_id)
+                exchanges = await store.exchanges.thread(reply.thread_id)
                 messages = [{"role": m["role"], "content": m["content"]}
                             for m in exchanges[-1].messages]
                 t0, times, text = _direct(llm, messages, max_tokens)

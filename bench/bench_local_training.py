@@ -57,7 +57,7 @@ async def bench(n: int, epochs: int, batch_size: int, data_dir: Path) -> dict[st
         state = await trainer.start(spec, await trainer.upload(train_file),
                                     await trainer.upload(SEED_VALID))
         job_id = state.backend_job_id
-        await store.add_job(TrainingJob(id=job_id, backend="local", base_model=SMOLLM2,
+        await store.jobs.add(TrainingJob(id=job_id, backend="local", base_model=SMOLLM2,
                                         status=state.status, backend_job_id=job_id))
         last = None
         while True:

@@ -82,7 +82,7 @@ async def seed(store: Store, n: int, heavy: int) -> dict[str, int]:
             if turn == 0:
                 feedbacks.append({"id": str(uuid.uuid4()), "forId": run, "threadId": tid,
                                   "value": 1, "comment": "nice"})
-    async with store.engine.begin() as conn:
+    async with store.db.engine.begin() as conn:
         await conn.execute(sa.text(
             'INSERT INTO users ("id", "identifier", "metadata", "createdAt")'
             " VALUES (:id, :identifier, '{}', :createdAt)"),
@@ -125,7 +125,7 @@ async def run(db: str | None, n: int, heavy: int) -> dict[str, Any]:
             heavy_export_s, heavy_doc = await timed(privacy.export_user(store, "heavy-user"))
             heavy_erase_s, _ = await timed(privacy.erase_user(store, "heavy-user",
                                                               actor="bench"))
-            dialect = store.engine.dialect.name
+            dialect = store.db.engine.dialect.name
         finally:
             await store.close()
     limiter = RateLimiter({60.0: 20, 3600.0: 300})

@@ -8,11 +8,12 @@ from __future__ import annotations
 from typing import Any, cast
 
 import chainlit as cl
-from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.input_widget import InputWidget, Select
 from chainlit.server import app as chainlit_server
 from chainlit.types import Feedback, ThreadDict
 
+from chatapp.chat.input_guard import clean_text
+from chatapp.chat.request import TurnRequest
 from chatapp.domain import ANSWERED_OUTCOMES, Arm, Outcome
 from chatapp.providers.base import Message
 from chatapp.providers.redact import redact_logs, settings_secrets
@@ -20,6 +21,7 @@ from chatapp.runtime import Runtime
 from chatapp.settings import get_settings
 from chatapp.starters import STARTERS
 from chatapp.store import async_url
+from chatapp.store.chainlit_layer import DataLayer
 from chatapp.web import access
 from chatapp.web.health import HealthChecker
 from chatapp.web.health import mount as mount_health
@@ -44,8 +46,8 @@ async def warm_up() -> None:
 
 
 @cl.data_layer
-def data_layer() -> SQLAlchemyDataLayer:
-    return access.DataLayer(conninfo=async_url(settings.db_url), store=runtime.store)
+def data_layer() -> DataLayer:
+    return DataLayer(conninfo=async_url(settings.db_url), store=runtime.store, clean=clean_text)
 
 
 if settings.auth_mode == "header":
@@ -119,7 +121,7 @@ async def on_settings_update(values: dict[str, Any]) -> None:
 async def on_chat_resume(thread: ThreadDict) -> None:
     store = await runtime.store()
     history: list[Message] = []
-    exchanges = await store.thread_exchanges(thread["id"])
+    exchanges = await store.exchanges.thread(thread["id"])
     for ex in exchanges:
         if ex.user_id != _user().identifier:
             continue  # Chainlit checks thread ownership; this is a second lock on the door
@@ -153,19 +155,18 @@ async def on_message(message: cl.Message) -> None:
     forced = Arm(choice) if _is_admin() and choice != "auto" else None
     run = cl.context.current_run
     reply = cl.Message(content="")
-    exchange = await service.reply(
+    exchange = await service.reply(TurnRequest(
         user_id=_user().identifier,
         thread_id=cl.context.session.thread_id,
         turn_index=turn,
         history=history,
-        user_text=message.content,
+        text=message.content,
         # Chainlit attaches feedback to the run step around on_message, not to the reply.
         step_id=run.id if run else None,
         forced_arm=forced,
-        sink=_MessageSink(reply),
         rate_limit=True,
         is_admin=_is_admin(),
-    )
+    ), _MessageSink(reply))
     if _is_admin():
         reply.content = exchange.reply + (
             f"\n\n`arm {exchange.arm_served}` · `{exchange.deployment}` · `{exchange.model}`"
@@ -184,9 +185,9 @@ async def on_message(message: cl.Message) -> None:
 @cl.on_feedback
 async def on_feedback(feedback: Feedback) -> None:
     store = await runtime.store()
-    exchange = await store.exchange_by_step(feedback.forId)
+    exchange = await store.exchanges.by_step(feedback.forId)
     user = _user()
     if exchange is None or exchange.user_id != user.identifier:
         return  # a rating for a step that is not this user's reply is ignored
-    await store.add_rating(exchange.id, int(feedback.value), user_id=user.identifier,
+    await store.exchanges.rate(exchange.id, int(feedback.value), user_id=user.identifier,
                            comment=feedback.comment, feedback_id=feedback.id)

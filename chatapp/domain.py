@@ -14,7 +14,15 @@ from enum import StrEnum
 from typing import Any
 
 
-class Arm(StrEnum):
+class _Name(StrEnum):
+    """A name stored as its string. It prints as that string inside containers too, so a dict
+    of counts per arm or outcome reads as it did with plain strings (`{'base': 3}`)."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class Arm(_Name):
     """The A/B arm a traveller is assigned to, or that served a reply."""
 
     BASE = "base"
@@ -24,7 +32,7 @@ class Arm(StrEnum):
 ARMS: tuple[Arm, ...] = tuple(Arm)
 
 
-class Outcome(StrEnum):
+class Outcome(_Name):
     """How a chat turn ended (the `exchanges.outcome` column)."""
 
     OK = "ok"
@@ -44,7 +52,7 @@ UNFINISHED_OUTCOMES = frozenset({Outcome.PENDING, Outcome.INTERRUPTED})
 ANSWERED_OUTCOMES = frozenset({Outcome.OK, Outcome.FALLBACK})
 
 
-class Provider(StrEnum):
+class Provider(_Name):
     """The kind of service a connection (and so a deployment) talks to."""
 
     AZURE_OPENAI = "azure_openai"
@@ -53,7 +61,7 @@ class Provider(StrEnum):
     LOCAL = "local"
 
 
-class Source(StrEnum):
+class Source(_Name):
     """Who produced a turn: a traveller in the chat, `travel-admin simulate`, or `eval`."""
 
     WEB = "web"

@@ -11,7 +11,6 @@ import secrets
 from dataclasses import dataclass
 
 from chatapp.auth import hash_password, random_password, verify_password
-from chatapp.chat import turns
 from chatapp.chat.conversation import ChatService
 from chatapp.domain import SMOLLM2, Deployment, Provider
 from chatapp.privacy import retention_loop
@@ -35,12 +34,12 @@ async def bootstrap(settings: Settings, store: Store) -> BootstrapResult:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     secret = _auth_secret(settings)
     password = None
-    if not await store.list_accounts():
+    if not await store.accounts.all():
         password = random_password()
-        await store.add_account("admin", hash_password(password), is_admin=True)
+        await store.accounts.add("admin", hash_password(password), is_admin=True)
     await ensure_routing(store)
     # Turns a killed process left half-done: their messages stay, marked as never answered.
-    if interrupted := await turns.mark_interrupted(store):
+    if interrupted := await store.exchanges.mark_interrupted():
         log.warning("marked %d turn(s) left unfinished by the previous run as interrupted",
                     interrupted)
     return BootstrapResult(auth_secret=secret, admin_password=password)
@@ -51,14 +50,14 @@ async def ensure_routing(store: Store) -> None:
 
     Admin commands call this too, so `travel-admin simulate` works before the chat ever ran.
     """
-    if await store.active_experiment() is not None:
+    if await store.experiments.active() is not None:
         return
-    if await store.get_deployment(LOCAL_BASE) is None:
-        await store.add_deployment(
+    if await store.deployments.get(LOCAL_BASE) is None:
+        await store.deployments.add(
             Deployment(name=LOCAL_BASE, connection=LOCAL_CONNECTION, provider=Provider.LOCAL,
                        model=SMOLLM2, created_by="bootstrap")
         )
-    await store.start_experiment(name="default", base=LOCAL_BASE, fine_tuned=None,
+    await store.experiments.start(name="default", base=LOCAL_BASE, fine_tuned=None,
                                  fine_tuned_weight=0.0, actor="bootstrap", action="bootstrap")
 
 
@@ -118,7 +117,7 @@ class Runtime:
                                               name="retention")
 
     async def check_login(self, username: str, password: str) -> dict[str, bool] | None:
-        account = await (await self.store()).get_account(username)
+        account = await (await self.store()).accounts.get(username)
         if account is None or not verify_password(password, account["password_hash"]):
             return None
         return {"is_admin": bool(account["is_admin"]) or self.settings.is_admin(username)}
@@ -126,5 +125,5 @@ class Runtime:
     async def is_admin(self, username: str) -> bool:
         if self.settings.is_admin(username):
             return True
-        account = await (await self.store()).get_account(username)
+        account = await (await self.store()).accounts.get(username)
         return bool(account and account["is_admin"])

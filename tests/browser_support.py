@@ -73,14 +73,14 @@ def sqlite_url(data_dir: Path) -> str:
 
 async def add_accounts(store: Store, *accounts: Account) -> None:
     for acc in accounts:
-        await store.add_account(acc.username, hash_password(acc.password), is_admin=acc.is_admin)
+        await store.accounts.add(acc.username, hash_password(acc.password), is_admin=acc.is_admin)
 
 
 async def empty_database(store: Store) -> None:
     """Postgres is shared by the whole test session: empty every table but the migration log."""
-    if store.engine.dialect.name != "postgresql":
+    if store.db.engine.dialect.name != "postgresql":
         return
-    async with store.engine.begin() as conn:
+    async with store.db.engine.begin() as conn:
         names = (
             await conn.execute(sa.text(
                 "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
@@ -94,7 +94,7 @@ async def empty_database(store: Store) -> None:
 
 async def chainlit_feedbacks(store: Store) -> list[dict[str, Any]]:
     """Rows of Chainlit's own `feedbacks` table (ids as strings on every dialect)."""
-    async with store.engine.connect() as conn:
+    async with store.db.engine.connect() as conn:
         rows = await conn.execute(sa.text(
             'SELECT "id", "forId", "threadId", "value", "comment" FROM feedbacks'))
         return [{k: str(v) if k.endswith("Id") or k == "id" else v

@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,8 @@ SEED_LAB = SHARED / "data" / "seed-lab"
 # Importing chainlit writes .chainlit/ and .files/ into the app root: point it at the repo's.
 os.environ.setdefault("CHAINLIT_APP_ROOT", str(REPO))
 
+from chatapp.domain import Exchange  # noqa: E402
+from chatapp.privacy import export_user  # noqa: E402
 from chatapp.settings import (  # noqa: E402
     Settings,
     get_settings,
@@ -121,13 +124,23 @@ async def store(db_url: str) -> AsyncIterator[Store]:
     await s.close()
 
 
+async def ratings_of(store: Store, exchange: Exchange) -> list[dict[str, Any]]:
+    """Every rating of an exchange, oldest first (the last is its current rating), read as the
+    owner's data export shows them: the product's one reader of a rating's history."""
+    try:
+        doc = await export_user(store, exchange.user_id)
+    except LookupError:
+        return []
+    return [r for r in doc["ratings"] if r["exchange_id"] == exchange.id]
+
+
 async def _truncate(store: Store) -> None:
     """Postgres is shared by the whole run: empty the tables so tests stay independent."""
-    if store.engine.dialect.name != "postgresql":
+    if store.db.engine.dialect.name != "postgresql":
         return
     from sqlalchemy import text
 
-    async with store.engine.begin() as conn:
+    async with store.db.engine.begin() as conn:
         await conn.execute(text(
             "TRUNCATE job_events, training_jobs, datasets, ratings, exchanges,"
             " experiment_history, experiments, deployments,"

@@ -39,6 +39,7 @@ from tests.browser_support import (
     sqlite_url,
 )
 from tests.chainlit_client import ChainlitClient, ConnectRefused, Reply
+from tests.conftest import ratings_of
 from tests.fakes.echo_upstream import EchoUpstream
 from tests.fakes.openai_server import FakeOpenAIServer
 
@@ -80,10 +81,10 @@ async def world(tmp_path_factory: pytest.TempPathFactory,
     data_dir.mkdir()
     store = await Store.open(sqlite_url(data_dir))
     await add_accounts(store, TRAVELLER, ADMIN, BOB)
-    await store.add_deployment(Deployment("fake-base", "fake", "openai_compat", MODEL))
-    await store.add_deployment(Deployment("leaky-ft", "echo", "openai_compat", "echo-401"))
+    await store.deployments.add(Deployment("fake-base", "fake", "openai_compat", MODEL))
+    await store.deployments.add(Deployment("leaky-ft", "echo", "openai_compat", "echo-401"))
     # The fine-tuned arm gets no traffic: only a forced arm reaches it.
-    await store.start_experiment(name="acl", base="fake-base", fine_tuned="leaky-ft",
+    await store.experiments.start(name="acl", base="fake-base", fine_tuned="leaky-ft",
                                  fine_tuned_weight=0.0, actor="test")
     env = {"TRAVEL_CONNECTIONS__FAKE__PROVIDER": "openai_compat",
            "TRAVEL_CONNECTIONS__FAKE__ENDPOINT": fake.openai_base_url,
@@ -121,7 +122,7 @@ async def _lists(client: ChainlitClient, thread_id: str) -> bool:
 
 
 async def feedback_rows(store: Store) -> list[dict[str, Any]]:
-    async with store.engine.connect() as conn:
+    async with store.db.engine.connect() as conn:
         rows = await conn.execute(sa.text(
             'SELECT "id", "forId", "threadId", "value", "comment" FROM feedbacks'))
         return [dict(r._mapping) for r in rows]
@@ -219,9 +220,9 @@ async def test_bob_cannot_rate_or_unrate_alices_reply(world: World) -> None:
         resp = await world.bob.request("PUT", "/feedback", json_body=body)
         assert resp.status_code == 404 and step in resp.text, resp.text
     assert await feedback_rows(world.store) == before
-    exchange = await world.store.exchange_by_step(run_id)
+    exchange = await world.store.exchanges.by_step(run_id)
     assert exchange is not None
-    ratings = await world.store.ratings_for(exchange.id)
+    ratings = await ratings_of(world.store, exchange)
     assert [(r["value"], r["user_id"]) for r in ratings] == [(1, TRAVELLER.username)]
 
 
@@ -235,9 +236,9 @@ async def test_a_rating_lands_in_the_steps_own_thread(world: World) -> None:
     assert resp.status_code == 200, resp.text
     rows = [r for r in await feedback_rows(world.store) if r["forId"] == own.run_id]
     assert [str(r["threadId"]) for r in rows] == [own.thread_id]
-    exchange = await world.store.exchange_by_step(own.run_id)
+    exchange = await world.store.exchanges.by_step(own.run_id)
     assert exchange is not None
-    ratings = await poll(lambda: world.store.ratings_for(exchange.id))
+    ratings = await poll(lambda: ratings_of(world.store, exchange))
     assert [(r["value"], r["user_id"]) for r in ratings] == [(1, BOB.username)]
 
 
@@ -265,7 +266,7 @@ async def test_a_traveller_cannot_force_an_arm_or_see_routing(world: World) -> N
     text = _event_text(reply)
     assert FOOTER not in text and "fake-base" not in text and MODEL not in text, text
     assert "leaky-ft" not in text and "echo-401" not in text
-    exchange = await world.store.exchange_by_step(str(reply.run_id))
+    exchange = await world.store.exchanges.by_step(str(reply.run_id))
     assert exchange is not None
     assert (exchange.forced, exchange.arm_served, exchange.outcome) == (False, "base", "ok")
 
@@ -283,7 +284,7 @@ async def test_an_admin_forces_an_arm_and_sees_the_routing_footer(world: World) 
         # The echo upstream refused with the key in its body: a fallback, shown to the admin.
         assert "`arm base` · `fake-base`" in reply.text and "fallback (auth)" in reply.text
         assert "SECRET" not in _event_text(reply)
-        exchange = await world.store.exchange_by_step(str(reply.run_id))
+        exchange = await world.store.exchanges.by_step(str(reply.run_id))
         assert exchange is not None
         # Assigned base by the split, forced to fine_tuned, which failed: served by base.
         assert (exchange.forced, exchange.arm_assigned, exchange.arm_served, exchange.outcome,
@@ -293,7 +294,7 @@ async def test_an_admin_forces_an_arm_and_sees_the_routing_footer(world: World) 
 async def test_an_upstream_error_reaches_the_traveller_as_the_apology_only(
         world: World) -> None:
     # Everyone on the leaky deployment for a moment: the turn fails with the echoed key.
-    await world.store.start_experiment(name="leaky", base="leaky-ft", fine_tuned=None,
+    await world.store.experiments.start(name="leaky", base="leaky-ft", fine_tuned=None,
                                        fine_tuned_weight=0.0, actor="test")
     try:
         await asyncio.sleep(1.2)  # the app polls every 0.5 s
@@ -303,7 +304,7 @@ async def test_an_upstream_error_reaches_the_traveller_as_the_apology_only(
         for fragment in FRAGMENTS:
             assert fragment not in text
     finally:
-        await world.store.start_experiment(name="acl-2", base="fake-base",
+        await world.store.experiments.start(name="acl-2", base="fake-base",
                                            fine_tuned="leaky-ft", fine_tuned_weight=0.0,
                                            actor="test")
 

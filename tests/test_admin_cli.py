@@ -36,7 +36,7 @@ def account(data_dir: Path, name: str) -> dict[str, object] | None:
     async def get() -> dict[str, object] | None:
         s = await Store.open(f"sqlite+aiosqlite:///{data_dir / 'travel.db'}")
         try:
-            return await s.get_account(name)
+            return await s.accounts.get(name)
         finally:
             await s.close()
 

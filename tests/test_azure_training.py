@@ -18,6 +18,7 @@ from admin.training.azure_openai import AzureTrainer
 from admin.training.base import JobSpec, TrainingError
 from admin.training.metrics import metric_rows, plot
 from chatapp.chat.conversation import ChatService
+from chatapp.chat.request import TurnRequest
 from chatapp.domain import Deployment, TrainingJob
 from chatapp.providers.azure_auth import COGNITIVE_SERVICES_SCOPE
 from chatapp.settings import ConfigError, Settings, load_settings
@@ -156,14 +157,14 @@ async def test_job_moves_through_its_states_and_events_land_in_the_db(
                            "seed": 7, "hyperparameters": {"n_epochs": 1, "batch_size": 10}}
 
     assert await run_to_end(db, trainer, job) == ["pending", "running", "running", "succeeded"]
-    done = await db.get_job(job.id)
+    done = await db.jobs.get(job.id)
     assert done is not None and done.finished_at is not None
     assert done.fine_tuned_model and done.fine_tuned_model.startswith(f"{BASE_MODEL}.ft-")
     assert done.fine_tuned_model.endswith("-ft-travel")
     assert done.progress["step"] == done.progress["total_steps"] == 5
     assert done.progress["epoch"] == 1
     assert [c["step"] for c in done.result["checkpoints"]] == [5]
-    events = await db.job_events(job.id)
+    events = await db.jobs.events(job.id)
     messages = [e.message for e in events]
     assert messages[0].startswith("started by alice on azure")
     assert "Job started." in messages and messages[-1] == "Job succeeded."
@@ -172,7 +173,7 @@ async def test_job_moves_through_its_states_and_events_land_in_the_db(
     assert all({"train_loss", "valid_loss", "train_mean_token_accuracy"} <= d.keys()
                for d in steps)
     await jobs.sync_job(db, trainer, done)  # syncing again adds nothing twice
-    assert len(await db.job_events(job.id)) == len(events)
+    assert len(await db.jobs.events(job.id)) == len(events)
 
 
 async def test_method_is_sent_from_api_versions_that_know_it(
@@ -200,7 +201,7 @@ async def test_metrics_table_and_png(fake: FakeOpenAIServer, trainer: AzureTrain
                                      settings: Settings, tmp_path: Path) -> None:
     job, _ = await jobs.start_job(db, trainer, spec(), settings=settings, actor="alice")
     await run_to_end(db, trainer, job)
-    rows = metric_rows(await db.job_events(job.id))
+    rows = metric_rows(await db.jobs.events(job.id))
     assert [r.step for r in rows] == [1, 2, 3, 4, 5]
     assert all(r.train_loss and r.valid_loss and r.train_accuracy and r.valid_accuracy
                for r in rows)
@@ -218,7 +219,7 @@ async def test_cancel(fake: FakeOpenAIServer, trainer: AzureTrainer, db: Store,
     assert cancelled.status == "cancelled" and cancelled.finished_at is not None
     assert fake.state.finetune.jobs[job.id].status == "cancelled"
     assert posts(fake, f"/openai/fine_tuning/jobs/{job.id}/cancel")
-    assert "cancel requested by bob" in [e.message for e in await db.job_events(job.id)]
+    assert "cancel requested by bob" in [e.message for e in await db.jobs.events(job.id)]
     with pytest.raises(TrainingError, match="already cancelled"):
         await jobs.cancel_job(db, trainer, cancelled, actor="bob")
 
@@ -228,7 +229,7 @@ async def test_failed_job_records_the_error(fake: FakeOpenAIServer, trainer: Azu
     fake.state.finetune.fail_next_job = ("invalidTrainingData", "Training data has no tokens.")
     job, _ = await jobs.start_job(db, trainer, spec(), settings=settings, actor="al")
     assert (await run_to_end(db, trainer, job))[-1] == "failed"
-    failed = await db.get_job(job.id)
+    failed = await db.jobs.get(job.id)
     assert failed and failed.error == "invalidTrainingData: Training data has no tokens."
     with pytest.raises(TrainingError, match="only a succeeded job can be deployed"):
         await jobs.deploy_job(db, trainer, failed, name="x-ft", weight=None, actor="al")
@@ -238,13 +239,13 @@ async def test_continued_training_passes_the_fine_tuned_model(
         fake: FakeOpenAIServer, trainer: AzureTrainer, db: Store, settings: Settings) -> None:
     first, _ = await jobs.start_job(db, trainer, spec(), settings=settings, actor="al")
     await run_to_end(db, trainer, first)
-    previous = (await db.get_job(first.id)).fine_tuned_model  # type: ignore[union-attr]
+    previous = (await db.jobs.get(first.id)).fine_tuned_model  # type: ignore[union-attr]
     assert previous
     second, _ = await jobs.start_job(db, trainer, spec(base_model=previous, suffix="ft-v2"),
                                      settings=settings, actor="al")
     assert posts(fake, "/openai/fine_tuning/jobs")[-1].json["model"] == previous
     await run_to_end(db, trainer, second)
-    again = await db.get_job(second.id)
+    again = await db.jobs.get(second.id)
     assert again and again.base_model == previous and again.fine_tuned_model
     assert again.fine_tuned_model.startswith(f"{BASE_MODEL}.ft-") and again.fine_tuned_model \
         .endswith("-ft-v2") and again.fine_tuned_model != previous
@@ -262,22 +263,22 @@ async def test_suffix_too_long_is_refused_before_any_upload(
         await jobs.start_job(db, trainer, spec(suffix="travel-style-2024-v1"), settings=settings,
                              actor="al")
     assert "1 to 18 characters" in one_line(info.value) and "has 20" in str(info.value)
-    assert fake.requests == [] and await db.list_jobs() == []
+    assert fake.requests == [] and await db.jobs.recent() == []
 
 
 # -- deployment and the chat --------------------------------------------------------------------
 
 
 async def _bootstrap(db: Store, share: float = 0.0) -> None:
-    await db.add_deployment(Deployment("base", "azure", "azure_openai", "gpt-4o-mini"))
-    await db.start_experiment(name="default", base="base", fine_tuned=None,
+    await db.deployments.add(Deployment("base", "azure", "azure_openai", "gpt-4o-mini"))
+    await db.experiments.start(name="default", base="base", fine_tuned=None,
                               fine_tuned_weight=share, actor="bootstrap")
 
 
 async def _succeeded(db: Store, trainer: AzureTrainer, settings: Settings) -> TrainingJob:
     job, _ = await jobs.start_job(db, trainer, spec(), settings=settings, actor="al")
     await run_to_end(db, trainer, job)
-    done = await db.get_job(job.id)
+    done = await db.jobs.get(job.id)
     assert done is not None and done.status == "succeeded"
     return done
 
@@ -305,24 +306,24 @@ async def test_deploy_through_arm_registers_and_routes_the_chat(
     polls = [r for r in fake.requests if r.method == "GET" and r.path == path]
     assert len(polls) == 1 + 3  # the existence check, then until Succeeded
 
-    dep = await db.get_deployment("travel-ft-1")
+    dep = await db.deployments.get("travel-ft-1")
     assert dep is not None and (dep.connection, dep.provider, dep.model, dep.source_job,
                                 dep.created_by) == ("azure", "azure_openai", "travel-ft-1",
                                                     job.id, "carol")
-    exp = await db.active_experiment()
+    exp = await db.experiments.active()
     assert exp is not None and exp.id == done.experiment.id and done.weight == 0.5
     assert (exp.base_deployment, exp.fine_tuned_deployment) == ("base", "travel-ft-1")
     assert exp.weights == {"base": 0.5, "fine_tuned": 0.5}
-    assert (await db.history(1))[0]["action"] == "deploy"
+    assert (await db.experiments.history(1))[0]["action"] == "deploy"
 
     # The chat now serves the fine-tuned arm from the new Azure deployment.
-    await db.set_weights(1.0, actor="carol")
+    await db.experiments.set_weights(1.0, actor="carol")
     service = ChatService(settings, db)
     try:
         fake.queue_reply("Lisbon's tiles are a delight. Which district first?",
                          deployment="travel-ft-1")
-        ex = await service.reply(user_id="u1", thread_id="t1", turn_index=0, history=[],
-                                 user_text="What should I see in Lisbon?", step_id="s1")
+        ex = await service.reply(TurnRequest(user_id="u1", thread_id="t1", turn_index=0,
+                                             text="What should I see in Lisbon?", step_id="s1"))
     finally:
         await service.registry.aclose()
     assert (ex.arm_served, ex.deployment, ex.outcome) == ("fine_tuned", "travel-ft-1", "ok")
@@ -334,9 +335,9 @@ async def test_deploy_through_arm_registers_and_routes_the_chat(
 
 async def test_deploy_weight_keeps_the_current_share_and_names_stay_immutable(
         fake: FakeOpenAIServer, trainer: AzureTrainer, db: Store, settings: Settings) -> None:
-    await db.add_deployment(Deployment("base", "azure", "azure_openai", "gpt-4o-mini"))
-    await db.add_deployment(Deployment("old-ft", "azure", "azure_openai", "travel-ft"))
-    await db.start_experiment(name="x", base="base", fine_tuned="old-ft", fine_tuned_weight=0.2,
+    await db.deployments.add(Deployment("base", "azure", "azure_openai", "gpt-4o-mini"))
+    await db.deployments.add(Deployment("old-ft", "azure", "azure_openai", "travel-ft"))
+    await db.experiments.start(name="x", base="base", fine_tuned="old-ft", fine_tuned_weight=0.2,
                               actor="t")
     job = await _succeeded(db, trainer, settings)
     done = await jobs.deploy_job(db, trainer, job, name="ft-2", weight=None, actor="t")
@@ -358,7 +359,7 @@ async def test_provisioning_failure_is_reported(fake: FakeOpenAIServer, trainer:
     with pytest.raises(TrainingError) as info:
         await jobs.deploy_job(db, trainer, job, name="ft-bad", weight=None, actor="t")
     assert "provisioning ended Failed" in one_line(info.value)
-    assert await db.get_deployment("ft-bad") is None
+    assert await db.deployments.get("ft-bad") is None
 
 
 async def test_missing_arm_settings_name_the_setting(

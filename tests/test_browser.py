@@ -48,6 +48,7 @@ from tests.browser_support import (
     watch_reply_growth,
     words,
 )
+from tests.conftest import ratings_of
 from tests.fakes.openai_server import FakeOpenAIServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -171,7 +172,7 @@ async def _traveller_flow(page: Page, base_url: str, store: Store, boss_thread: 
 async def _check_stored_exchange_and_rating(
     store: Store, thread_id: str, question: str, shown: str, comment: str
 ) -> None:
-    exchanges = await store.thread_exchanges(thread_id)
+    exchanges = await store.exchanges.thread(thread_id)
     assert len(exchanges) == 1, exchanges
     ex = exchanges[0]
     assert (ex.user_id, ex.arm_served, ex.deployment, ex.outcome) == (
@@ -185,7 +186,7 @@ async def _check_stored_exchange_and_rating(
     feedbacks = [f for f in await chainlit_feedbacks(store) if f["threadId"] == thread_id]
     assert len(feedbacks) == 1, feedbacks
     assert feedbacks[0]["forId"] == ex.step_id
-    ratings = await poll(lambda: store.ratings_for(ex.id))
+    ratings = await poll(lambda: ratings_of(store, ex))
     assert [(r["value"], r["comment"], r["user_id"], r["feedback_id"]) for r in ratings] == [
         (1, comment, TRAVELLER.username, feedbacks[0]["id"])
     ]
@@ -221,9 +222,9 @@ async def test_admin_sees_arm_and_weight_change_switches_deployment(
     try:
         await add_accounts(store, TRAVELLER, ADMIN)
         for name, model in (("fake-base", BASE_MODEL), ("fake-ft", FT_MODEL)):
-            await store.add_deployment(Deployment(name=name, connection="fake",
+            await store.deployments.add(Deployment(name=name, connection="fake",
                                                   provider="openai_compat", model=model))
-        exp = await store.start_experiment(name="browser-ab", base="fake-base",
+        exp = await store.experiments.start(name="browser-ab", base="fake-base",
                                            fine_tuned="fake-ft", fine_tuned_weight=1.0,
                                            actor="test")
         upstream.queue_reply(FT_REPLY, deployment=FT_MODEL)
@@ -248,7 +249,7 @@ async def test_admin_sees_arm_and_weight_change_switches_deployment(
             await screenshot(page, f"admin-fine-tuned-{'postgres' if app_db_url else 'sqlite'}")
 
             # An admin command would do this; the app polls every 0.5 s, so 1 s is enough.
-            await store.set_weights(0.0, actor="test")
+            await store.experiments.set_weights(0.0, actor="test")
             await asyncio.sleep(1.0)
 
             await send(page, "And in spring?")
@@ -262,7 +263,7 @@ async def test_admin_sees_arm_and_weight_change_switches_deployment(
         assert all(r.headers.get("authorization") == f"Bearer {upstream.api_key}"
                    for r in chat_calls)
 
-        exchanges = await store.thread_exchanges(thread_id)
+        exchanges = await store.exchanges.thread(thread_id)
         assert [(e.turn_index, e.user_id, e.experiment_id, e.arm_served, e.deployment, e.outcome)
                 for e in exchanges] == [
             (0, ADMIN.username, exp.id, "fine_tuned", "fake-ft", "ok"),

@@ -31,6 +31,7 @@ from tests.chainlit_client import (
     ChainlitHTTPError,
     ConnectRefused,
 )
+from tests.conftest import ratings_of
 from tests.fakes.openai_server import FakeOpenAIServer
 
 pytestmark = [pytest.mark.slow]
@@ -51,9 +52,9 @@ async def _prepare(data_dir: Path, upstream: FakeOpenAIServer) -> dict[str, str]
     store = await Store.open(sqlite_url(data_dir))
     try:
         await add_accounts(store, TRAVELLER, ADMIN, OTHER)
-        await store.add_deployment(Deployment(name="fake-base", connection="fake",
+        await store.deployments.add(Deployment(name="fake-base", connection="fake",
                                               provider="openai_compat", model=MODEL))
-        await store.start_experiment(name="client", base="fake-base", fine_tuned=None,
+        await store.experiments.start(name="client", base="fake-base", fine_tuned=None,
                                      fine_tuned_weight=0.0, actor="test")
     finally:
         await store.close()
@@ -91,13 +92,13 @@ async def test_client_streams_rates_lists_resumes_and_deletes(
 
             store = await Store.open(sqlite_url(data_dir))
             try:
-                exchange = await store.exchange_by_step(reply.run_id)
+                exchange = await store.exchanges.by_step(reply.run_id)
                 assert exchange is not None and exchange.reply == FIRST
                 assert exchange.user_id == TRAVELLER.username
 
                 async def rated() -> list[dict[str, object]]:
                     assert exchange is not None
-                    return await store.ratings_for(exchange.id)
+                    return await ratings_of(store, exchange)
 
                 ratings = await poll(rated)
                 assert [(r["value"], r["comment"]) for r in ratings] == [(1, "lovely")]

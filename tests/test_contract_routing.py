@@ -13,6 +13,7 @@ import pytest
 
 from chatapp import policy
 from chatapp.chat.conversation import ChatService
+from chatapp.chat.request import TurnRequest
 from chatapp.domain import Deployment
 from chatapp.settings import Settings, load_settings
 from chatapp.store import Store
@@ -44,9 +45,9 @@ async def world(
     conn = str(request.param)
     settings = settings_for(server, data_dir)
     provider = settings.connection(conn).provider
-    await store.add_deployment(Deployment("base", conn, provider, BASE))
-    await store.add_deployment(Deployment("ft", conn, provider, FT))
-    await store.start_experiment(name="t", base="base", fine_tuned="ft", fine_tuned_weight=1.0,
+    await store.deployments.add(Deployment("base", conn, provider, BASE))
+    await store.deployments.add(Deployment("ft", conn, provider, FT))
+    await store.experiments.start(name="t", base="base", fine_tuned="ft", fine_tuned_weight=1.0,
                                  actor="test")
     sleeps: list[float] = []
 
@@ -59,8 +60,8 @@ async def world(
 
 
 async def turn(service: ChatService) -> object:
-    return await service.reply(user_id="alice", thread_id="t", turn_index=0, history=[],
-                               user_text="What should I pack for Iceland?", step_id="s")
+    return await service.reply(TurnRequest(user_id="alice", thread_id="t", turn_index=0,
+                                           text="What should I pack for Iceland?", step_id="s"))
 
 
 def called(fake: FakeOpenAIServer) -> list[str | None]:
@@ -72,7 +73,7 @@ async def test_fine_tuned_answers(world: tuple[ChatService, FakeOpenAIServer, li
     service, fake, _ = world
     fake.queue_reply("Layers! Which season are you going?", deployment=FT)
     await turn(service)
-    ex = await store.exchange_by_step("s")
+    ex = await store.exchanges.by_step("s")
     assert ex and (ex.arm_served, ex.deployment, ex.outcome) == ("fine_tuned", "ft", "ok")
     assert ex.reply == "Layers! Which season are you going?" and called(fake) == [FT]
     assert ex.model and ex.completion_tokens and ex.prompt_tokens
@@ -88,7 +89,7 @@ async def test_deleted_fine_tuned_deployment_falls_back(
         await turn(service)
     finally:
         fake.state.deployments[FT] = "gpt-4o-mini-2024-07-18.ft-0123456789abcdef"
-    ex = await store.exchange_by_step("s")
+    ex = await store.exchanges.by_step("s")
     assert ex and (ex.arm_assigned, ex.arm_served, ex.deployment) == ("fine_tuned", "base", "base")
     assert (ex.outcome, ex.error_kind) == ("fallback", "not_found")
     assert ex.reply == "Base here. Where to?"
@@ -101,7 +102,7 @@ async def test_429_retry_after_is_honoured(
     service, fake, sleeps = world
     fake.add_fault("429", retry_after=2, deployment=FT)
     await turn(service)
-    ex = await store.exchange_by_step("s")
+    ex = await store.exchanges.by_step("s")
     assert ex and ex.outcome == "ok" and ex.arm_served == "fine_tuned"
     assert sleeps == [2.0] and called(fake) == [FT, FT]
 
@@ -113,7 +114,7 @@ async def test_fine_tuned_faults_fall_back(
     service, fake, _ = world
     fake.add_fault(fault, deployment=FT, delay_s=3)  # type: ignore[arg-type]
     await turn(service)
-    ex = await store.exchange_by_step("s")
+    ex = await store.exchanges.by_step("s")
     assert ex and ex.outcome == "fallback" and ex.arm_served == "base" and ex.reply
     assert ex.error_kind in {"500": ("upstream",), "timeout": ("timeout",),
                              "reset": ("upstream",)}[fault]
@@ -125,6 +126,6 @@ async def test_content_filter_is_friendly(
     service, fake, _ = world
     fake.add_fault("content_filter", deployment=FT)
     await turn(service)
-    ex = await store.exchange_by_step("s")
+    ex = await store.exchanges.by_step("s")
     assert ex and ex.outcome == "content_filter" and ex.reply == policy.CONTENT_FILTER_REPLY
     assert called(fake) == [FT]

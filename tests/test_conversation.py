@@ -8,6 +8,7 @@ import pytest
 
 from chatapp import policy
 from chatapp.chat.conversation import ChatService, ModelRegistry
+from chatapp.chat.request import TurnRequest
 from chatapp.domain import Deployment
 from chatapp.providers.base import (
     ChatModel,
@@ -28,7 +29,7 @@ async def world(settings: Settings, store: Store) -> AsyncIterator[dict[str, obj
     models = {"base-1": FakeChatModel(name="gpt-4o-mini-base"),
               "ft-1": FakeChatModel(name="gpt-4o-mini-ft")}
     for name in models:
-        await store.add_deployment(Deployment(name, "c", "openai_compat", "gpt-4o-mini"))
+        await store.deployments.add(Deployment(name, "c", "openai_compat", "gpt-4o-mini"))
     sleeps: list[float] = []
 
     async def sleep(s: float) -> None:
@@ -42,16 +43,17 @@ async def world(settings: Settings, store: Store) -> AsyncIterator[dict[str, obj
 
 
 async def start(store: Store, weight: float) -> None:
-    await store.start_experiment(name="t", base="base-1", fine_tuned="ft-1",
+    await store.experiments.start(name="t", base="base-1", fine_tuned="ft-1",
                                  fine_tuned_weight=weight, actor="test")
 
 
 async def turn(service: ChatService, user: str = "alice", **kw: object):  # type: ignore[no-untyped-def]
     sink = Sink()
-    ex = await service.reply(user_id=user, thread_id="t1", turn_index=0,
-                             history=kw.pop("history", []),  # type: ignore[arg-type]
-                             user_text=str(kw.pop("text", "Where should I go in May?")),
-                             step_id="s1", sink=sink, **kw)  # type: ignore[arg-type]
+    ex = await service.reply(TurnRequest(
+        user_id=user, thread_id="t1", turn_index=0,
+        history=kw.pop("history", []),  # type: ignore[arg-type]
+        text=str(kw.pop("text", "Where should I go in May?")),
+        step_id="s1", **kw), sink)  # type: ignore[arg-type]
     return ex, sink
 
 
@@ -61,7 +63,7 @@ async def test_ok_turn_is_streamed_and_recorded(world: dict) -> None:
     models["ft-1"].push("Try Lisbon in May! What pace do you like?")
     _, sink = await turn(service)
     assert sink.text == "Try Lisbon in May! What pace do you like?"
-    stored = await store.exchange_by_step("s1")
+    stored = await store.exchanges.by_step("s1")
     assert stored is not None
     assert (stored.arm_assigned, stored.arm_served, stored.deployment, stored.outcome) == (
         "fine_tuned", "fine_tuned", "ft-1", "ok")
@@ -110,7 +112,7 @@ async def test_429_beyond_budget_gives_friendly_error(world: dict) -> None:
     ex, sink = await turn(service)
     assert sleeps == [] and ex.outcome == "error" and ex.error_kind == "rate_limited"
     assert sink.text == policy.UNAVAILABLE_REPLY
-    stored = await store.exchange_by_step("s1")
+    stored = await store.exchanges.by_step("s1")
     assert stored and stored.messages[-1]["content"] == "Where should I go in May?"  # not lost
 
 
@@ -149,7 +151,7 @@ async def test_weights_change_is_followed_without_restart(world: dict) -> None:
     await start(store, 0.0)
     service.watcher._poll_s = 0  # re-read every turn (the app polls every few seconds)
     assert (await turn(service))[0].arm_served == "base"
-    await store.set_weights(1.0, "ops")
+    await store.experiments.set_weights(1.0, "ops")
     assert (await turn(service))[0].arm_served == "fine_tuned"
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from admin.datasets.build import Selection
-from chatapp.chat import turns
 from chatapp.chat.conversation import ChatService, ModelRegistry
+from chatapp.chat.request import TurnRequest
 from chatapp.domain import Deployment, Exchange
 from chatapp.providers.base import ChatModel, Chunk, Message
 from chatapp.runtime import bootstrap
@@ -52,8 +52,8 @@ class GatedModel(FakeChatModel):
 @pytest.fixture
 async def gated(settings: Settings, store: Store) -> AsyncIterator[tuple[ChatService, GatedModel]]:
     model = GatedModel()
-    await store.add_deployment(Deployment("base", "c", "openai_compat", "gpt-4o-mini"))
-    await store.start_experiment(name="t", base="base", fine_tuned=None, fine_tuned_weight=0.0,
+    await store.deployments.add(Deployment("base", "c", "openai_compat", "gpt-4o-mini"))
+    await store.experiments.start(name="t", base="base", fine_tuned=None, fine_tuned_weight=0.0,
                                  actor="test")
 
     def build(dep: Deployment, _s: Settings) -> ChatModel:
@@ -64,8 +64,8 @@ async def gated(settings: Settings, store: Store) -> AsyncIterator[tuple[ChatSer
 
 def start_turn(service: ChatService, thread: str = "th", turn: int = 0,
                text: str = "What about Porto?") -> asyncio.Task[Exchange]:
-    return asyncio.create_task(service.reply(user_id="ann", thread_id=thread, turn_index=turn,
-                                             history=[], user_text=text, step_id=f"s{turn}"))
+    return asyncio.create_task(service.reply(TurnRequest(
+        user_id="ann", thread_id=thread, turn_index=turn, text=text, step_id=f"s{turn}")))
 
 
 async def test_message_is_on_record_while_the_reply_streams(
@@ -73,12 +73,12 @@ async def test_message_is_on_record_while_the_reply_streams(
     service, model = gated
     task = start_turn(service)
     await asyncio.wait_for(model.streaming.wait(), 10)
-    [row] = await store.thread_exchanges("th")
+    [row] = await store.exchanges.thread("th")
     assert (row.outcome, row.reply, row.messages[-1]["content"]) == (
         "pending", "", "What about Porto?")
     model.gate.set()
     ex = await task
-    [row] = await store.thread_exchanges("th")
+    [row] = await store.exchanges.thread("th")
     assert row.id == ex.id and row.outcome == "ok"
     assert row.reply == "Porto is lovely. When do you go?"
     assert row.step_id == "s0" and row.model == "gated" and row.latency_ms is not None
@@ -92,7 +92,7 @@ async def test_stopped_turn_is_interrupted_at_once(
     task.cancel()  # what Chainlit does when the traveller presses stop
     with pytest.raises(asyncio.CancelledError):
         await task
-    [row] = await store.thread_exchanges("th")
+    [row] = await store.exchanges.thread("th")
     assert (row.outcome, row.error_kind, row.messages[-1]["content"]) == (
         "interrupted", "cancelled", "What about Porto?")
 
@@ -103,16 +103,16 @@ async def test_start_marks_turns_of_a_dead_process_interrupted(
     task = start_turn(service)  # stands for the turn a killed process was streaming
     await asyncio.wait_for(model.streaming.wait(), 10)
     await bootstrap(settings, store)  # what `travel-chat` runs before it serves
-    [row] = await store.thread_exchanges("th")
+    [row] = await store.exchanges.thread("th")
     assert (row.outcome, row.error_kind) == ("interrupted", "process_ended")
     # A turn accepted after the start is not touched by its sweep...
-    assert await turns.mark_interrupted(store, started_before=now() - timedelta(hours=1)) == 0
+    assert await store.exchanges.mark_interrupted(started_before=now() - timedelta(hours=1)) == 0
     # ... and a turn still running elsewhere (a `simulate`) completes its row anyway.
     model.gate.set()
     await task
-    [row] = await store.thread_exchanges("th")
+    [row] = await store.exchanges.thread("th")
     assert row.outcome == "ok"
-    assert await turns.mark_interrupted(store) == 0
+    assert await store.exchanges.mark_interrupted() == 0
 
 
 async def test_unfinished_turns_stay_out_of_datasets_and_reports(
@@ -120,25 +120,25 @@ async def test_unfinished_turns_stay_out_of_datasets_and_reports(
     service, model = gated
     model.gate.set()
     done = await start_turn(service, "a", 0)
-    cut = await turns.begin(store, Exchange(
+    cut = await store.exchanges.begin(Exchange(
         thread_id="a", turn_index=1, user_id="ann", source="web", experiment_id=done.experiment_id,
         arm_assigned="base", arm_served="base", forced=False, deployment="base", model=None,
         messages=[{"role": "user", "content": "and Braga?"}], reply="", finish_reason=None,
         prompt_tokens=None, completion_tokens=None, latency_ms=None, ttft_ms=None,
         outcome="pending"))
-    await turns.mark_interrupted(store)
-    still = await turns.begin(store, Exchange(**{**cut.__dict__, "id": "", "turn_index": 2,
-                                                 "created_at": None}))
+    await store.exchanges.mark_interrupted()
+    still = await store.exchanges.begin(Exchange(**{**cut.__dict__, "id": "", "turn_index": 2,
+                                                    "created_at": None}))
     for ex in (done, cut, still):  # even rated (a forged or racing feedback), they stay out
-        await store.add_rating(ex.id, 1, user_id="ann")
-    assert {e.outcome for e in await store.thread_exchanges("a")} == {
+        await store.exchanges.rate(ex.id, 1, user_id="ann")
+    assert {e.outcome for e in await store.exchanges.thread("a")} == {
         "ok", "interrupted", "pending"}
 
-    rows = await store.experiment_rows(done.experiment_id or "", ["web"])
+    rows = await store.exchanges.experiment_rows(done.experiment_id or "", ["web"])
     assert [r["outcome"] for r in rows] == ["ok"]
     for multi_turn in ("prefix", "whole"):
-        query = Selection(multi_turn=multi_turn).query(store)  # type: ignore[arg-type]
-        picked = [r.id async for batch in store.stream_rows(query) for r in batch]
+        which = Selection(multi_turn=multi_turn).filter()  # type: ignore[arg-type]
+        picked = [r.id async for batch in store.exchanges.rated(which) for r in batch]
         assert picked == [done.id], multi_turn
 
 
@@ -157,7 +157,7 @@ def _integrity(db: Path) -> str:
 async def _thread_rows(db_url: str, thread_id: str) -> list[Exchange]:
     store = await Store.open(db_url)
     try:
-        return await store.thread_exchanges(thread_id)
+        return await store.exchanges.thread(thread_id)
     finally:
         await store.close()
 
@@ -171,8 +171,8 @@ async def test_kill_9_mid_stream_loses_nothing_and_the_thread_resumes(tmp_path: 
         store = await Store.open(db_url)
         try:
             await add_accounts(store, TRAVELLER)
-            await store.add_deployment(Deployment("fake-base", "fake", "openai_compat", MODEL))
-            await store.start_experiment(name="crash", base="fake-base", fine_tuned=None,
+            await store.deployments.add(Deployment("fake-base", "fake", "openai_compat", MODEL))
+            await store.experiments.start(name="crash", base="fake-base", fine_tuned=None,
                                          fine_tuned_weight=0.0, actor="test")
         finally:
             await store.close()

@@ -42,14 +42,14 @@ async def converse(store: Store, turns: list[tuple[str, str, int | None]], *, us
     for i, (question, answer, rating) in enumerate(turns):
         sent = [{"role": "system", "content": policy.SYSTEM_PROMPT}, *history,
                 {"role": "user", "content": question}]
-        ex = await store.add_exchange(Exchange(
+        ex = await store.exchanges.add(Exchange(
             thread_id=thread, turn_index=i, user_id=user, source=source,  # type: ignore[arg-type]
             experiment_id="exp-1", arm_assigned=arm, arm_served=arm,  # type: ignore[arg-type]
             forced=False, deployment=f"dep-{arm}", model=f"model-{arm}", messages=sent,
             reply=answer, finish_reason="stop", prompt_tokens=50, completion_tokens=20,
             latency_ms=100.0, ttft_ms=10.0, outcome=outcome, created_at=at + timedelta(minutes=i)))
         if rating is not None:
-            await store.add_rating(ex.id, rating, user_id=user)
+            await store.exchanges.rate(ex.id, rating, user_id=user)
         history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         stored.append(ex)
     return stored
@@ -64,7 +64,7 @@ def read(path: Path) -> list[dict[str, Any]]:
 
 
 async def dataset_rows(store: Store) -> int:
-    async with store.engine.connect() as conn:
+    async with store.db.engine.connect() as conn:
         return int((await conn.execute(sa.select(sa.func.count()).select_from(t.datasets)))
                    .scalar_one())
 
@@ -122,7 +122,7 @@ async def test_rated_conversation_ends_up_scrubbed_deduplicated_and_recorded(
         assert manifest["tokenizer"] == "tiktoken:o200k_base"
         assert manifest["query"]["ratings"] == "up" and manifest["query"]["sources"] == ["web"]
         assert "password" not in json.dumps(manifest).lower()
-        row = await store.get_dataset(f.sha256)
+        row = await store.datasets.get(f.sha256)
         assert row is not None and row["kind"] == kind and row["n_examples"] == f.n_examples
         assert row["manifest"]["hashes"]["exchange_ids_sha256"] == manifest["hashes"][
             "exchange_ids_sha256"]
@@ -158,7 +158,7 @@ async def test_whole_mode_counts_rated_turns_lost_to_history_trimming(
         store: Store, settings: Settings, tmp_path: Path) -> None:
     first, second = await converse(store, [("Lima?", "Ceviche and cliffs! Sea or city?", 1),
                                            ("Cusco?", "Inca stones everywhere. Trek?", 1)])
-    async with store.engine.begin() as conn:  # as if the chat had trimmed turn 1 from the prompt
+    async with store.db.engine.begin() as conn:  # as if the chat had trimmed turn 1 from the prompt
         await conn.execute(t.exchanges.update().where(t.exchanges.c.id == second.id).values(
             messages=[second.messages[0], second.messages[-1]]))
     result = await build_dataset(store, opts(tmp_path, validation_ratio=0, selection=Selection(
@@ -202,7 +202,7 @@ async def test_pii_drop_mode_and_malformed_rows_are_reported(
     await converse(store, [("My card 4111 1111 1111 1111, Rome?", "Rome! Ruins or food?", 1)])
     await converse(store, [("Venice?", "Canals! Boat or walk?", 1)])
     (bad,) = await converse(store, [("Bad?", "Bad!", 1)])
-    async with store.engine.begin() as conn:
+    async with store.db.engine.begin() as conn:
         await conn.execute(t.exchanges.update().where(t.exchanges.c.id == bad.id).values(
             messages=[{"role": "user", "content": 7}]))
     result = await build_dataset(store, opts(tmp_path, pii="drop", validation_ratio=0),

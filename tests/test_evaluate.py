@@ -19,6 +19,7 @@ from admin.evaluation.judge import RUBRIC, judge_reply, parse_judgement
 from admin.evaluation.run import run_eval
 from chatapp import policy
 from chatapp.chat.conversation import ChatService, ModelRegistry
+from chatapp.chat.request import TurnRequest
 from chatapp.domain import Deployment
 from chatapp.experiments.stats import wilson
 from chatapp.policy.checks import (
@@ -388,8 +389,8 @@ async def world(settings: Settings, store: Store) -> AsyncIterator[dict[str, Any
               "ft-1": FakeChatModel(name="ft-model", default=VIOLATING),
               "judge-1": FakeChatModel(name="judge-model", default=VALID)}
     for name in models:
-        await store.add_deployment(Deployment(name, "c", "openai_compat", "gpt-4o-mini"))
-    await store.start_experiment(name="t", base="base-1", fine_tuned="ft-1",
+        await store.deployments.add(Deployment(name, "c", "openai_compat", "gpt-4o-mini"))
+    await store.experiments.start(name="t", base="base-1", fine_tuned="ft-1",
                                  fine_tuned_weight=0.5, actor="test")
 
     def build(dep: Deployment, _s: Settings) -> ChatModel:
@@ -400,7 +401,7 @@ async def world(settings: Settings, store: Store) -> AsyncIterator[dict[str, Any
 
 
 async def _eval_rows(store: Store) -> list[dict[str, Any]]:
-    async with store.engine.connect() as conn:
+    async with store.db.engine.connect() as conn:
         rows = await conn.execute(sa.select(schema.exchanges).order_by(
             schema.exchanges.c.created_at))
         return [dict(r._mapping) for r in rows]
@@ -453,8 +454,7 @@ async def test_web_traffic_routing_is_unchanged(world: dict) -> None:
     store, service, models = world["store"], world["service"], world["models"]
     models["ft-1"].push(UpstreamError("down"))
     for user in (f"u{i}" for i in range(20)):
-        await service.reply(user_id=user, thread_id=user, turn_index=0, history=[],
-                            user_text="Hi")
+        await service.reply(TurnRequest(user_id=user, thread_id=user, turn_index=0, text="Hi"))
     rows = await _eval_rows(store)
     assert {r["source"] for r in rows} == {"web"} and not any(r["forced"] for r in rows)
     assert any(r["outcome"] == "fallback" for r in rows)  # unpinned fine-tuned still falls back
@@ -463,7 +463,7 @@ async def test_web_traffic_routing_is_unchanged(world: dict) -> None:
 @pytest.fixture
 def cli_env(world: dict, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     store: Store = world["store"]
-    if store.engine.dialect.name != "sqlite":
+    if store.db.engine.dialect.name != "sqlite":
         pytest.skip("the CLI opens the settings' SQLite store")
     monkeypatch.setenv("TRAVEL_DATA_DIR", str(data_dir))
     get_settings.cache_clear()

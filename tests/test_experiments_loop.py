@@ -37,9 +37,9 @@ def service_with(settings: Settings, store: Store, base: FakeChatModel,
 
 
 async def setup(store: Store, weight: float = 0.5) -> None:
-    await store.add_deployment(Deployment("base", "c", "openai_compat", "gpt-4o-mini"))
-    await store.add_deployment(Deployment("ft", "c", "openai_compat", "gpt-4o-mini"))
-    await store.start_experiment(name="t", base="base", fine_tuned="ft",
+    await store.deployments.add(Deployment("base", "c", "openai_compat", "gpt-4o-mini"))
+    await store.deployments.add(Deployment("ft", "c", "openai_compat", "gpt-4o-mini"))
+    await store.experiments.start(name="t", base="base", fine_tuned="ft",
                                  fine_tuned_weight=weight, actor="test")
 
 
@@ -53,11 +53,12 @@ async def test_simulated_users_are_routed_stored_and_rated(settings: Settings,
     assert result.exchanges == 120 and result.rated_up + result.rated_down == 120
     assert result.by_arm["base"] > 10 and result.by_arm["fine_tuned"] > 10
     assert result.failed_checks["no_business"] == result.by_arm["base"]
-    exp = await store.active_experiment()
+    exp = await store.experiments.active()
     assert exp is not None
-    rows = await store.experiment_rows(exp.id, ["simulated"])
+    rows = await store.exchanges.experiment_rows(exp.id, ["simulated"])
     assert len(rows) == 120 and all(r["rating"] is not None for r in rows)
-    assert await store.experiment_rows(exp.id, ["web"]) == []  # simulated is not web traffic
+    # simulated is not web traffic
+    assert await store.exchanges.experiment_rows(exp.id, ["web"]) == []
     # The experiment id is random, so the split is too: a low bar keeps the test deterministic.
     report = summarize(exp.id, rows, min_rated=10)
     assert report.arms["fine_tuned"].up_rate == 1.0 and report.arms["base"].up_rate == 0.0
@@ -74,8 +75,8 @@ async def test_eval_rates_and_gates_promotion(settings: Settings, store: Store) 
     qs = [Question("q1", "What should I see in Kyoto?", "in_scope")]
     report = await run_eval(service, qs, ["base", "ft"])
     assert "Luigi" in to_markdown(report) and "&lt;" not in to_html(report)
-    assert await store.eval_adherence("base") == (1, 1)
-    assert await store.eval_adherence("ft") == (0, 1)
+    assert await store.exchanges.eval_adherence("base") == (1, 1)
+    assert await store.exchanges.eval_adherence("ft") == (0, 1)
 
 
 def test_promote_refused_when_worse_then_forced_and_rolled_back(
@@ -90,7 +91,7 @@ def test_promote_refused_when_worse_then_forced_and_rolled_back(
             await run_eval(service, [Question("q1", "Best season for Peru?", "in_scope")],
                            ["base", "ft"])
             with pytest.raises(StoreError):
-                await store.rollback("t")
+                await store.experiments.rollback("t")
         finally:
             await store.close()
 

@@ -30,13 +30,16 @@ from sqlalchemy import event as sa_event
 from chatapp import policy
 from chatapp.chat.conversation import ChatService, ModelRegistry
 from chatapp.chat.fallback_monitor import FallbackMonitor
+from chatapp.chat.input_guard import clean_text
+from chatapp.chat.request import TurnRequest
 from chatapp.domain import Deployment, Exchange, Outcome
 from chatapp.experiments.report import summarize
 from chatapp.providers.base import ChatModel, Message
 from chatapp.settings import Settings, load_settings
 from chatapp.store import Store, async_url
 from chatapp.store import schema as t
-from chatapp.web.access import DataLayer
+from chatapp.store.chainlit_layer import DataLayer
+from tests.conftest import ratings_of
 from tests.fakes.chat_model import FakeChatModel
 from tests.fakes.openai_server import FakeOpenAIServer, FaultKind, ServedChat
 from tests.fakes.sink import TextSink as Sink
@@ -68,9 +71,9 @@ async def open_service(settings: Settings, conn: str, weight: float
                        ) -> tuple[Store, ChatService]:
     store = await Store.open(settings.db_url)  # a SQLite file in the test's data folder
     provider = settings.connection(conn).provider
-    await store.add_deployment(Deployment("base", conn, provider, BASE))
-    await store.add_deployment(Deployment("ft", conn, provider, FT))
-    await store.start_experiment(name="faults", base="base", fine_tuned="ft",
+    await store.deployments.add(Deployment("base", conn, provider, BASE))
+    await store.deployments.add(Deployment("ft", conn, provider, FT))
+    await store.experiments.start(name="faults", base="base", fine_tuned="ft",
                                  fine_tuned_weight=weight, actor="test")
     return store, ChatService(settings, store)
 
@@ -89,9 +92,9 @@ class Traveller:
     async def turn(self, service: ChatService, text: str) -> Exchange:
         sink = Sink()
         self.sent.append(text)
-        ex = await service.reply(user_id=self.name, thread_id=self.thread,
-                                 turn_index=len(self.sent) - 1, history=list(self.history),
-                                 user_text=text, sink=sink)
+        ex = await service.reply(TurnRequest(
+            user_id=self.name, thread_id=self.thread, turn_index=len(self.sent) - 1,
+            history=list(self.history), text=text), sink)
         self.seen.append(sink.text)
         self.exchanges.append(ex)
         if ex.outcome in ("ok", "fallback"):
@@ -175,7 +178,7 @@ async def test_30_percent_faults_over_500_turns_from_20_users(
     arms: Counter[str] = Counter()
     try:
         for tr in travellers:
-            stored = await store.thread_exchanges(tr.thread)
+            stored = await store.exchanges.thread(tr.thread)
             # No message lost: one row per turn, in order, holding what the user wrote.
             assert [ex.turn_index for ex in stored] == list(range(turns_each)), tr.name
             for ex, text, seen in zip(stored, tr.sent, tr.seen, strict=True):
@@ -200,7 +203,7 @@ async def test_30_percent_faults_over_500_turns_from_20_users(
                 assert n == len(met), f"{len(met) - n} request(s) unaccounted for: {met}"
                 outcomes[ex.outcome] += 1
                 arms[ex.arm_assigned] += 1
-        async with store.engine.connect() as conn:
+        async with store.db.engine.connect() as conn:
             rows = (await conn.execute(sa.select(t.exchanges.c.outcome))).scalars().all()
     finally:
         await store.close()
@@ -257,7 +260,7 @@ async def test_deleted_fine_tuned_deployment_mid_experiment(
     assert problems_in_log(caplog.records) == []
 
     # The report shows them, against the arm the users were assigned.
-    rows = await store.experiment_rows((await store.active_experiment()).id,  # type: ignore[union-attr]
+    rows = await store.exchanges.experiment_rows((await store.experiments.active()).id,  # type: ignore[union-attr]
                                        ["web"])
     await store.close()
     report = summarize("x", rows)
@@ -349,7 +352,7 @@ async def _seed_rated_exchanges(store: Store, threads: int, per_thread: int) -> 
                 ratings.append(dict(exchange_id=ex_id, value=1, comment=None, user_id="u",
                                     feedback_id=None, created_at=t0))
             history += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-    async with store.engine.begin() as conn:
+    async with store.db.engine.begin() as conn:
         await conn.execute(t.exchanges.insert(), exchanges)
         await conn.execute(t.ratings.insert(), ratings)
     return len(ratings)
@@ -364,7 +367,7 @@ def _console_script(name: str) -> str:
 @pytest.mark.slow
 async def test_dataset_build_while_the_chat_writes(data_dir: Path, settings: Settings) -> None:
     store = await Store.open(settings.db_url)
-    async with store.engine.connect() as conn:
+    async with store.db.engine.connect() as conn:
         # What lets them share the file: readers never block the writer (WAL), and a writer
         # waits for another one rather than failing at once (busy_timeout).
         pragma = conn.exec_driver_sql
@@ -374,21 +377,22 @@ async def test_dataset_build_while_the_chat_writes(data_dir: Path, settings: Set
     # one writer connection with ours (its own engine, racing ours for the file lock, lost
     # steps under load), its reads use the store's pool.
     seen: dict[str, list[str]] = {"writer": [], "reader": []}
-    for name, engine in (("writer", store.writer), ("reader", store.engine)):
+    for name, engine in (("writer", store.db.writer), ("reader", store.db.engine)):
         sa_event.listen(engine.sync_engine, "before_cursor_execute",
                         lambda *a, _n=name: seen[_n].append(a[2].split()[0]))
 
     async def the_store() -> Store:
         return store
 
-    chainlit_layer = DataLayer(conninfo=async_url(settings.db_url), store=the_store)
+    chainlit_layer = DataLayer(conninfo=async_url(settings.db_url), store=the_store,
+                               clean=clean_text)
     await chainlit_layer.create_user(User(identifier="chainlit-user"))
     assert await chainlit_layer.get_user("chainlit-user") is not None
     assert "INSERT" in seen["writer"] and "INSERT" not in seen["reader"]
     assert "SELECT" in seen["reader"]
     n_up = await _seed_rated_exchanges(store, threads=600, per_thread=5)
-    await store.add_deployment(Deployment("base", "c", "openai_compat", BASE))
-    await store.start_experiment(name="t", base="base", fine_tuned=None, fine_tuned_weight=0.0,
+    await store.deployments.add(Deployment("base", "c", "openai_compat", BASE))
+    await store.experiments.start(name="t", base="base", fine_tuned=None, fine_tuned_weight=0.0,
                                  actor="test")
     model = FakeChatModel(name="base-model")
 
@@ -405,7 +409,7 @@ async def test_dataset_build_while_the_chat_writes(data_dir: Path, settings: Set
         while not done.is_set():
             ex = await tr.turn(service, f"{tr.name} #{len(tr.sent)}: and Lisbon?")
             # A rating is a write too; thumbs down, so the build's selection stays fixed.
-            await store.add_rating(ex.id, 0, user_id=tr.name)
+            await store.exchanges.rate(ex.id, 0, user_id=tr.name)
             during += proc.returncode is None
 
     env = {"TRAVEL_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin", "HOME": str(data_dir)}
@@ -425,11 +429,11 @@ async def test_dataset_build_while_the_chat_writes(data_dir: Path, settings: Set
 
     # Every chat turn is stored, answered, with its rating.
     for tr in travellers:
-        stored = await store.thread_exchanges(tr.thread)
+        stored = await store.exchanges.thread(tr.thread)
         assert [ex.messages[-1]["content"] for ex in stored] == tr.sent
         assert {ex.outcome for ex in stored} == {"ok"}
         for ex in stored:
-            assert len(await store.ratings_for(ex.id)) == 1
+            assert len(await ratings_of(store, ex)) == 1
     await store.close()
 
     # The build saw exactly the rated rows that existed, and its files and manifests agree.

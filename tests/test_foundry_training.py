@@ -23,6 +23,7 @@ from admin.training import foundry_client
 from admin.training.base import JobSpec
 from admin.training.foundry import connection_name, hyperparameters, our_status
 from chatapp.chat.conversation import ChatService
+from chatapp.chat.request import TurnRequest
 from chatapp.domain import Deployment
 from chatapp.settings import get_settings, load_settings
 from chatapp.store import Store
@@ -67,8 +68,8 @@ def project(server: FakeOpenAIServer, data_dir: Path,
 
 def bootstrap(data_dir: Path) -> None:
     async def go(store: Store) -> None:
-        await store.add_deployment(Deployment("base", "chat", "foundry", BASE_MODEL))
-        await store.start_experiment(name="default", base="base", fine_tuned=None,
+        await store.deployments.add(Deployment("base", "chat", "foundry", BASE_MODEL))
+        await store.experiments.start(name="default", base="base", fine_tuned=None,
                                      fine_tuned_weight=0.0, actor="bootstrap")
 
     with_db(data_dir, go)
@@ -161,9 +162,9 @@ def test_the_whole_foundry_loop(project: FakeProject, server: FakeOpenAIServer,
         server.queue_reply("Alfama at dusk is lovely. Which month are you going?",
                            deployment=final["fine_tuned_model"])
         try:
-            return await service.reply(user_id="u1", thread_id="t1", turn_index=0, history=[],
-                                       user_text="What to see in Lisbon?", step_id="s1",
-                                       deployment="ft-phi")
+            return await service.reply(TurnRequest(
+                user_id="u1", thread_id="t1", turn_index=0, text="What to see in Lisbon?",
+                step_id="s1", deployment="ft-phi"))
         finally:
             await service.registry.aclose()
 
@@ -174,7 +175,7 @@ def test_the_whole_foundry_loop(project: FakeProject, server: FakeOpenAIServer,
     # cleanup: the endpoint serves the arm and stays; once retired, its hourly cost goes.
     plan = {(r["kind"], r["name"]): r["action"] for r in ok_json("cleanup")}
     assert plan[("foundry endpoint", "ft-phi")] == "keep: serves the fine_tuned arm"
-    with_db(data_dir, lambda s: s.start_experiment(name="b", base="base", fine_tuned=None,
+    with_db(data_dir, lambda s: s.experiments.start(name="b", base="base", fine_tuned=None,
                                                    fine_tuned_weight=0.0, actor="t"))
     ok("deployments", "remove", "ft-phi")
     project.endpoints["someone-elses"] = project.endpoints["ft-phi"].__class__(

@@ -204,14 +204,14 @@ def test_build_over_arbitrary_stored_rows_never_crashes(
         store = await Store.open(f"sqlite+aiosqlite:///{folder / 'travel.db'}")
         try:
             for i, (messages, reply, rating) in enumerate(rows):
-                stored = await store.add_exchange(Exchange(
+                stored = await store.exchanges.add(Exchange(
                     thread_id=f"th-{i}", turn_index=0, user_id="u", source="web",
                     experiment_id="e", arm_assigned="base", arm_served="base", forced=False,
                     deployment="d", model="m", messages=messages, reply=reply,
                     finish_reason="stop", prompt_tokens=1, completion_tokens=1, latency_ms=1.0,
                     ttft_ms=1.0, outcome="ok"))
                 if rating is not None:
-                    await store.add_rating(stored.id, rating, user_id="u")
+                    await store.exchanges.rate(stored.id, rating, user_id="u")
             opts = BuildOptions(out_dir=folder / "out", name="fuzz", validation_ratio=0.0)
             try:
                 result = await build_dataset(store, opts, settings=fuzz_settings, actor="fuzz")

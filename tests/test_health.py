@@ -73,9 +73,9 @@ async def checker(data_dir: Path, fake: FakeOpenAIServer, silent_port: int, stor
                                  ("hung-1", "hung", "openai_compat"),
                                  ("nowhere-1", "nowhere", "openai_compat"),
                                  ("local-1", "local", "local")):
-        await store.add_deployment(Deployment(name, conn, provider,
+        await store.deployments.add(Deployment(name, conn, provider,
                                               SMOLLM2 if provider == "local" else "gpt-4o-mini"))
-    await store.start_experiment(name="t", base="local-1", fine_tuned="compat-1",
+    await store.experiments.start(name="t", base="local-1", fine_tuned="compat-1",
                                  fine_tuned_weight=0.5, actor="test")
     service = ChatService(settings, store)
     clock = Clock()
@@ -116,7 +116,7 @@ async def test_report_probes_each_deployment_and_shows_no_secret(
         assert secret not in text
     # Once an arm is served by the dead deployment, the app is degraded (still 200: the chat
     # falls back to base).
-    await store.start_experiment(name="t2", base="local-1", fine_tuned="down-1",
+    await store.experiments.start(name="t2", base="local-1", fine_tuned="down-1",
                                  fine_tuned_weight=0.5, actor="test")
     code, body = await health.report()
     assert code == 200 and body["status"] == "degraded"
@@ -173,7 +173,7 @@ async def test_healthz_in_the_running_app_needs_no_login(tmp_path: Path) -> None
     data_dir = tmp_path / "data"
     store = await Store.open(sqlite_url(data_dir))
     try:
-        await store.add_deployment(Deployment("remote-1", "remote", "openai_compat", "m"))
+        await store.deployments.add(Deployment("remote-1", "remote", "openai_compat", "m"))
     finally:
         await store.close()
     env = {"TRAVEL_CONNECTIONS__REMOTE__PROVIDER": "openai_compat",

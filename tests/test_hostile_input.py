@@ -26,6 +26,7 @@ from playwright.async_api import Dialog, async_playwright
 from chatapp import policy
 from chatapp.chat.conversation import ChatService, ModelRegistry
 from chatapp.chat.input_guard import SLICE_CHARS, clean_text, count_bounded
+from chatapp.chat.request import TurnRequest
 from chatapp.domain import Deployment
 from chatapp.providers.base import AuthFailed, ChatModel, Chunk, Message, UpstreamError
 from chatapp.settings import Settings, load_settings
@@ -45,7 +46,7 @@ from tests.browser_support import (
     sqlite_url,
 )
 from tests.chainlit_client import ChainlitClient
-from tests.conftest import REPO
+from tests.conftest import REPO, ratings_of
 from tests.fakes.chat_model import FakeChatModel
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.sink import TextSink as Sink
@@ -88,7 +89,7 @@ async def world(hostile_settings: Settings, store: Store) -> AsyncIterator[dict[
     models: dict[str, ChatModel] = {"base-1": FakeChatModel(name="fake-base"),
                                     "echo": EchoModel()}
     for name in models:
-        await store.add_deployment(Deployment(name, "c", "openai_compat", "gpt-4o-mini"))
+        await store.deployments.add(Deployment(name, "c", "openai_compat", "gpt-4o-mini"))
 
     def build(dep: Deployment, _s: Settings) -> ChatModel:
         return models[dep.name]
@@ -99,16 +100,16 @@ async def world(hostile_settings: Settings, store: Store) -> AsyncIterator[dict[
 
 
 async def start(store: Store, base: str = "base-1") -> None:
-    await store.start_experiment(name="t", base=base, fine_tuned=None, fine_tuned_weight=0.0,
+    await store.experiments.start(name="t", base=base, fine_tuned=None, fine_tuned_weight=0.0,
                                  actor="test")
 
 
 async def turn(service: ChatService, text: str, *, user: str = "alice", thread: str = "t1",
                turn_index: int = 0, history: list[Message] | None = None):  # type: ignore[no-untyped-def]
     sink = Sink()
-    ex = await service.reply(user_id=user, thread_id=thread, turn_index=turn_index,
-                             history=history or [], user_text=text,
-                             step_id=f"{thread}-{turn_index}", sink=sink)
+    ex = await service.reply(TurnRequest(
+        user_id=user, thread_id=thread, turn_index=turn_index, history=history or [],
+        text=text, step_id=f"{thread}-{turn_index}"), sink)
     return ex, sink
 
 
@@ -133,7 +134,7 @@ async def test_100kb_message_is_refused_before_any_model_call(world: dict, name:
     assert models["base-1"].calls == [], "the model was called with an oversized message"
     assert (ex.outcome, ex.error_kind) == ("rejected", "input_too_long")
     assert f"the limit is {LIMIT}" in sink.text and sink.text == ex.reply
-    stored = await store.exchange_by_step("t1-0")
+    stored = await store.exchanges.by_step("t1-0")
     assert stored is not None and stored.outcome == "rejected"
     # The message itself is kept on record, whole.
     assert stored.messages[-1]["content"] == clean_text(text)
@@ -219,7 +220,7 @@ async def test_odd_characters_are_stored_and_answered(world: dict, name: str) ->
     assert sink.text == FakeChatModel().default
     expected = clean_text(text)
     sent = models["base-1"].calls[0][-1]["content"]
-    stored = await store.exchange_by_step("t1-0")
+    stored = await store.exchanges.by_step("t1-0")
     assert stored is not None
     assert sent == expected == stored.messages[-1]["content"]
     for value in (sent, stored.messages[-1]["content"], stored.reply):
@@ -245,7 +246,7 @@ async def test_html_and_script_are_stored_as_text(world: dict) -> None:
     ex, _ = await turn(service, text)
     assert ex.outcome == "ok"
     assert models["base-1"].calls[0][-1]["content"] == text  # no server-side mangling
-    stored = await store.exchange_by_step("t1-0")
+    stored = await store.exchanges.by_step("t1-0")
     assert stored is not None and stored.messages[-1]["content"] == text
 
 
@@ -302,7 +303,7 @@ async def test_errors_that_carry_the_key_never_reach_the_reply_or_the_log(
         ex, sink = await turn(service, "Where in Peru?", thread=f"t{i}")
         assert (ex.outcome, sink.text, ex.reply) == ("error", policy.UNAVAILABLE_REPLY,
                                                      policy.UNAVAILABLE_REPLY)
-        stored = await store.exchange_by_step(f"t{i}-0")
+        stored = await store.exchanges.by_step(f"t{i}-0")
         assert stored is not None
         assert KEY not in json.dumps([stored.messages, stored.reply, stored.error_kind])
     assert "chat turn failed" in caplog.text
@@ -316,7 +317,7 @@ async def test_a_reply_with_nul_or_lone_surrogate_is_stored(world: dict) -> None
     models["base-1"].push("Kyoto\x00 is \ud800 lovely. When?")
     ex, _ = await turn(service, "Kyoto?")
     assert ex.outcome == "ok"
-    stored = await store.exchange_by_step("t1-0")
+    stored = await store.exchanges.by_step("t1-0")
     assert stored is not None and stored.reply == "Kyoto\ufffd is \ufffd lovely. When?"
 
 
@@ -352,8 +353,8 @@ async def test_html_and_script_stay_inert_in_the_page(tmp_path: Path) -> None:
     with FakeOpenAIServer(deployments={model: model}) as upstream:
         try:
             await add_accounts(store, TRAVELLER)
-            await store.add_deployment(Deployment("fake-base", "fake", "openai_compat", model))
-            await store.start_experiment(name="html", base="fake-base", fine_tuned=None,
+            await store.deployments.add(Deployment("fake-base", "fake", "openai_compat", model))
+            await store.experiments.start(name="html", base="fake-base", fine_tuned=None,
                                          fine_tuned_weight=0.0, actor="test")
             upstream.queue_reply(REPLY_HTML)
             env = {"TRAVEL_CONNECTIONS__FAKE__PROVIDER": "openai_compat",
@@ -415,8 +416,8 @@ async def test_odd_characters_over_the_socket_are_stored_everywhere(
     with FakeOpenAIServer(deployments={model: model}) as upstream:
         try:
             await add_accounts(store, TRAVELLER)
-            await store.add_deployment(Deployment("fake-base", "fake", "openai_compat", model))
-            await store.start_experiment(name="odd", base="fake-base", fine_tuned=None,
+            await store.deployments.add(Deployment("fake-base", "fake", "openai_compat", model))
+            await store.experiments.start(name="odd", base="fake-base", fine_tuned=None,
                                          fine_tuned_weight=0.0, actor="test")
             env = {"TRAVEL_CONNECTIONS__FAKE__PROVIDER": "openai_compat",
                    "TRAVEL_CONNECTIONS__FAKE__ENDPOINT": upstream.openai_base_url,
@@ -436,7 +437,7 @@ async def test_odd_characters_over_the_socket_are_stored_everywhere(
                 resp = await tab.http.put("/feedback", content=json.dumps(body),
                                           headers={"content-type": "application/json"})
                 assert resp.status_code == 200, resp.text
-                exchange = await poll(lambda: store.exchange_by_step(str(reply.run_id)))
+                exchange = await poll(lambda: store.exchanges.by_step(str(reply.run_id)))
                 assert exchange is not None and exchange.outcome == "ok"
                 assert exchange.messages[-1]["content"] == clean_text(text)
                 thread = await poll(lambda: _saved_thread(tab, str(reply.thread_id)))
@@ -444,7 +445,7 @@ async def test_odd_characters_over_the_socket_are_stored_everywhere(
                 steps = (await tab.thread(str(reply.thread_id)))["steps"]
                 assert [s["output"] for s in steps if s["type"] == "user_message"] == [
                     clean_text(text)]
-                ratings = await poll(lambda: store.ratings_for(exchange.id))
+                ratings = await poll(lambda: ratings_of(store, exchange))
                 assert [r["comment"] for r in ratings] == ["Great\ufffd \ufffd tip"]
                 # (running_app fails the test if Chainlit logged a failed insert.)
         finally:

@@ -6,6 +6,7 @@ import pytest
 
 from chatapp import policy
 from chatapp.chat.conversation import ChatService
+from chatapp.chat.request import TurnRequest
 from chatapp.domain import SMOLLM2, Deployment
 from chatapp.providers.local import LocalChat
 from chatapp.runtime import LOCAL_BASE, bootstrap
@@ -37,8 +38,8 @@ async def test_greedy_reply_through_the_app_equals_llama_cpp(settings: Settings)
         await bootstrap(settings, store)  # the default: local base model, no account
         service = ChatService(settings, store)
         sink = Collect()
-        ex = await service.reply(user_id="alice", thread_id="t", turn_index=0, history=[],
-                                 user_text=QUESTION, step_id="s", sink=sink)
+        ex = await service.reply(TurnRequest(user_id="alice", thread_id="t", turn_index=0,
+                                             text=QUESTION, step_id="s"), sink)
     finally:
         await store.close()
     assert (ex.outcome, ex.deployment, ex.arm_served) == ("ok", LOCAL_BASE, "base")

@@ -51,7 +51,7 @@ async def sqlite_store(settings: Settings) -> Any:
 
 async def record(store: Store, state: JobState) -> TrainingJob:
     """What `travel-admin train start` does right after LocalTrainer.start."""
-    return await store.add_job(TrainingJob(
+    return await store.jobs.add(TrainingJob(
         id=state.backend_job_id, backend="local", base_model=SMOLLM2, status=state.status,
         backend_job_id=state.backend_job_id, progress=state.progress))
 
@@ -159,7 +159,7 @@ async def test_dead_worker_is_reported_failed_with_the_reason(
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     await record(sqlite_store, JobState("local-dead", "running"))
-    await sqlite_store.update_job("local-dead", pid=gone.pid, heartbeat_at=now())
+    await sqlite_store.jobs.update("local-dead", pid=gone.pid, heartbeat_at=now())
     state = await trainer.get("local-dead")
     assert state.status == "failed"
     assert f"pid {gone.pid}" in (state.error or "") and "exited without finishing" in state.error
@@ -180,10 +180,10 @@ async def test_stale_heartbeat_fails_the_job_and_stops_its_worker(
     try:
         trainer = LocalTrainer(settings, sqlite_store, stale_after_s=30)
         await record(sqlite_store, JobState("local-hung", "running"))
-        await sqlite_store.update_job("local-hung", pid=hung.pid,
+        await sqlite_store.jobs.update("local-hung", pid=hung.pid,
                                       heartbeat_at=now() - timedelta(seconds=25))
         assert (await trainer.get("local-hung")).status == "running"  # not stale yet
-        await sqlite_store.update_job("local-hung", heartbeat_at=now() - timedelta(minutes=5))
+        await sqlite_store.jobs.update("local-hung", heartbeat_at=now() - timedelta(minutes=5))
         state = await trainer.get("local-hung")
         assert state.status == "failed" and "no heartbeat" in (state.error or "")
         assert hung.wait(10) == -signal.SIGKILL
@@ -337,7 +337,7 @@ async def test_local_job_trains_in_the_background_and_deploys(
         capture_output=True, text=True, timeout=120, cwd=REPO, check=True)
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["status"] in ("running", "succeeded") and seen["progress"]
-    row = await sqlite_store.get_job(job.id)
+    row = await sqlite_store.jobs.get(job.id)
     assert row is not None and row.pid and os.getsid(row.pid) == row.pid  # its own session
     assert running.status == "running" or running.status == "succeeded"
 
@@ -371,7 +371,7 @@ async def test_local_job_trains_in_the_background_and_deploys(
     assert abs(tuned.loss - result["best_valid_loss"]) < abs(base.loss - result["best_valid_loss"])
 
     # Deployed next to the database, it loads and answers through the chat's local provider.
-    row = await sqlite_store.get_job(job.id)
+    row = await sqlite_store.jobs.get(job.id)
     assert row is not None
     dep = await trainer.deploy(row, "ft-ci")
     assert (settings.data_dir / "deployments" / "ft-ci" / "adapter.gguf").is_file()
@@ -413,7 +413,7 @@ async def test_killed_worker_is_detected_from_another_trainer(
                                 await trainer.upload(SEED_TRAIN), None)
     await record(sqlite_store, state)
     await wait_for(trainer, state.backend_job_id, lambda s: s.status == "running", 120)
-    row = await sqlite_store.get_job(state.backend_job_id)
+    row = await sqlite_store.jobs.get(state.backend_job_id)
     assert row is not None and row.pid
     os.kill(row.pid, signal.SIGKILL)
     # A fresh trainer (as in another CLI process) has no handle on the child: it must tell the

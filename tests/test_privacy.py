@@ -39,10 +39,10 @@ async def seed(store: Store, name: str, *, days_ago: float, last_step_days_ago: 
     with ratings; returns the ids so tests can look for them."""
     user_id, thread_id = str(uuid.uuid4()), str(uuid.uuid4())
     run_ids = [str(uuid.uuid4()) for _ in range(2)]
-    if not await store.get_account(name):
-        await store.add_account(name, hash_password(f"pw-of-{name}"), is_admin=False)
+    if not await store.accounts.get(name):
+        await store.accounts.add(name, hash_password(f"pw-of-{name}"), is_admin=False)
     last = days_ago if last_step_days_ago is None else last_step_days_ago
-    async with store.engine.begin() as conn:
+    async with store.db.engine.begin() as conn:
         await conn.execute(sa.text(
             'INSERT INTO users ("id", "identifier", "metadata", "createdAt")'
             " VALUES (:id, :identifier, :metadata, :createdAt)"),
@@ -79,10 +79,10 @@ async def seed(store: Store, name: str, *, days_ago: float, last_step_days_ago: 
             " VALUES (:id, :forId, :threadId, 1, :comment)"),
             {"id": str(uuid.uuid4()), "forId": run_ids[0], "threadId": thread_id,
              "comment": f"{name} loved it"})
-    exp = await store.active_experiment()
+    exp = await store.experiments.active()
     exchanges = []
     for i, run_id in enumerate(run_ids):
-        ex = await store.add_exchange(Exchange(
+        ex = await store.exchanges.add(Exchange(
             thread_id=thread_id, turn_index=i, user_id=name, source=source,  # type: ignore[arg-type]
             experiment_id=exp.id if exp else None, arm_assigned="base", arm_served="base",
             forced=False, deployment="base-1", model="m",
@@ -90,14 +90,14 @@ async def seed(store: Store, name: str, *, days_ago: float, last_step_days_ago: 
             reply=f"Lisbon reply {i}", finish_reason="stop", prompt_tokens=5,
             completion_tokens=3, latency_ms=10.0, ttft_ms=2.0, outcome="ok", step_id=run_id,
             created_at=NOW - timedelta(days=days_ago if i == 0 else last)))
-        await store.add_rating(ex.id, i % 2, user_id=name, comment=f"{name} says ok")
+        await store.exchanges.rate(ex.id, i % 2, user_id=name, comment=f"{name} says ok")
         exchanges.append(ex.id)
     return {"name": name, "user_id": user_id, "thread_id": thread_id, "exchanges": exchanges}
 
 
 async def dump(store: Store) -> dict[str, list[str]]:
     """Every row of every table as text, sorted: what "nothing remains" is checked against."""
-    async with store.engine.connect() as conn:
+    async with store.db.engine.connect() as conn:
         names = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
         out = {}
         for name in sorted(names):
@@ -116,7 +116,7 @@ async def test_erase_leaves_nothing_of_the_user_and_touches_no_one_else(store: S
     bob = await seed(store, "bob", days_ago=1)
     # A training set built with `dataset build --user alice-7f3e --user bob`: its manifest
     # records the query, names included.
-    await store.add_dataset(sha256="b" * 64, path="data/datasets/two.train.jsonl", kind="train",
+    await store.datasets.add(sha256="b" * 64, path="data/datasets/two.train.jsonl", kind="train",
                             n_examples=3, manifest={"query": {"users": ["alice-7f3e", "bob"]}},
                             tokenizer=None, created_by="test")
     before = await dump(store)
@@ -154,7 +154,7 @@ async def test_export_holds_everything_about_the_user_and_no_secret(store: Store
     await seed(store, "bob", days_ago=1)
     doc = await privacy.export_user(store, "alice")
     text = json.dumps(doc)
-    account = await store.get_account("alice")
+    account = await store.accounts.get("alice")
     assert account is not None
     assert "password_hash" not in doc["account"] and account["password_hash"] not in text
     assert "sk-secret-of-alice" not in text  # Chainlit's user_env in thread metadata
@@ -178,7 +178,7 @@ async def test_retention_purges_only_conversations_idle_past_the_cutoff(store: S
     active = await seed(store, "started-long-ago", days_ago=40, last_step_days_ago=1)
     recent = await seed(store, "recent", days_ago=5)
     simulated = await seed(store, "sim-user", days_ago=100, source="simulated")
-    await store.add_dataset(sha256="a" * 64, path="data/datasets/x.train.jsonl", kind="train",
+    await store.datasets.add(sha256="a" * 64, path="data/datasets/x.train.jsonl", kind="train",
                             n_examples=1, manifest={}, tokenizer=None, created_by="test")
     before = await dump(store)
 
@@ -221,7 +221,7 @@ async def test_a_conversation_active_again_before_its_batch_runs_is_kept(
     gone = await seed(store, "stays-away", days_ago=40)
     stale = await privacy.last_activity(store)  # the list a long purge read at its start
     # ... and then the traveller writes again before the batch holding their thread runs.
-    await store.add_exchange(Exchange(
+    await store.exchanges.add(Exchange(
         thread_id=back["thread_id"], turn_index=2, user_id="comes-back", source="web",
         experiment_id=None, arm_assigned="base", arm_served="base", forced=False,
         deployment="base-1", model="m", messages=[{"role": "user", "content": "Back again"}],
@@ -234,8 +234,8 @@ async def test_a_conversation_active_again_before_its_batch_runs_is_kept(
     monkeypatch.setattr(privacy, "last_activity", snapshot)
     result = await privacy.purge(store, 30)
     assert (result.threads, result.came_back) == (1, 1)
-    assert len(await store.thread_exchanges(back["thread_id"])) == 3
-    assert await store.thread_exchanges(gone["thread_id"]) == []
+    assert len(await store.exchanges.thread(back["thread_id"])) == 3
+    assert await store.exchanges.thread(gone["thread_id"]) == []
 
 
 async def test_the_background_loop_purges_at_start(store: Store) -> None:
@@ -297,7 +297,7 @@ def test_admin_commands(cli_env: Path, tmp_path: Path) -> None:
     async def add_dataset() -> None:
         store = await Store.open(f"sqlite+aiosqlite:///{cli_env / 'travel.db'}")
         try:
-            await store.add_dataset(sha256="c" * 64, path=str(data_file), kind="train",
+            await store.datasets.add(sha256="c" * 64, path=str(data_file), kind="train",
                                     n_examples=1, manifest={"query": {"users": ["bob"]}},
                                     tokenizer=None, created_by="test")
         finally:
@@ -359,8 +359,8 @@ async def test_through_the_running_app_limits_then_export_and_erase_reach_chainl
         store = await Store.open(sqlite_url(data_dir))
         try:
             await add_accounts(store, TRAVELLER, other)
-            await store.add_deployment(Deployment("fake-base", "fake", "openai_compat", "m"))
-            await store.start_experiment(name="t", base="fake-base", fine_tuned=None,
+            await store.deployments.add(Deployment("fake-base", "fake", "openai_compat", "m"))
+            await store.experiments.start(name="t", base="fake-base", fine_tuned=None,
                                          fine_tuned_weight=0.0, actor="test")
         finally:
             await store.close()
@@ -385,7 +385,7 @@ async def test_through_the_running_app_limits_then_export_and_erase_reach_chainl
 
     store = await Store.open(sqlite_url(data_dir))
     try:
-        stored = await store.thread_exchanges(str(replies[2].thread_id))
+        stored = await store.exchanges.thread(str(replies[2].thread_id))
         assert [e.outcome for e in stored] == ["ok", "ok", "rate_limited"]
         doc = await privacy.export_user(store, TRAVELLER.username)
         [thread] = doc["threads"]

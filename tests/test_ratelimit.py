@@ -8,11 +8,12 @@ import pytest
 
 from chatapp.chat.conversation import ChatService, ModelRegistry
 from chatapp.chat.ratelimit import RateLimiter, describe_wait, limiter_for
+from chatapp.chat.request import TurnRequest
 from chatapp.domain import Deployment, Outcome
 from chatapp.experiments.report import summarize
 from chatapp.providers.base import ChatModel
 from chatapp.settings import Settings, load_settings
-from chatapp.store import Store
+from chatapp.store import RatedFilter, Store
 from tests.fakes.chat_model import FakeChatModel
 from tests.fakes.sink import TextSink as Sink
 
@@ -93,8 +94,8 @@ async def limited(data_dir: object, store: Store
                   ) -> AsyncIterator[tuple[ChatService, FakeChatModel]]:
     settings = load_settings(data_dir=data_dir, _env_file=None, rate_limit_per_minute=2)
     model = FakeChatModel(name="base-model")
-    await store.add_deployment(Deployment("base-1", "c", "openai_compat", "m"))
-    await store.start_experiment(name="t", base="base-1", fine_tuned=None, fine_tuned_weight=0,
+    await store.deployments.add(Deployment("base-1", "c", "openai_compat", "m"))
+    await store.experiments.start(name="t", base="base-1", fine_tuned=None, fine_tuned_weight=0,
                                  actor="test")
 
     def build(dep: Deployment, _s: Settings) -> ChatModel:
@@ -106,9 +107,9 @@ async def limited(data_dir: object, store: Store
 
 async def _turn(service: ChatService, n: int, user: str = "alice", **kw: object):  # type: ignore[no-untyped-def]
     sink = Sink()
-    ex = await service.reply(user_id=user, thread_id=f"thread-{user}", turn_index=n, history=[],
-                             user_text=f"question {n}", step_id=f"{user}-{n}", sink=sink,
-                             **kw)  # type: ignore[arg-type]
+    ex = await service.reply(TurnRequest(
+        user_id=user, thread_id=f"thread-{user}", turn_index=n, text=f"question {n}",
+        step_id=f"{user}-{n}", **kw), sink)  # type: ignore[arg-type]
     return ex, sink
 
 
@@ -122,7 +123,7 @@ async def test_a_limited_turn_is_refused_before_the_model_and_recorded(
     assert len(model.calls) == 2  # nothing went upstream for the third message
     assert ex.outcome == Outcome.RATE_LIMITED and ex.error_kind == "rate_limited"
     assert "2 per minute" in sink.text and "try again in" in sink.text
-    stored = await store.exchange_by_step("alice-2")
+    stored = await store.exchanges.by_step("alice-2")
     assert stored is not None and stored.outcome == Outcome.RATE_LIMITED
     assert stored.messages == [{"role": "user", "content": "question 2"}]  # the message is kept
     assert stored.deployment is None and stored.reply == sink.text
@@ -148,13 +149,13 @@ async def test_dataset_build_and_ab_report_ignore_rate_limited_turns(
     service, _ = limited
     exchanges = [(await _turn(service, n, rate_limit=True))[0] for n in range(3)]
     for ex in exchanges:
-        await store.add_rating(ex.id, 1, user_id="alice")
-    query = store.dataset_exchanges_query(ratings=(1,))
-    picked = [r.id for part in [p async for p in store.stream_rows(query)] for r in part]
+        await store.exchanges.rate(ex.id, 1, user_id="alice")
+    which = RatedFilter(ratings=(1,))
+    picked = [r.id for part in [p async for p in store.exchanges.rated(which)] for r in part]
     assert sorted(picked) == sorted(ex.id for ex in exchanges[:2])
-    exp = await store.active_experiment()
+    exp = await store.experiments.active()
     assert exp is not None
-    rows = await store.experiment_rows(exp.id, ["web"])
+    rows = await store.exchanges.experiment_rows(exp.id, ["web"])
     assert len(rows) == 3
     report = summarize(exp.id, rows)
     assert report.arms["base"].replies == 2 and report.arms["base"].rated == 2

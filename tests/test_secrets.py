@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from admin.cli import app as admin_app
 from chatapp import policy
 from chatapp.chat.conversation import ChatService
+from chatapp.chat.request import TurnRequest
 from chatapp.domain import Deployment
 from chatapp.providers import azure_auth
 from chatapp.providers.base import ProviderError
@@ -80,8 +81,8 @@ async def secret_world(echo: EchoUpstream, data_dir: Path, store: Store,
                              connections=connections(echo.url))
     for conn, provider in PROVIDERS.items():
         for model in (*FAILURES, "ok"):
-            await store.add_deployment(Deployment(f"{conn}-{model}", conn, provider, model))
-    await store.start_experiment(name="t", base="az-ok", fine_tuned="az-echo-401",
+            await store.deployments.add(Deployment(f"{conn}-{model}", conn, provider, model))
+    await store.experiments.start(name="t", base="az-ok", fine_tuned="az-echo-401",
                                  fine_tuned_weight=0.5, actor="test")
     service = ChatService(settings, store)
     yield service
@@ -107,27 +108,27 @@ async def test_upstream_errors_echoing_credentials_leak_nowhere(
     for conn in PROVIDERS:
         for model in FAILURES:
             sink = Sink()
-            ex = await service.reply(user_id="alice", thread_id="t1", turn_index=turn,
-                                     history=[], user_text="Lisbon in May?", sink=sink,
-                                     step_id=f"s{turn}", deployment=f"{conn}-{model}")
+            ex = await service.reply(TurnRequest(
+                user_id="alice", thread_id="t1", turn_index=turn, text="Lisbon in May?",
+                step_id=f"s{turn}", deployment=f"{conn}-{model}"), sink)
             turn += 1
             assert ex.outcome == "error", (conn, model, ex.outcome)
             assert ex.reply == policy.UNAVAILABLE_REPLY
             assert_clean(f"the stream of {conn}-{model}", sink.seen)
-        ok = await service.reply(user_id="alice", thread_id="t1", turn_index=turn, history=[],
-                                 user_text="Lisbon in May?", deployment=f"{conn}-ok")
+        ok = await service.reply(TurnRequest(user_id="alice", thread_id="t1", turn_index=turn,
+                                             text="Lisbon in May?", deployment=f"{conn}-ok"))
         turn += 1
         assert (ok.outcome, ok.reply.split()) == ("ok", OK_REPLY.split()), conn
     # The fine-tuned arm fails for bob (weight 0.5: find a user it serves): a fallback.
     for user in (f"user-{i}" for i in range(40)):
         if (await service.route(user)).arm == "fine_tuned":
-            fb = await service.reply(user_id=user, thread_id="t2", turn_index=0, history=[],
-                                     user_text="Porto?")
+            fb = await service.reply(TurnRequest(user_id=user, thread_id="t2", turn_index=0,
+                                                 text="Porto?"))
             assert (fb.outcome, fb.error_kind) == ("fallback", "auth")
             break
     else:
         pytest.fail("no user routed to the fine-tuned arm")
-    stored = await store.thread_exchanges("t1") + await store.thread_exchanges("t2")
+    stored = await store.exchanges.thread("t1") + await store.exchanges.thread("t2")
     assert len(stored) == turn + 1
     assert_clean("stored exchanges", json.dumps([e.__dict__ for e in stored], default=str))
     # The adapters' own messages (what gets logged) name the failure but not the credential.

@@ -50,8 +50,8 @@ def fake(server: FakeOpenAIServer, data_dir: Path,
 
 def bootstrap(data_dir: Path) -> None:
     async def go(store: Store) -> None:
-        await store.add_deployment(Deployment("base", "azure", "azure_openai", "gpt-4o-mini"))
-        await store.start_experiment(name="default", base="base", fine_tuned=None,
+        await store.deployments.add(Deployment("base", "azure", "azure_openai", "gpt-4o-mini"))
+        await store.experiments.start(name="default", base="base", fine_tuned=None,
                                      fine_tuned_weight=0.0, actor="bootstrap")
 
     with_db(data_dir, go)
@@ -120,7 +120,7 @@ def test_cleanup_deletes_a_retired_deployment_on_azure(fake: FakeOpenAIServer,
     ok("deploy", job_id, "--name", "ft-a")
     plan = {(r["kind"], r["name"]): r["action"] for r in ok_json("cleanup")}
     assert plan[("azure deployment", "ft-a")] == "keep: serves the fine_tuned arm"
-    with_db(data_dir, lambda s: s.start_experiment(name="b", base="base", fine_tuned=None,
+    with_db(data_dir, lambda s: s.experiments.start(name="b", base="base", fine_tuned=None,
                                                    fine_tuned_weight=0.0, actor="t"))
     # No arm uses it, but the history names it: a rollback may want it back, so it stays...
     plan = {(r["kind"], r["name"]): r["action"] for r in ok_json("cleanup")}
@@ -151,7 +151,7 @@ def test_start_shows_which_files_are_built_datasets(fake: FakeOpenAIServer,
                                                     data_dir: Path) -> None:
     from admin.datasets.files import sha256_file as sha256_of
 
-    with_db(data_dir, lambda s: s.add_dataset(
+    with_db(data_dir, lambda s: s.datasets.add(
         sha256=sha256_of(TRAIN), path="data/datasets/train-v3.jsonl", kind="train",
         n_examples=50, manifest={}, tokenizer="o200k_base", created_by="dora"))
     out = ok("train", "start", "--backend", "azure", "--model", BASE_MODEL, "--train",
@@ -250,8 +250,8 @@ def test_local_backend_start_status_watch_deploy(data_dir: Path, tmp_path: Path,
     small = tmp_path / "small.jsonl"
     small.write_text("".join(TRAIN.read_text().splitlines(keepends=True)[:12]))
     bootstrap_local = Deployment("local-base", "local", "local", "smollm2-135m-instruct")
-    with_db(data_dir, lambda s: s.add_deployment(bootstrap_local))
-    with_db(data_dir, lambda s: s.start_experiment(name="default", base="local-base",
+    with_db(data_dir, lambda s: s.deployments.add(bootstrap_local))
+    with_db(data_dir, lambda s: s.experiments.start(name="default", base="local-base",
                                                    fine_tuned=None, fine_tuned_weight=0.0,
                                                    actor="bootstrap"))
     out = ok("train", "start", "--backend", "local", "--train", str(small), "--epochs", "1",

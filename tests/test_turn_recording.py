@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from chatapp import policy
 from chatapp.chat.conversation import ChatService, ModelRegistry
+from chatapp.chat.request import TurnRequest
 from chatapp.domain import Deployment, Exchange
 from chatapp.providers.base import ChatModel
 from chatapp.settings import Settings
@@ -29,8 +30,8 @@ REPLY = "Kyoto glows in autumn! Which temples are on your list?"
 
 async def _service(settings: Settings, store: Store) -> ChatService:
     model = FakeChatModel(default=REPLY)
-    await store.add_deployment(Deployment("base-1", "c", "openai_compat", "gpt-4o-mini"))
-    await store.start_experiment(name="t", base="base-1", fine_tuned=None,
+    await store.deployments.add(Deployment("base-1", "c", "openai_compat", "gpt-4o-mini"))
+    await store.experiments.start(name="t", base="base-1", fine_tuned=None,
                                  fine_tuned_weight=0.0, actor="test")
 
     def build(_dep: Deployment, _s: Settings) -> ChatModel:
@@ -54,20 +55,20 @@ async def small_pool(db_url: str) -> AsyncIterator[Store]:
 
 async def _turn(service: ChatService, user: str) -> tuple[Exchange, TextSink]:
     sink = TextSink()
-    ex = await service.reply(user_id=user, thread_id=f"thread-{user}", turn_index=0,
-                             history=[], user_text="What is Kyoto like in autumn?",
-                             step_id=f"step-{user}", sink=sink)
+    ex = await service.reply(TurnRequest(
+        user_id=user, thread_id=f"thread-{user}", turn_index=0,
+        text="What is Kyoto like in autumn?", step_id=f"step-{user}"), sink)
     return ex, sink
 
 
 async def _stored(store: Store) -> list[str]:
-    async with store.engine.connect() as conn:
+    async with store.db.engine.connect() as conn:
         rows = await conn.execute(sa.select(schema.exchanges.c.user_id))
         return sorted(r.user_id for r in rows)
 
 
 async def _hold_writer(store: Store, seconds: float, held: asyncio.Event) -> None:
-    async with store.write() as conn:
+    async with store.db.write() as conn:
         await conn.execute(sa.select(1))
         held.set()
         await asyncio.sleep(seconds)
@@ -116,12 +117,12 @@ async def test_sqlite_writes_go_through_one_connection_and_postgres_pools_by_set
     store = await Store.open(db_url, pool=PoolOptions(size=3, overflow=2, timeout_s=7.0))
     try:
         if db_url.startswith("sqlite"):
-            assert store.writer is not store.engine
-            assert store.writer.pool.size() == 1  # type: ignore[attr-defined]
-            assert store.writer.pool._max_overflow == 0  # type: ignore[attr-defined]
+            assert store.db.writer is not store.db.engine
+            assert store.db.writer.pool.size() == 1  # type: ignore[attr-defined]
+            assert store.db.writer.pool._max_overflow == 0  # type: ignore[attr-defined]
         else:
-            assert store.writer is store.engine
-        assert store.engine.pool.size() == 3  # type: ignore[attr-defined]
-        assert store.engine.pool.timeout() == 7.0  # type: ignore[attr-defined]
+            assert store.db.writer is store.db.engine
+        assert store.db.engine.pool.size() == 3  # type: ignore[attr-defined]
+        assert store.db.engine.pool.timeout() == 7.0  # type: ignore[attr-defined]
     finally:
         await store.close()

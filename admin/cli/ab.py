@@ -37,12 +37,12 @@ def start(
     """Start a new experiment (a new id: users are reshuffled)."""
 
     async def run(store: Store) -> Experiment:
-        current = await store.active_experiment()
+        current = await store.experiments.active()
         base = base_deployment or (current.base_deployment if current else None)
         ft = fine_tuned_deployment or (current.fine_tuned_deployment if current else None)
         if not base:
             fail("no base deployment: pass --base-deployment")
-        return await store.start_experiment(name=name, base=base, fine_tuned=ft,
+        return await store.experiments.start(name=name, base=base, fine_tuned=ft,
                                             fine_tuned_weight=fine_tuned, actor=actor())
 
     _show(with_store(run))
@@ -51,7 +51,7 @@ def start(
 @app.command("set")
 def set_(fine_tuned: float = typer.Option(..., "--fine-tuned", min=0.0, max=1.0)) -> None:
     """Change the weights of the running experiment (same id: assignments stay sticky)."""
-    _show(with_store(lambda s: s.set_weights(fine_tuned, actor())))
+    _show(with_store(lambda s: s.experiments.set_weights(fine_tuned, actor())))
 
 
 @app.command("stop")
@@ -59,10 +59,10 @@ def stop() -> None:
     """Send everyone to base (a new experiment with weight 0 on the fine-tuned arm)."""
 
     async def run(store: Store) -> Experiment:
-        current = await store.active_experiment()
+        current = await store.experiments.active()
         if current is None:
             fail("no running experiment")
-        return await store.start_experiment(
+        return await store.experiments.start(
             name="stopped", base=current.base_deployment,
             fine_tuned=current.fine_tuned_deployment, fine_tuned_weight=0.0, actor=actor(),
             action="stop")
@@ -73,7 +73,7 @@ def stop() -> None:
 @app.command("status")
 def status(as_json: bool = JsonOpt) -> None:
     """Show the running experiment."""
-    exp = with_store(lambda s: s.active_experiment())
+    exp = with_store(lambda s: s.experiments.active())
     if exp is None:
         fail("no running experiment (start the chat once to bootstrap)")
     if as_json:
@@ -85,7 +85,7 @@ def status(as_json: bool = JsonOpt) -> None:
 @app.command("history")
 def history(limit: int = 50, as_json: bool = JsonOpt) -> None:
     """The audit trail of routing changes: who, when, what."""
-    rows = with_store(lambda s: s.history(limit))
+    rows = with_store(lambda s: s.experiments.history(limit))
     emit(rows, ["at", "actor", "action", "experiment_id", "details"], as_json=as_json,
          title="Routing history")
 
@@ -138,11 +138,11 @@ def report(
     """Per-arm ratings with 95 % intervals, the difference, its p-value, and the verdict."""
 
     async def run(store: Store) -> Report:
-        exp = await (store.get_experiment(experiment) if experiment
-                     else store.active_experiment())
+        exp = await (store.experiments.get(experiment) if experiment
+                     else store.experiments.active())
         if exp is None:
             fail(f"no experiment {experiment!r}" if experiment else "no running experiment")
-        return summarize(exp.id, await store.experiment_rows(exp.id, source), min_rated)
+        return summarize(exp.id, await store.exchanges.experiment_rows(exp.id, source), min_rated)
 
     r = with_store(run)
     if as_json:
@@ -159,11 +159,11 @@ def promote(
     """Make the fine-tuned deployment the new base and end the experiment."""
 
     async def run(store: Store) -> Experiment:
-        exp = await store.active_experiment()
+        exp = await store.experiments.active()
         if exp is None or not exp.fine_tuned_deployment:
             fail("nothing to promote: the running experiment has no fine-tuned arm")
-        ft_up, ft_n = await store.eval_adherence(exp.fine_tuned_deployment)
-        b_up, b_n = await store.eval_adherence(exp.base_deployment)
+        ft_up, ft_n = await store.exchanges.eval_adherence(exp.fine_tuned_deployment)
+        b_up, b_n = await store.exchanges.eval_adherence(exp.base_deployment)
         if not force:
             if not ft_n or not b_n:
                 fail("no eval results for both deployments: run `travel-admin eval` first"
@@ -171,7 +171,7 @@ def promote(
             if ft_up / ft_n < b_up / b_n:
                 fail(f"eval adherence of {exp.fine_tuned_deployment} ({ft_up}/{ft_n}) is below"
                      f" {exp.base_deployment}'s ({b_up}/{b_n}); pass --force to promote anyway")
-        return await store.promote(actor())
+        return await store.experiments.promote(actor())
 
     exp = with_store(run)
     console.print(f"promoted: everyone is now served by {exp.base_deployment}")
@@ -181,6 +181,6 @@ def promote(
 @app.command("rollback")
 def rollback() -> None:
     """Restore the base deployment that the latest promotion replaced."""
-    exp = with_store(lambda s: s.rollback(actor()))
+    exp = with_store(lambda s: s.experiments.rollback(actor()))
     console.print(f"rolled back: everyone is now served by {exp.base_deployment}")
     _show(exp)

@@ -32,7 +32,7 @@ def add(
                      created_by=actor())
 
     async def run(store: Store) -> Deployment:
-        return await store.add_deployment(dep)
+        return await store.deployments.add(dep)
 
     with_store(run)
     console.print(f"registered deployment {name} ({conn.provider}: {model})")
@@ -43,9 +43,9 @@ def list_(as_json: bool = JsonOpt) -> None:
     """List deployments and the arm each serves now."""
 
     async def run(store: Store) -> list[dict[str, object]]:
-        exp = await store.active_experiment()
+        exp = await store.experiments.active()
         rows = []
-        for dep in await store.list_deployments():
+        for dep in await store.deployments.all():
             row: dict[str, object] = asdict(dep)
             arms = [a for a in ARMS if exp and exp.deployment_for(a) == dep.name]
             row["arm"] = ",".join(arms)
@@ -60,5 +60,5 @@ def list_(as_json: bool = JsonOpt) -> None:
 @app.command("remove")
 def remove(name: str) -> None:
     """Retire a deployment no arm uses (it stays in the records of past exchanges)."""
-    with_store(lambda s: s.remove_deployment(name))
+    with_store(lambda s: s.deployments.remove(name))
     console.print(f"removed deployment {name}")

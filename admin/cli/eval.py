@@ -57,12 +57,12 @@ def eval_(
         try:
             names = list(deployment or [])
             if not names:
-                exp = await store.active_experiment()
+                exp = await store.experiments.active()
                 if exp is None:
                     fail("no running experiment: pass --deployment")
                 names = [d for d in (exp.base_deployment, exp.fine_tuned_deployment) if d]
             for name in [*names, *([judge] if judge else [])]:
-                if await store.get_deployment(name) is None:
+                if await store.deployments.get(name) is None:
                     fail(f"no deployment {name!r}")
             judge_model = None
             if judge:

@@ -95,7 +95,7 @@ def compare_cmd(
     qs = _questions(questions)[:limit]
 
     async def run(store: Store) -> EvalReport:
-        exp = await store.active_experiment()
+        exp = await store.experiments.active()
         b = base or (exp.base_deployment if exp else None)
         f = fine_tuned or (exp.fine_tuned_deployment if exp else None)
         if not b or not f:

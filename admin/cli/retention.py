@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 
 from admin.cli.common import JsonOpt, actor, console, emit, fail, settings, with_store
-from chatapp.privacy import TABLE_ORDER, PurgeResult, purge
+from chatapp.privacy import PurgeResult, purge
 from chatapp.store import Store
+from chatapp.store.privacy import TABLE_ORDER
 
 app = typer.Typer(help="Retention of raw conversations (TRAVEL_RETENTION_DAYS).",
                   no_args_is_help=True)

@@ -176,8 +176,8 @@ def status(job_id: str | None = JobArg, as_json: bool = JsonOpt) -> None:
 
     async def run(store: Store, conf: Settings) -> tuple[TrainingJob, str | None, Any]:
         job, warning = await _synced(store, conf, await jobs.resolve_job(store, job_id))
-        events = await store.job_events(job.id)
-        data = {k: await store.get_dataset(sha) for k, sha in
+        events = await store.jobs.events(job.id)
+        data = {k: await store.datasets.get(sha) for k, sha in
                 (("train", job.train_sha256), ("validation", job.validation_sha256)) if sha}
         return job, warning, (events[-8:], data)
 
@@ -214,7 +214,7 @@ def list_(limit: int = typer.Option(20, min=1), as_json: bool = JsonOpt) -> None
 
     async def run(store: Store, conf: Settings) -> tuple[list[TrainingJob], list[str]]:
         out, warnings = [], []
-        for job in await store.list_jobs(limit=limit):
+        for job in await store.jobs.recent(limit=limit):
             if not job.terminal:
                 job, warning = await _synced(store, conf, job)
                 if warning:
@@ -310,7 +310,7 @@ def metrics(
         job, warning = await _synced(store, conf, await jobs.resolve_job(store, job_id))
         if warning:
             warn(warning)
-        return job, await store.job_events(job.id)
+        return job, await store.jobs.events(job.id)
 
     job, events = _run(run)
     rows = metric_rows(events)

@@ -15,14 +15,9 @@ from admin.cli.common import JsonOpt, actor, console, emit, fail, with_store
 from admin.datasets.files import AtomicFile
 from admin.datasets.manifest import manifest_path
 from chatapp.auth import hash_password, random_password
-from chatapp.privacy import (
-    ERASE_ORDER,
-    erase_user,
-    export_user,
-    scrub_manifest,
-    scrubbed_dataset_paths,
-)
+from chatapp.privacy import erase_user, export_user, scrub_manifest, scrubbed_dataset_paths
 from chatapp.store import Store
+from chatapp.store.privacy import ERASE_ORDER
 
 app = typer.Typer(help="Chat accounts (passwords stored as scrypt hashes).", no_args_is_help=True)
 
@@ -47,7 +42,7 @@ def add(
     pw, show = _password(password, generate)
 
     async def run(store: Store) -> None:
-        await store.add_account(username, hash_password(pw), is_admin=admin)
+        await store.accounts.add(username, hash_password(pw), is_admin=admin)
 
     with_store(run)
     console.print(f"created user {username}" + (" (admin)" if admin else ""))
@@ -58,14 +53,14 @@ def add(
 @app.command("list")
 def list_(as_json: bool = JsonOpt) -> None:
     """List accounts."""
-    rows = with_store(lambda s: s.list_accounts())
+    rows = with_store(lambda s: s.accounts.all())
     emit(rows, ["username", "is_admin", "created_at"], as_json=as_json, title="Users")
 
 
 @app.command("remove")
 def remove(username: str) -> None:
     """Delete an account (its conversations stay; see `users erase` for those)."""
-    with_store(lambda s: s.remove_account(username))
+    with_store(lambda s: s.accounts.remove(username))
     console.print(f"removed user {username}")
 
 
@@ -77,7 +72,7 @@ def passwd(
 ) -> None:
     """Set a new password."""
     pw, show = _password(password, generate)
-    with_store(lambda s: s.update_account(username, password_hash=hash_password(pw)))
+    with_store(lambda s: s.accounts.update(username, password_hash=hash_password(pw)))
     console.print(f"password changed for {username}")
     if show:
         console.print(f"password: {pw}")
@@ -86,7 +81,7 @@ def passwd(
 @app.command("set-admin")
 def set_admin(username: str, admin: bool = typer.Option(True, "--admin/--no-admin")) -> None:
     """Grant or revoke the admin flag."""
-    with_store(lambda s: s.update_account(username, is_admin=admin))
+    with_store(lambda s: s.accounts.update(username, is_admin=admin))
     console.print(f"{username}: admin={admin}")
 
 

@@ -27,15 +27,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import sqlalchemy as sa
-
 from admin.datasets import examples as ex
 from admin.datasets.files import JsonlWriter, Spool, dumps_line, read_seed, sha256_file
 from admin.datasets.manifest import Manifests
 from admin.datasets.pii import ScrubResult, scrub
 from admin.datasets.validate import Kind, ValidationReport, validate_file
+from chatapp.domain import Source
 from chatapp.settings import Settings
-from chatapp.store import Store
+from chatapp.store import RatedExchange, RatedFilter, Store
 
 DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
 RatingMode = Literal["up", "up+down"]
@@ -57,7 +56,7 @@ class Selection:
 
     ratings: RatingMode = "up"
     multi_turn: MultiTurn = "prefix"
-    sources: tuple[str, ...] = ("web",)
+    sources: tuple[str, ...] = (Source.WEB.value,)
     arms: tuple[str, ...] = ()
     deployments: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
@@ -66,8 +65,9 @@ class Selection:
     until: datetime | None = None
     min_turns: int = 1
 
-    def query(self, store: Store) -> sa.Select[Any]:
-        return store.dataset_exchanges_query(
+    def filter(self) -> RatedFilter:
+        """What the store reads for this selection (rated exchanges, grouped by thread)."""
+        return RatedFilter(
             ratings=(1,) if self.ratings == "up" else (1, 0), sources=self.sources,
             arms=self.arms, deployments=self.deployments, models=self.models, users=self.users,
             since=self.since, until=self.until, whole_threads=self.multi_turn == "whole")
@@ -219,10 +219,10 @@ class Builder:
                 yield ex.Candidate([ex.canonical(m) for m in messages],
                                    f"seed:{path.name}:{number}", "seed", kind, ())
         sel = self.opts.selection
-        query = sel.query(self.store)
-        self.progress.stage("reading exchanges", await self.store.count_rows(query))
-        thread: list[Any] = []
-        async for batch in self.store.stream_rows(query, self.opts.batch):
+        which = sel.filter()
+        self.progress.stage("reading exchanges", await self.store.exchanges.count_rated(which))
+        thread: list[RatedExchange] = []
+        async for batch in self.store.exchanges.rated(which, self.opts.batch):
             for row in batch:
                 self.counts.exchanges_read += 1
                 if sel.multi_turn == "prefix":
@@ -238,14 +238,14 @@ class Builder:
         if thread and (c := self._whole(thread)) is not None:
             yield c
 
-    def _prefix(self, row: Any) -> ex.Candidate | None:
+    def _prefix(self, row: RatedExchange) -> ex.Candidate | None:
         try:
             return ex.from_exchange(row, min_turns=self.opts.selection.min_turns)
         except ex.Skip as skip:
             self._skipped(skip)
             return None
 
-    def _whole(self, rows: list[Any]) -> ex.Candidate | None:
+    def _whole(self, rows: list[RatedExchange]) -> ex.Candidate | None:
         try:
             candidate, trimmed = ex.from_thread(rows, min_turns=self.opts.selection.min_turns)
         except ex.Skip as skip:

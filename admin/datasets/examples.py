@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from chatapp.store import RatedExchange
+
 Message = dict[str, Any]
 _ROLES = ("system", "user", "assistant")
 
@@ -44,7 +46,7 @@ class Skip(Exception):
         self.reason, self.detail = reason, detail
 
 
-def _sent_messages(row: Any) -> list[Message]:
+def _sent_messages(row: RatedExchange) -> list[Message]:
     """The stored prompt of an exchange, checked: bad rows are skipped with the field named."""
     messages = row.messages
     if not isinstance(messages, list) or not messages:
@@ -67,7 +69,7 @@ def _sent_messages(row: Any) -> list[Message]:
     return out
 
 
-def _reply(row: Any) -> Message:
+def _reply(row: RatedExchange) -> Message:
     if not isinstance(row.reply, str) or not row.reply.strip():
         raise Skip("empty_reply", f"exchange {row.id}: reply: empty")
     message: Message = {"role": "assistant", "content": row.reply}
@@ -80,7 +82,7 @@ def _turns(messages: Sequence[Message]) -> int:
     return sum(m["role"] == "assistant" for m in messages)
 
 
-def from_exchange(row: Any, *, min_turns: int) -> Candidate:
+def from_exchange(row: RatedExchange, *, min_turns: int) -> Candidate:
     """The prefix example of one exchange: what the model saw, then its (rated) reply."""
     history = [({**m, "weight": 0} if m["role"] == "assistant" else m)
                for m in _sent_messages(row)]
@@ -90,7 +92,8 @@ def from_exchange(row: Any, *, min_turns: int) -> Candidate:
     return Candidate(messages, str(row.thread_id), str(row.arm_served), None, (str(row.id),))
 
 
-def from_thread(rows: Sequence[Any], *, min_turns: int) -> tuple[Candidate, int]:
+def from_thread(rows: Sequence[RatedExchange], *,
+                min_turns: int) -> tuple[Candidate, int]:
     """The whole conversation of a thread (its last exchange's prompt and reply), with weight 0
     on every assistant turn not rated up; and how many up-rated turns the chat's history
     trimming had already dropped from that prompt (they cannot be placed)."""

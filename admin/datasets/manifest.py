@@ -44,7 +44,6 @@ class Manifests:
     def document(self, kind: Kind) -> dict[str, Any]:
         opts, w, report = self.b.opts, self.writers[kind], self.reports[kind]
         records = self.assigned[kind]
-        url = self.b.store.engine.url
         return {
             "manifest_version": MANIFEST_VERSION,
             "file": w.target.name, "path": str(w.target.resolve()), "kind": kind,
@@ -58,7 +57,7 @@ class Manifests:
             "query": {
                 **opts.selection.as_dict(),
                 # where from, never with a password (secrets never go into the database)
-                "database": url.render_as_string(hide_password=True),
+                "database": self.b.store.db.url(hide_password=True),
             },
             "build": {
                 "seed": opts.seed, "validation_ratio": opts.validation_ratio, "pii": opts.pii,
@@ -92,16 +91,16 @@ class Manifests:
                 committed.append(w.commit())
                 committed.append(sidecars[kind].commit())
             for kind, doc in docs.items():
-                if await self.b.store.get_dataset(doc["sha256"]) is not None:
+                if await self.b.store.datasets.get(doc["sha256"]) is not None:
                     continue  # the same bytes were built before: that record stands
-                await self.b.store.add_dataset(
+                await self.b.store.datasets.add(
                     sha256=doc["sha256"], path=doc["path"], kind=kind,
                     n_examples=doc["n_examples"], manifest=doc, tokenizer=doc["tokenizer"],
                     created_by=self.b.actor)
                 added.append(doc["sha256"])
         except BaseException:
             for sha in added:
-                await self.b.store.remove_dataset(sha)
+                await self.b.store.datasets.remove(sha)
             for side in sidecars.values():
                 side.discard()
             for path in committed:

@@ -16,6 +16,7 @@ from typing import Any
 
 from admin.evaluation.judge import judge_reply
 from chatapp.chat.conversation import ChatService
+from chatapp.chat.request import TurnRequest
 from chatapp.domain import Outcome, Source
 from chatapp.policy.checks import CHECKS, Question, Verdict, adherence, check_reply
 from chatapp.providers.base import ChatModel
@@ -130,16 +131,16 @@ async def run_eval(service: ChatService, questions: Sequence[Question],
     started = time.perf_counter()
     for dep in deployments:
         for q in questions:
-            ex = await service.reply(user_id=EVAL_USER, thread_id=str(uuid.uuid4()),
-                                     turn_index=0, history=[], user_text=q.question,
-                                     source=Source.EVAL, deployment=dep)
+            ex = await service.reply(TurnRequest(
+                user_id=EVAL_USER, thread_id=str(uuid.uuid4()), turn_index=0, text=q.question,
+                source=Source.EVAL, deployment=dep))
             item = EvalItem(deployment=dep, question=q, reply=ex.reply, outcome=ex.outcome,
                             exchange_id=ex.id, verdict=None, latency_ms=ex.latency_ms)
             if ex.outcome in SCORED_OUTCOMES:
                 item.verdict = check_reply(q.question, ex.reply, category=q.category)
                 # Stored as the eval user's rating, so `ab promote` can compare deployments'
                 # adherence later without rerunning the questions.
-                await service.store.add_rating(ex.id, int(item.verdict.compliant),
+                await service.store.exchanges.rate(ex.id, int(item.verdict.compliant),
                                                user_id=EVAL_USER, comment=item.verdict.comment)
                 if judge is not None:
                     item.judge = await judge_reply(judge, q.question, ex.reply,

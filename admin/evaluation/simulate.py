@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from chatapp.chat.conversation import ChatService
+from chatapp.chat.request import TurnRequest
 from chatapp.domain import ANSWERED_OUTCOMES, Source
 from chatapp.policy.checks import Question, Verdict, check_reply
 from chatapp.providers.base import Message
@@ -73,10 +74,10 @@ async def simulate(
         async with gate:
             for turn in range(turns):
                 q = rng.choice(questions)
-                ex = await service.reply(
+                ex = await service.reply(TurnRequest(
                     user_id=user_id, thread_id=thread_id, turn_index=turn, history=history,
-                    user_text=q.question, source=Source.SIMULATED,
-                    step_id=f"sim-{run_tag}-{index}-{turn}")
+                    text=q.question, source=Source.SIMULATED,
+                    step_id=f"sim-{run_tag}-{index}-{turn}"))
                 result.exchanges += 1
                 result.by_arm[ex.arm_served] += 1
                 result.outcomes[ex.outcome] += 1
@@ -84,7 +85,7 @@ async def simulate(
                     verdict = await rater(q, ex.reply)
                     if verdict.checks:
                         up = verdict.compliant
-                        await service.store.add_rating(ex.id, int(up), user_id=user_id,
+                        await service.store.exchanges.rate(ex.id, int(up), user_id=user_id,
                                                        comment=None if up else verdict.comment)
                         result.rated_up += up
                         result.rated_down += not up

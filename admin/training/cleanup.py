@@ -52,19 +52,19 @@ class Plan:
 async def protected_deployments(store: Store) -> dict[str, str]:
     """Deployment name -> why it must stay (an arm now, or named in the experiment history)."""
     reasons: dict[str, str] = {}
-    exp = await store.active_experiment()
+    exp = await store.experiments.active()
     if exp is not None:
         reasons[exp.base_deployment] = "serves the base arm"
         if exp.fine_tuned_deployment:
             reasons[exp.fine_tuned_deployment] = "serves the fine_tuned arm"
     seen: set[str] = set()
-    for row in await store.history(limit=1_000_000):
+    for row in await store.experiments.history(limit=1_000_000):
         names = [row["details"].get(k) for k in ("base_deployment", "fine_tuned_deployment")
                  if isinstance(row.get("details"), dict)]
         exp_id = row.get("experiment_id")
         if exp_id and exp_id not in seen:
             seen.add(exp_id)
-            past = await store.get_experiment(exp_id)
+            past = await store.experiments.get(exp_id)
             if past is not None:
                 names += [past.base_deployment, past.fine_tuned_deployment]
         for name in names:
@@ -85,8 +85,8 @@ async def plan_cleanup(settings: Settings, store: Store, azure: AzureTrainer | N
                        foundry: FoundryTrainer | None = None) -> Plan:
     plan = Plan()
     protected = await protected_deployments(store)
-    registered = {d.name: d for d in await store.list_deployments()}
-    jobs = await store.list_jobs(limit=1_000_000)
+    registered = {d.name: d for d in await store.deployments.all()}
+    jobs = await store.jobs.recent(limit=1_000_000)
 
     def guard(name: str) -> str | None:
         return protected.get(name) if name in registered else None
@@ -97,7 +97,7 @@ async def plan_cleanup(settings: Settings, store: Store, azure: AzureTrainer | N
             # The record first: if deleting the resource then fails, the next cleanup finds it
             # unregistered and deletes it; the other order could leave a record without a model.
             if name in registered:
-                await store.remove_deployment(name)
+                await store.deployments.remove(name)
             if then is not None:
                 await then()
 

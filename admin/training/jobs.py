@@ -106,7 +106,7 @@ async def check_inputs(spec: JobSpec, *, settings: Settings, store: Store) -> li
         report = await asyncio.to_thread(validate_file, path, model=spec.base_model, kind=kind,
                                          settings=settings)
         digest = sha256_file(path)
-        files.append(InputFile(kind, path, digest, report, await store.get_dataset(digest)))
+        files.append(InputFile(kind, path, digest, report, await store.datasets.get(digest)))
     if any(not f.report.ok for f in files):
         raise InvalidTrainingFiles(files)
     return files
@@ -138,17 +138,17 @@ async def start_job(store: Store, trainer: Trainer, spec: JobSpec, *, settings: 
         backend_job_id=state.backend_job_id, suffix=spec.suffix,
         train_sha256=shas.get("train"), validation_sha256=shas.get("validation"),
         train_file_id=train_id, validation_file_id=val_id, created_by=actor)
-    existing = await store.get_job(state.backend_job_id)
+    existing = await store.jobs.get(state.backend_job_id)
     if existing is not None:
         # A self-recording backend created the row already; add what only we know.
-        job = await store.update_job(existing.id, **fields)
+        job = await store.jobs.update(existing.id, **fields)
     else:
-        job = await store.add_job(TrainingJob(
+        job = await store.jobs.add(TrainingJob(
             id=state.backend_job_id, status=state.status, fine_tuned_model=state.fine_tuned_model,
             error=state.error, progress=state.progress, result=state.result, **fields))
     known = ", ".join(f"{f.kind}={'dataset ' + f.sha256[:12] if f.dataset else 'unregistered file'}"
                       for f in files)
-    await store.add_job_event(job.id, f"started by {actor} on {trainer.name} from"
+    await store.jobs.add_event(job.id, f"started by {actor} on {trainer.name} from"
                               f" {spec.base_model} ({known})",
                               data={"files": {f.kind: {"path": str(f.path), "sha256": f.sha256,
                                                         "known_dataset": f.dataset is not None}
@@ -173,14 +173,14 @@ async def _forget_uploads(trainer: Trainer, file_ids: list[str]) -> None:
 async def resolve_job(store: Store, job_id: str | None) -> TrainingJob:
     """A job by id or unique id prefix; the newest job when no id is given."""
     if job_id is None:
-        latest = await store.list_jobs(limit=1)
+        latest = await store.jobs.recent(limit=1)
         if not latest:
             raise TrainingError("no training jobs yet: start one with `travel-admin train start`")
         return latest[0]
-    job = await store.get_job(job_id)
+    job = await store.jobs.get(job_id)
     if job is not None:
         return job
-    matches = [j for j in await store.list_jobs(limit=10_000) if j.id.startswith(job_id)]
+    matches = [j for j in await store.jobs.recent(limit=10_000) if j.id.startswith(job_id)]
     if len(matches) == 1:
         return matches[0]
     if matches:
@@ -200,20 +200,20 @@ async def sync_job(store: Store, trainer: Trainer, job: TrainingJob) -> Training
         return job
     if job.backend in SELF_RECORDING:
         await trainer.get(job.backend_job_id)  # may mark a job whose worker died as failed
-        return await store.get_job(job.id) or job
+        return await store.jobs.get(job.id) or job
     state = await trainer.get(job.backend_job_id)
     # Events after the state: once the state is terminal, its last events are already listed.
     events = await trainer.events(job.backend_job_id, after=job.progress.get("event_cursor"))
     progress = {**job.progress, **state.progress}
     for ev in events:
-        await store.add_job_event(job.id, ev.message, level=ev.level, data={
+        await store.jobs.add_event(job.id, ev.message, level=ev.level, data={
             **ev.data, "backend_event_id": ev.id, "backend_at": ev.at.isoformat()})
         _merge_metrics(progress, ev.data)
         progress["event_cursor"] = ev.id
     n_epochs, total, step = (progress.get(k) for k in ("n_epochs", "total_steps", "step"))
     if isinstance(n_epochs, int) and isinstance(total, int) and isinstance(step, int) and total:
         progress["epoch"] = max(1, math.ceil(step * n_epochs / total))
-    return await store.update_job(
+    return await store.jobs.update(
         job.id, status=state.status, fine_tuned_model=state.fine_tuned_model,
         error=state.error, progress=progress, result={**job.result, **state.result})
 
@@ -228,7 +228,7 @@ async def watch_job(store: Store, trainer: Trainer, job: TrainingJob, *, interva
     last_event = 0
     while True:
         job = await sync_job(store, trainer, job)
-        events = await store.job_events(job.id, after_id=last_event)
+        events = await store.jobs.events(job.id, after_id=last_event)
         if events:
             last_event = events[-1].id
         on_update(job, events)
@@ -244,10 +244,10 @@ async def cancel_job(store: Store, trainer: Trainer, job: TrainingJob, *,
     if job.backend_job_id is None:
         raise TrainingError(f"job {job.id} has no backend job id to cancel")
     state = await trainer.cancel(job.backend_job_id)
-    await store.add_job_event(job.id, f"cancel requested by {actor}")
+    await store.jobs.add_event(job.id, f"cancel requested by {actor}")
     if job.backend in SELF_RECORDING:
-        return await store.get_job(job.id) or job
-    return await store.update_job(job.id, status=state.status, error=state.error)
+        return await store.jobs.get(job.id) or job
+    return await store.jobs.update(job.id, status=state.status, error=state.error)
 
 
 # -- deploying ------------------------------------------------------------------------------------
@@ -268,21 +268,21 @@ async def deploy_job(store: Store, trainer: Trainer, job: TrainingJob, *, name: 
         raise TrainingError(f"job {job.id} is {job.status}: only a succeeded job can be deployed")
     if weight is not None and not 0.0 <= weight <= 1.0:
         raise TrainingError(f"--weight {weight}: must be between 0 and 1")
-    if await store.get_deployment(name) is not None:
+    if await store.deployments.get(name) is not None:
         raise TrainingError(f"deployment {name!r} already exists; choose a new --name")
-    current = await store.active_experiment()
+    current = await store.experiments.active()
     if current is None:
         # Checked before deploying: a deployment nobody routes to still costs money on Azure.
         raise TrainingError("no running experiment to put the deployment in: start the chat"
                             " once (travel-chat) or run `travel-admin ab start"
                             " --base-deployment NAME`")
     dep = replace(await trainer.deploy(job, name), created_by=actor, source_job=job.id)
-    dep = await store.add_deployment(dep)
+    dep = await store.deployments.add(dep)
     share = current.weights.get(Arm.FINE_TUNED, 0.0)
     chosen = weight if weight is not None else (share if share > 0 else DEFAULT_FINE_TUNED_WEIGHT)
-    exp = await store.start_experiment(
+    exp = await store.experiments.start(
         name=f"deploy {name}", base=current.base_deployment, fine_tuned=name,
         fine_tuned_weight=chosen, actor=actor, action="deploy")
-    await store.add_job_event(job.id, f"deployed as {name} by {actor}; experiment {exp.id}"
+    await store.jobs.add_event(job.id, f"deployed as {name} by {actor}; experiment {exp.id}"
                               f" sends {chosen:.0%} of users to it")
     return Deployed(dep, exp, chosen, tuple(getattr(trainer, "deploy_notes", ())))

@@ -180,7 +180,7 @@ class LocalTrainer:
                      ) -> list[BackendEvent]:
         row = await self._row(backend_job_id)
         return [BackendEvent(str(e.id), e.at, e.level, e.message, e.data)
-                for e in await self.store.job_events(row.id, int(after or 0))]
+                for e in await self.store.jobs.events(row.id, int(after or 0))]
 
     async def cancel(self, backend_job_id: str) -> JobState:
         # No liveness check first: a job whose worker is gone ends `cancelled`, not `failed`.
@@ -191,11 +191,11 @@ class LocalTrainer:
         job_dir.mkdir(parents=True, exist_ok=True)
         (job_dir / w.CANCEL_FILE).touch()  # race-free signal, whatever the worker writes
         if self._worker_pid(row) is None:
-            row = await self.store.update_job(row.id, status="cancelled")
-            await self.store.add_job_event(row.id, "cancelled (the worker was not running)")
+            row = await self.store.jobs.update(row.id, status="cancelled")
+            await self.store.jobs.add_event(row.id, "cancelled (the worker was not running)")
         else:
-            row = await self.store.update_job(row.id, status=w.CANCELLING)
-            await self.store.add_job_event(row.id, "cancel requested")
+            row = await self.store.jobs.update(row.id, status=w.CANCELLING)
+            await self.store.jobs.add_event(row.id, "cancel requested")
         return _state(row)
 
     def _worker_pid(self, row: TrainingJob) -> int | None:
@@ -234,8 +234,8 @@ class LocalTrainer:
             status = "failed"
             reason = (f"the training worker (pid {pid}) sent no heartbeat for over"
                       f" {self.stale_after_s:.0f} s and was stopped")
-        updated = await self.store.update_job(fresh.id, status=status, error=reason)
-        await self.store.add_job_event(fresh.id, reason or "cancelled",
+        updated = await self.store.jobs.update(fresh.id, status=status, error=reason)
+        await self.store.jobs.add_event(fresh.id, reason or "cancelled",
                                        level="error" if reason else "info")
         return updated
 

@@ -64,10 +64,10 @@ class WorkerSpec:
 
 async def find_job(store: Store, job_id: str) -> TrainingJob | None:
     """The job row of a local job id: the row's own id, or a row naming it as backend_job_id."""
-    job = await store.get_job(job_id)
+    job = await store.jobs.get(job_id)
     if job is not None:
         return job
-    for row in await store.list_jobs(limit=1000):
+    for row in await store.jobs.recent(limit=1000):
         if row.backend_job_id == job_id:
             return row
     return None
@@ -102,11 +102,11 @@ class Job:
         self.progress: dict[str, Any] = {}
 
     def update(self, **fields: Any) -> None:
-        self.db.call(self.db.store.update_job(self.row_id, **fields))
+        self.db.call(self.db.store.jobs.update(self.row_id, **fields))
 
     def event(self, message: str, level: str = "info", data: dict[str, Any] | None = None) -> None:
         log.log(logging.ERROR if level == "error" else logging.INFO, "%s", message)
-        self.db.call(self.db.store.add_job_event(self.row_id, message, level=level, data=data))
+        self.db.call(self.db.store.jobs.add_event(self.row_id, message, level=level, data=data))
 
     def cancel_requested(self) -> bool:
         if self.cancel.is_set() or (self.job_dir / CANCEL_FILE).exists():
@@ -119,7 +119,7 @@ class Job:
             # the staleness limit without a step in between.
             while not self._stop.wait(every_s):
                 try:
-                    row = self.db.call(self.db.store.update_job(self.row_id, heartbeat_at=now()))
+                    row = self.db.call(self.db.store.jobs.update(self.row_id, heartbeat_at=now()))
                     if row.status == CANCELLING:
                         self.cancel.set()
                 except Exception as err:  # a busy database must not kill the job

@@ -3,7 +3,8 @@
 Route to an arm, trim history to the deployment's token budget, stream the reply with bounded
 retries on 429, fall back to base when the fine-tuned deployment fails, turn content-filter
 refusals and outages into friendly replies, and record everything. Chainlit handlers call
-`ChatService.reply`; simulated users and tests call it the same way.
+`ChatService.reply` with a `TurnRequest` (chatapp/chat/request.py); simulated users, evaluations
+and tests call it the same way.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from chatapp import policy
-from chatapp.chat import turns
 from chatapp.chat.fallback_monitor import FallbackMonitor
 from chatapp.chat.input_guard import Count, clean_text, count_bounded
 from chatapp.chat.ratelimit import RateLimiter, limiter_for
+from chatapp.chat.request import TurnRequest
 from chatapp.chat.routing import ExperimentWatcher, Route, choose
-from chatapp.domain import Arm, Deployment, Exchange, Outcome, Provider, Source
+from chatapp.domain import Arm, Deployment, Exchange, Outcome, Provider
 from chatapp.providers import build_chat_model
 from chatapp.providers.base import (
     ChatModel,
@@ -114,7 +115,7 @@ class ModelRegistry:
     async def deployment(self, name: str) -> Deployment:
         dep = self._deployments.get(name)
         if dep is None:
-            dep = await self._store.get_deployment(name)
+            dep = await self._store.deployments.get(name)
             if dep is None:
                 raise _MissingDeployment(f"deployment {name!r} is not registered")
             self._deployments[name] = dep
@@ -150,7 +151,7 @@ class ChatService:
     ) -> None:
         self.settings, self.store = settings, store
         self.registry = registry or ModelRegistry(settings, store)
-        self.watcher = ExperimentWatcher(store.active_experiment, settings.routing_poll_s)
+        self.watcher = ExperimentWatcher(store.experiments.active, settings.routing_poll_s)
         self._sleep = sleep
         self._secrets = settings_secrets(settings)
         self.limiter: RateLimiter = limiter_for(settings)
@@ -163,40 +164,26 @@ class ChatService:
             raise RuntimeError("no experiment is configured; run `travel-chat` once to bootstrap")
         return choose(user_id, exp, forced_arm)
 
-    async def reply(
-        self,
-        *,
-        user_id: str,
-        thread_id: str,
-        turn_index: int,
-        history: Sequence[Message],
-        user_text: str,
-        step_id: str | None = None,
-        source: Source = Source.WEB,
-        forced_arm: Arm | None = None,
-        sink: ReplySink | None = None,
-        deployment: str | None = None,
-        rate_limit: bool = False,
-        is_admin: bool = False,
-    ) -> Exchange:
+    async def reply(self, request: TurnRequest, sink: ReplySink | None = None) -> Exchange:
+        """Answer one message into `sink` and return its stored record (see the module doc)."""
         sink = sink or NullSink()
         started = time.perf_counter()
         # Storable and printable whatever arrived (NUL, lone surrogates, escape sequences).
-        user_text = clean_text(user_text)
-        route = await self.route(user_id, forced_arm)
-        # Only the chat UI asks for limits (simulations and evaluations are admin traffic).
-        if rate_limit and not (is_admin and self.settings.rate_limit_exempt_admins):
-            limited = await self._rate_limited(route, user_id, thread_id, turn_index, user_text,
-                                               step_id, sink)
+        user_text = clean_text(request.text)
+        route = await self.route(request.user_id, request.forced_arm)
+        if request.rate_limit and not (request.is_admin
+                                       and self.settings.rate_limit_exempt_admins):
+            limited = await self._rate_limited(request, route, user_text, sink)
             if limited is not None:
                 return limited
-        pinned = deployment is not None
-        if deployment is not None:
+        history, pin = request.history, request.deployment
+        pinned = pin is not None
+        if pin is not None:
             # An admin evaluation names the model itself: record it as forced (on the arm that
             # deployment serves, "fine_tuned" for a candidate outside the experiment) and never
             # fall back below, so one model's errors are not scored with another's replies.
-            route = replace(route, deployment=deployment, forced=True,
-                            arm=Arm.BASE if deployment == route.base_deployment else Arm.FINE_TUNED)
+            route = replace(route, deployment=pin, forced=True,
+                            arm=Arm.BASE if pin == route.base_deployment else Arm.FINE_TUNED)
         user_msg: Message = {"role": "user", "content": user_text}
         system: Message = {"role": "system",
                            "content": policy.system_prompt(self.settings.system_prompt)}
@@ -204,16 +191,11 @@ class ChatService:
         deployment = route.deployment
         outcome, error_kind, fell_back = Outcome.OK, None, False
         attempt = _Attempt(messages=[system, *history, user_msg])
-        pending = Exchange(
-            thread_id=thread_id, turn_index=turn_index, user_id=user_id, source=source,
-            experiment_id=route.experiment_id, arm_assigned=route.arm_assigned, arm_served=arm,
-            forced=route.forced, deployment=deployment, model=None,
-            messages=[{"role": m["role"], "content": m["content"]} for m in attempt.messages],
-            reply="", finish_reason=None, prompt_tokens=None, completion_tokens=None,
-            latency_ms=None, ttft_ms=None, outcome=Outcome.PENDING, step_id=step_id)
+        pending = request.exchange(route, messages=attempt.messages, deployment=deployment,
+                                   outcome=Outcome.PENDING)
         # Recorded before any reply text is shown (see _AfterRecorded): a crash mid-reply must
         # not lose the message.
-        recorded = asyncio.ensure_future(turns.begin(self.store, replace(pending)))
+        recorded = asyncio.ensure_future(self.store.exchanges.begin(replace(pending)))
         shown = sink
         sink = _AfterRecorded(sink, recorded)
         # A fixed reply (refusal, apology) is shown only once the message is on record.
@@ -250,7 +232,7 @@ class ChatService:
             exchange = await recorded
             exchange.outcome, exchange.error_kind = Outcome.INTERRUPTED, "cancelled"
             exchange.latency_ms = (time.perf_counter() - started) * 1000
-            await turns.finish(self.store, exchange)
+            await self.store.exchanges.finish(exchange)
             raise
         except TurnNotRecorded as err:
             return await self._not_recorded(shown, pending, err)
@@ -290,12 +272,13 @@ class ChatService:
             error_kind=error_kind,
         )
         try:
-            await turns.finish(self.store, exchange)
+            await self.store.exchanges.finish(exchange)
         except Exception as err:
             # The message is on record (pending) and the traveller has the reply; the next start
             # marks the row interrupted. Nothing to tell the traveller, much to tell operators.
             log.error("could not record the reply to turn %d of thread %s (%s: %s); the turn"
-                      " stays pending", turn_index, thread_id, type(err).__name__, err)
+                      " stays pending", request.turn_index, request.thread_id,
+                      type(err).__name__, err)
         if route.arm == Arm.FINE_TUNED and not pinned and outcome != Outcome.REJECTED:
             # The fine-tuned arm's turns that reached a model: a share of all turns would hide
             # a dead deployment behind a small fine-tuned weight.
@@ -315,34 +298,29 @@ class ChatService:
         return replace(pending, reply=policy.NOT_RECORDED_REPLY, outcome=Outcome.ERROR,
                        error_kind="not_recorded")
 
-    async def _rate_limited(self, route: Route, user_id: str, thread_id: str, turn_index: int,
-                            user_text: str, step_id: str | None,
+    async def _rate_limited(self, request: TurnRequest, route: Route, user_text: str,
                             sink: ReplySink) -> Exchange | None:
         """Refuse a web message over the user's rate limit before anything goes upstream.
 
         The refused turn is recorded (outcome `rate_limited`, no deployment, no model) so the
         message is not lost; dataset builds and reports skip that outcome.
         """
-        decision = self.limiter.check(user_id)
+        decision = self.limiter.check(request.user_id)
         if decision.allowed:
             return None
         text = decision.message()
         await sink.token(text)
         log.info("rate limit: %d per %gs reached; retry in %.0fs", decision.limit,
                  decision.window_s, decision.retry_after_s)
-        refused = Exchange(
-            thread_id=thread_id, turn_index=turn_index, user_id=user_id, source=Source.WEB,
-            experiment_id=route.experiment_id, arm_assigned=route.arm_assigned,
-            arm_served=route.arm, forced=route.forced, deployment=None, model=None,
-            messages=[{"role": "user", "content": user_text}], reply=text, finish_reason=None,
-            prompt_tokens=None, completion_tokens=None, latency_ms=None, ttft_ms=None,
-            outcome=Outcome.RATE_LIMITED, error_kind="rate_limited", step_id=step_id)
+        refused = request.exchange(
+            route, messages=[{"role": "user", "content": user_text}], deployment=None,
+            outcome=Outcome.RATE_LIMITED, reply=text, error_kind="rate_limited")
         try:
-            return await self.store.add_exchange(refused)
+            return await self.store.exchanges.add(refused)
         except Exception as err:
             # The traveller is already told to send it again later: nothing is lost to them.
             log.error("could not record a rate-limited message of thread %s (%s: %s)",
-                      thread_id, type(err).__name__, err)
+                      request.thread_id, type(err).__name__, err)
             return refused
 
     async def _count_input(self, route: Route, text: str) -> Count:

@@ -1,19 +1,16 @@
-"""Database schema and versioned migrations (SQLite and PostgreSQL).
+"""The product's own tables, as SQLAlchemy Core tables so that every query is portable between
+SQLite and PostgreSQL.
 
-Chainlit's SQLAlchemy data layer does not create its tables, and the DDL on its docs page lacks
-columns that 2.12 writes (`steps.autoCollapse`, `steps.modes`, `steps.icon`, `elements.autoPlay`,
-`elements.playerConfig`): those are created here, per dialect. The product's own tables are
-SQLAlchemy Core tables so that queries are portable. Migrations are numbered, run once each, and
-record themselves in `schema_migrations`; running them again is a no-op.
+Only the store's repositories use them (import-linter's contract in pyproject.toml): everything
+else asks a repository. Chainlit's tables are described in chainlit.py; the migrations that
+create both, in migrations.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 metadata = sa.MetaData()
 
@@ -174,97 +171,3 @@ job_events = sa.Table(
     sa.Column("data", sa.JSON, nullable=False),
     sa.Index("ix_job_events_job", "job_id", "id"),
 )
-
-_M2_TABLES = (datasets, training_jobs, job_events)
-
-# Chainlit 2.12 tables. {uuid}/{json}/{tags}/{bool} are filled per dialect.
-_CHAINLIT_DDL = (
-    """CREATE TABLE IF NOT EXISTS users (
-        "id" {uuid} PRIMARY KEY, "identifier" TEXT NOT NULL UNIQUE,
-        "metadata" {json} NOT NULL, "createdAt" TEXT)""",
-    """CREATE TABLE IF NOT EXISTS threads (
-        "id" {uuid} PRIMARY KEY, "createdAt" TEXT, "name" TEXT, "userId" {uuid},
-        "userIdentifier" TEXT, "tags" {tags}, "metadata" {json},
-        FOREIGN KEY ("userId") REFERENCES users("id") ON DELETE CASCADE)""",
-    """CREATE TABLE IF NOT EXISTS steps (
-        "id" {uuid} PRIMARY KEY, "name" TEXT NOT NULL, "type" TEXT NOT NULL,
-        "threadId" {uuid} NOT NULL, "parentId" {uuid}, "streaming" {bool} NOT NULL,
-        "waitForAnswer" {bool}, "isError" {bool}, "metadata" {json}, "tags" {tags},
-        "input" TEXT, "output" TEXT, "createdAt" TEXT, "command" TEXT, "modes" {json},
-        "start" TEXT, "end" TEXT, "generation" {json}, "showInput" TEXT, "language" TEXT,
-        "indent" INT, "defaultOpen" {bool}, "autoCollapse" {bool}, "icon" TEXT,
-        FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
-    """CREATE TABLE IF NOT EXISTS elements (
-        "id" {uuid} PRIMARY KEY, "threadId" {uuid}, "type" TEXT, "url" TEXT,
-        "chainlitKey" TEXT, "name" TEXT NOT NULL, "display" TEXT, "objectKey" TEXT,
-        "size" TEXT, "page" INT, "language" TEXT, "forId" {uuid}, "mime" TEXT,
-        "props" {json}, "autoPlay" {bool}, "playerConfig" {json},
-        FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
-    """CREATE TABLE IF NOT EXISTS feedbacks (
-        "id" {uuid} PRIMARY KEY, "forId" {uuid} NOT NULL, "threadId" {uuid} NOT NULL,
-        "value" INT NOT NULL, "comment" TEXT,
-        FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE)""",
-    """CREATE INDEX IF NOT EXISTS ix_steps_thread ON steps ("threadId")""",
-    """CREATE INDEX IF NOT EXISTS ix_threads_user ON threads ("userIdentifier")""",
-)
-_TYPES = {
-    "postgresql": {"uuid": "UUID", "json": "JSONB", "tags": "TEXT[]", "bool": "BOOLEAN"},
-    "sqlite": {"uuid": "TEXT", "json": "TEXT", "tags": "TEXT", "bool": "INTEGER"},
-}
-
-
-_M1_TABLES = (accounts, deployments, experiments, experiment_history, exchanges, ratings)
-
-
-async def _m1_initial(conn: AsyncConnection) -> None:
-    types = _TYPES[conn.dialect.name]
-    for ddl in _CHAINLIT_DDL:
-        await conn.execute(sa.text(ddl.format(**types)))
-    await conn.run_sync(lambda c: metadata.create_all(c, tables=list(_M1_TABLES)))
-
-
-async def _m2_training(conn: AsyncConnection) -> None:
-    await conn.run_sync(lambda c: metadata.create_all(c, tables=list(_M2_TABLES)))
-
-
-async def _m3_privacy_indexes(conn: AsyncConnection) -> None:
-    # Deleting a thread (retention, erasure) makes the database check every table that points
-    # at it; without these indexes each deleted thread scanned all feedbacks and elements
-    # (a 10k-conversation purge took 27 s in DELETE FROM threads alone).
-    for ddl in ('CREATE INDEX IF NOT EXISTS ix_feedbacks_thread ON feedbacks ("threadId")',
-                'CREATE INDEX IF NOT EXISTS ix_elements_thread ON elements ("threadId")',
-                'CREATE INDEX IF NOT EXISTS ix_threads_user_id ON threads ("userId")'):
-        await conn.execute(sa.text(ddl))
-
-
-MIGRATIONS: list[tuple[int, str, Callable[[AsyncConnection], Awaitable[None]]]] = [
-    (1, "initial: chainlit tables, accounts, deployments, experiments, exchanges, ratings",
-     _m1_initial),
-    (2, "datasets, training jobs and their events", _m2_training),
-    (3, "indexes on Chainlit tables for retention and erasure", _m3_privacy_indexes),
-]
-
-
-async def migrate(conn: AsyncConnection) -> list[int]:
-    """Apply pending migrations inside the caller's transaction; return the versions applied."""
-    dialect = conn.dialect.name
-    if dialect not in _TYPES:
-        raise RuntimeError(f"unsupported database dialect {dialect!r} (use sqlite or postgresql)")
-    if dialect == "postgresql":
-        # Two processes starting at once (app + admin) must not both run migration 1.
-        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(724151)"))
-    await conn.run_sync(lambda c: schema_migrations.create(c, checkfirst=True))
-    done = set((await conn.execute(sa.select(schema_migrations.c.version))).scalars())
-    applied = []
-    for version, name, step in MIGRATIONS:
-        if version in done:
-            continue
-        await step(conn)
-        await conn.execute(
-            schema_migrations.insert().values(
-                version=version, name=name, applied_at=datetime.now(UTC)
-            )
-        )
-        applied.append(version)
-    return applied
-

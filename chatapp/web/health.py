@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
 
 from chatapp.chat.conversation import ChatService
 from chatapp.domain import ARMS, Deployment, Provider
@@ -95,8 +94,7 @@ class HealthChecker:
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(self._settings.health_probe_timeout_s):
-                async with service.store.engine.connect() as conn:
-                    await conn.execute(sa.text("SELECT 1"))
+                await service.store.db.ping()
         except Exception as err:
             return Probe("error", _ms(t0), error=type(err).__name__)
         return Probe("ok", _ms(t0))
@@ -108,7 +106,7 @@ class HealthChecker:
             for arm in ARMS:
                 if name := exp.deployment_for(arm):
                     arms.setdefault(name, []).append(arm)
-        deps = await service.store.list_deployments()
+        deps = await service.store.deployments.all()
         probes = await asyncio.gather(*(self._cached(service, d) for d in deps))
         return [{"name": d.name, "provider": d.provider, "arms": arms.get(d.name, []),
                  **p.as_dict()} for d, p in zip(deps, probes, strict=True)]

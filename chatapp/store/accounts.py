@@ -1,0 +1,67 @@
+"""Login accounts of the chat (`travel-admin users`): name, password hash, admin flag.
+
+Accounts are the app's own; Chainlit keeps a `users` row of its own per identifier (see
+chainlit.py), which erasure removes too (privacy.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chatapp.store import schema as t
+from chatapp.store.database import Database, StoreError, now
+
+
+class Accounts:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, username: str, password_hash: str, is_admin: bool) -> None:
+        async with self._db.write() as conn:
+            if await _account(conn, username) is not None:
+                raise StoreError(f"user {username!r} already exists")
+            ts = now()
+            await conn.execute(t.accounts.insert().values(
+                username=username, password_hash=password_hash, is_admin=is_admin,
+                created_at=ts, updated_at=ts))
+
+    async def get(self, username: str) -> dict[str, Any] | None:
+        """The account with its password hash (for login), or None."""
+        async with self._db.read() as conn:
+            return await _account(conn, username)
+
+    async def all(self) -> list[dict[str, Any]]:
+        """Every account by name: username, is_admin, created_at (never a hash)."""
+        a = t.accounts
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                sa.select(a.c.username, a.c.is_admin, a.c.created_at).order_by(a.c.username))
+            return [dict(r._mapping) for r in rows]
+
+    async def update(self, username: str, *, password_hash: str | None = None,
+                     is_admin: bool | None = None) -> None:
+        values: dict[str, Any] = {"updated_at": now()}
+        if password_hash is not None:
+            values["password_hash"] = password_hash
+        if is_admin is not None:
+            values["is_admin"] = is_admin
+        async with self._db.write() as conn:
+            res = await conn.execute(
+                t.accounts.update().where(t.accounts.c.username == username).values(**values))
+            if res.rowcount == 0:
+                raise StoreError(f"no user {username!r}")
+
+    async def remove(self, username: str) -> None:
+        async with self._db.write() as conn:
+            res = await conn.execute(t.accounts.delete().where(t.accounts.c.username == username))
+            if res.rowcount == 0:
+                raise StoreError(f"no user {username!r}")
+
+
+async def _account(conn: AsyncConnection, username: str) -> dict[str, Any] | None:
+    row = (await conn.execute(
+        sa.select(t.accounts).where(t.accounts.c.username == username))).first()
+    return dict(row._mapping) if row else None

@@ -1,0 +1,168 @@
+"""The connections to the database, and the rules every repository of the store shares.
+
+Async SQLAlchemy Core on SQLite (default, WAL) or PostgreSQL (asyncpg). `Database` holds the
+engines; the repositories beside this module (accounts, experiments, exchanges, ...) run their
+SQL on them. The pool design, measured in bench/bench_concurrency.py:
+
+- SQLite has one writer at a time: many pooled connections writing at once only take turns on
+  its file lock, each polling for it in the driver's busy handler. So on SQLite every write goes
+  through a single connection and writers queue for it in order (the pool's own FIFO wait);
+  readers keep a pool, which WAL lets run beside the writer.
+- On PostgreSQL reads and writes share one pool sized by `PoolOptions` (from the settings).
+- Chainlit's data layer runs its SQL on these same connections (see chainlit_layer.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from chatapp.store import migrations
+
+T = TypeVar("T")
+
+# How long a SQLite writer waits for another's lock before "database is locked" (the store and
+# Chainlit's data layer both use it).
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+# Chainlit's data layer passes Python lists/dicts (thread tags, metadata) as SQL parameters;
+# sqlite3 cannot bind them unless told how, and the failure is swallowed as a log warning.
+sqlite3.register_adapter(list, json.dumps)
+sqlite3.register_adapter(dict, json.dumps)
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """How many connections the store keeps and how long a caller waits for one.
+
+    The wait is long on purpose: a chat turn that waits for a connection is slower, one whose
+    wait runs out loses the traveller's message (at 200 simultaneous conversations SQLAlchemy's
+    default 30 s ran out). On SQLite `size` and `overflow` apply to readers only: writes go
+    through one connection (see `Database.write`).
+    """
+
+    size: int = 10
+    overflow: int = 10
+    timeout_s: float = 300.0
+
+
+class StoreError(Exception):
+    """A request the store refuses (unknown name, duplicate, invalid state)."""
+
+
+def async_url(url: str) -> str:
+    """Accept the URLs users write and pick the async driver the app needs."""
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"):
+        u = u.set(drivername="postgresql+asyncpg")
+    elif u.drivername in ("sqlite", "sqlite+pysqlite"):
+        u = u.set(drivername="sqlite+aiosqlite")
+    return u.render_as_string(hide_password=False)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def utc(value: datetime) -> datetime:
+    """A time to compare with stored ones (UTC; SQLite keeps them naive): naive means UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def record(cls: type[T], row: sa.Row[Any], **convert: Callable[[Any], Any]) -> T:
+    """A row as the record `cls` (a dataclass): its fields only, times made UTC-aware (SQLite
+    returns naive ones), and the named columns passed through `convert` (str -> enum)."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    data = {k: v for k, v in row._mapping.items() if k in names}
+    for k, v in data.items():
+        if isinstance(v, datetime) and v.tzinfo is None:
+            data[k] = v.replace(tzinfo=UTC)
+        elif k in convert and v is not None:
+            data[k] = convert[k](v)
+    return cls(**data)
+
+
+class Database:
+    """`engine` serves reads; every write goes through `write()` (see the module doc)."""
+
+    def __init__(self, engine: AsyncEngine, writer: AsyncEngine | None = None) -> None:
+        self.engine = engine
+        self.writer = writer or engine
+
+    @classmethod
+    def connect(cls, url: str, pool: PoolOptions | None = None) -> Database:
+        """Engines for `url` (connections are made on first use)."""
+        url = async_url(url)
+        pool = pool or PoolOptions()
+        db_file = make_url(url).database
+        if not url.startswith("sqlite"):
+            return cls(create_async_engine(
+                url, pool_pre_ping=True, pool_size=pool.size, max_overflow=pool.overflow,
+                pool_timeout=pool.timeout_s))
+        if not db_file or db_file == ":memory:":
+            # Each connection to :memory: is a database of its own: SQLAlchemy keeps one.
+            return cls(_sqlite_engine(url, None))
+        Path(db_file).parent.mkdir(parents=True, exist_ok=True)  # a fresh data folder
+        return cls(_sqlite_engine(url, pool),
+                   _sqlite_engine(url, PoolOptions(1, 0, pool.timeout_s)))
+
+    @property
+    def dialect(self) -> str:
+        """"sqlite" or "postgresql"."""
+        return self.engine.dialect.name
+
+    def url(self, *, hide_password: bool = True) -> str:
+        return self.engine.url.render_as_string(hide_password=hide_password)
+
+    def write(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A transaction on the writer connection (`async with db.write() as conn:`)."""
+        return self.writer.begin()
+
+    def read(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A pooled connection for reads (`async with db.read() as conn:`)."""
+        return self.engine.connect()
+
+    async def ping(self) -> None:
+        """One round trip to the database (the health check); raises when it does not answer."""
+        async with self.read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def migrate(self) -> list[int]:
+        """Apply pending schema migrations; return the versions applied."""
+        async with self.write() as conn:
+            return await migrations.migrate(conn)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+        if self.writer is not self.engine:
+            await self.writer.dispose()
+
+
+def _sqlite_engine(url: str, pool: PoolOptions | None) -> AsyncEngine:
+    sizing: dict[str, Any] = {} if pool is None else {
+        "pool_size": pool.size, "max_overflow": pool.overflow, "pool_timeout": pool.timeout_s}
+    # A wait beats "database is locked" reaching a user when admin and app write at once.
+    engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, **sizing)
+    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets the chat read while `dataset build` reads and an admin command writes.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    cur.close()

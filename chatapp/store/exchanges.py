@@ -1,0 +1,215 @@
+"""Exchanges (one assistant reply with everything needed to rate, audit and retrain on it), their
+ratings, and the life of a chat turn's record.
+
+A turn's row is written as `pending` before any model call (`begin`) and completed when the
+reply ends (`finish`), so a crash (kill -9, power loss) mid-stream loses no user message: the
+next start marks what is still pending as `interrupted` (`mark_interrupted`). Pending and
+interrupted rows have no reply to learn from or rate: dataset builds, `ab report` and `eval`
+read only finished outcomes.
+
+Ratings are append-only: the newest row per exchange is its rating, earlier rows its history
+(a traveller who changes their mind). The readers below join the newest one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from chatapp.domain import UNFINISHED_OUTCOMES, Arm, Exchange, Outcome, Source
+from chatapp.store import schema as t
+from chatapp.store.database import Database, StoreError, now, record, utc
+
+_EXCHANGE_ENUMS = {"source": Source, "arm_assigned": Arm, "arm_served": Arm, "outcome": Outcome}
+
+
+@dataclass
+class RatedExchange(Exchange):
+    """An exchange with its current rating: 1 up, 0 down, None unrated."""
+
+    rating: int | None = None
+
+
+@dataclass(frozen=True)
+class RatedFilter:
+    """Which exchanges a training set reads (`travel-admin dataset build`).
+
+    Empty tuples mean "any". `since` is inclusive, `until` exclusive (UTC when naive).
+    whole_threads=False: the exchanges whose current rating is in `ratings`; True: every
+    matching exchange, rated or not, of the threads holding at least one of those. Only
+    answered outcomes by default: canned error replies are nothing to learn from.
+    """
+
+    ratings: tuple[int, ...] = (1,)
+    sources: tuple[str, ...] = (Source.WEB,)
+    outcomes: tuple[str, ...] = (Outcome.OK, Outcome.FALLBACK)
+    arms: tuple[str, ...] = ()
+    deployments: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    whole_threads: bool = False
+
+
+class Exchanges:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, ex: Exchange) -> Exchange:
+        """Store a finished exchange (a refused turn, or data a test or benchmark makes); fills
+        in its id and time."""
+        values = asdict(ex)
+        values.pop("extra")
+        values["id"] = ex.id or str(uuid.uuid4())
+        values["created_at"] = ex.created_at or now()
+        async with self._db.write() as conn:
+            await conn.execute(t.exchanges.insert().values(**values))
+        ex.id, ex.created_at = values["id"], values["created_at"]
+        return ex
+
+    async def begin(self, ex: Exchange) -> Exchange:
+        """Record an accepted message before any model call (outcome `pending`)."""
+        ex.outcome = Outcome.PENDING
+        return await self.add(ex)
+
+    async def finish(self, ex: Exchange) -> Exchange:
+        """Complete a row written by `begin` with the reply, outcome and usage, in one statement."""
+        values = asdict(ex)
+        for key in ("id", "created_at", "extra"):
+            values.pop(key)
+        async with self._db.write() as conn:
+            res = await conn.execute(
+                t.exchanges.update().where(t.exchanges.c.id == ex.id).values(**values))
+            if res.rowcount != 1:
+                raise RuntimeError(f"exchange {ex.id!r} vanished before its reply was recorded")
+        return ex
+
+    async def mark_interrupted(self, started_before: datetime | None = None) -> int:
+        """Mark turns left `pending` by a process that died as `interrupted`; return how many.
+
+        Called at start before serving. `started_before` (default: now) spares turns accepted
+        after that moment, such as a `travel-admin simulate` running while the app restarts;
+        its turns would be completed by their own `finish` anyway, which overwrites the mark.
+        """
+        ex, cutoff = t.exchanges, started_before or now()
+        async with self._db.write() as conn:
+            res = await conn.execute(
+                ex.update().where(ex.c.outcome == Outcome.PENDING, ex.c.created_at < cutoff)
+                .values(outcome=Outcome.INTERRUPTED, error_kind="process_ended"))
+            return int(res.rowcount)
+
+    async def thread(self, thread_id: str) -> list[Exchange]:
+        """A conversation's exchanges in turn order."""
+        ex = t.exchanges
+        async with self._db.read() as conn:
+            rows = await conn.execute(sa.select(ex).where(ex.c.thread_id == thread_id)
+                                      .order_by(ex.c.turn_index, ex.c.created_at))
+            return [_exchange(r) for r in rows]
+
+    async def by_step(self, step_id: str) -> Exchange | None:
+        """The exchange of a Chainlit run step (what a feedback's `forId` names)."""
+        async with self._db.read() as conn:
+            row = (await conn.execute(
+                sa.select(t.exchanges).where(t.exchanges.c.step_id == step_id))).first()
+        return _exchange(row) if row else None
+
+    async def rate(self, exchange_id: str, value: int, *, user_id: str,
+                   comment: str | None = None, feedback_id: str | None = None) -> int:
+        """Add a rating (the exchange's current one from now on); return its id."""
+        if value not in (0, 1):
+            raise StoreError("rating value must be 0 (down) or 1 (up)")
+        async with self._db.write() as conn:
+            res = await conn.execute(t.ratings.insert().values(
+                exchange_id=exchange_id, value=value, comment=comment or None,
+                user_id=user_id, feedback_id=feedback_id, created_at=now()))
+            return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+    async def experiment_rows(self, exp_id: str,
+                              sources: Sequence[str]) -> list[dict[str, Any]]:
+        """One row per exchange of an experiment with its current rating, for `ab report`."""
+        latest = _latest_rating()
+        ex = t.exchanges
+        query = (
+            sa.select(ex.c.thread_id, ex.c.arm_assigned, ex.c.arm_served, ex.c.forced,
+                      ex.c.outcome, ex.c.latency_ms, ex.c.prompt_tokens, ex.c.completion_tokens,
+                      latest.c.value.label("rating"))
+            .outerjoin(latest, latest.c.exchange_id == ex.c.id)
+            .where(ex.c.experiment_id == exp_id, ex.c.source.in_(list(sources)),
+                   # A turn cut short by a crash or a stop button was no arm's reply.
+                   ex.c.outcome.not_in(list(UNFINISHED_OUTCOMES))))
+        async with self._db.read() as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
+    async def eval_adherence(self, deployment: str) -> tuple[int, int]:
+        """(compliant, rated) over the `eval` replies of a deployment (rated by `eval`)."""
+        latest = _latest_rating()
+        ex = t.exchanges
+        query = (
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(latest.c.value), 0))
+            .select_from(ex.join(latest, latest.c.exchange_id == ex.c.id))
+            .where(ex.c.deployment == deployment, ex.c.source == Source.EVAL))
+        async with self._db.read() as conn:
+            n, up = (await conn.execute(query)).one()
+        return int(up), int(n)
+
+    async def count_rated(self, which: RatedFilter) -> int:
+        """How many exchanges `rated` yields (for progress bars), without fetching them."""
+        counted = sa.select(sa.func.count()).select_from(
+            _rated_query(which).order_by(None).subquery())
+        async with self._db.read() as conn:
+            return int((await conn.execute(counted)).scalar_one())
+
+    async def rated(self, which: RatedFilter,
+                    batch: int = 2000) -> AsyncIterator[list[RatedExchange]]:
+        """The selected exchanges with their current rating, grouped by thread in turn order,
+        in batches: a large table is never loaded into memory."""
+        query = _rated_query(which).execution_options(yield_per=batch)
+        async with self._db.read() as conn:
+            result = await conn.stream(query)
+            async for part in result.partitions(batch):
+                yield [record(RatedExchange, row, **_EXCHANGE_ENUMS) for row in part]
+
+
+def _exchange(row: sa.Row[Any]) -> Exchange:
+    return record(Exchange, row, **_EXCHANGE_ENUMS)
+
+
+def _latest_rating() -> sa.Subquery:
+    """(exchange_id, value, comment) of the newest rating per exchange."""
+    r = t.ratings
+    newest = sa.select(sa.func.max(r.c.id).label("id")).group_by(r.c.exchange_id).subquery()
+    return (sa.select(r.c.exchange_id, r.c.value, r.c.comment)
+            .join(newest, newest.c.id == r.c.id).subquery("latest_rating"))
+
+
+def _rated_query(which: RatedFilter) -> sa.Select[Any]:
+    ex = t.exchanges
+    rating = _latest_rating()
+    conds: list[sa.ColumnElement[bool]] = [ex.c.source.in_(list(which.sources)),
+                                           ex.c.outcome.in_(list(which.outcomes))]
+    for column, values in ((ex.c.arm_served, which.arms), (ex.c.deployment, which.deployments),
+                           (ex.c.model, which.models), (ex.c.user_id, which.users)):
+        if values:
+            conds.append(column.in_(list(values)))
+    if which.since is not None:
+        conds.append(ex.c.created_at >= utc(which.since))
+    if which.until is not None:
+        conds.append(ex.c.created_at < utc(which.until))
+    rated = rating.c.value.in_(list(which.ratings))
+    joined = ex.outerjoin(rating, rating.c.exchange_id == ex.c.id)
+    query = sa.select(ex, rating.c.value.label("rating")).select_from(joined).where(*conds)
+    if which.whole_threads:
+        threads = (sa.select(ex.c.thread_id)
+                   .select_from(ex.join(rating, rating.c.exchange_id == ex.c.id))
+                   .where(*conds, rated))
+        query = query.where(ex.c.thread_id.in_(threads))
+    else:
+        query = query.where(rated)
+    return query.order_by(ex.c.thread_id, ex.c.turn_index, ex.c.created_at, ex.c.id)
+

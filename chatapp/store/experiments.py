@@ -1,0 +1,139 @@
+"""Experiments (the A/B split: weights and the deployment of each arm) and the audit trail of
+every routing change (`experiment_history`: who, when, what).
+
+One experiment runs at a time; starting one ends the running one, and its new id reshuffles
+travellers between the arms (chatapp/chat/routing.py). Promotion and rollback are new
+experiments too, so the audit trail alone tells how routing stood at any time. Other changes
+that must leave a line in the trail (a retention purge, an erasure) write it with `audit` in
+their own transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chatapp.domain import Arm, Experiment
+from chatapp.store import schema as t
+from chatapp.store.database import Database, StoreError, now, record
+from chatapp.store.deployments import live
+
+
+class Experiments:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def active(self) -> Experiment | None:
+        """The running experiment (the newest one not ended), or None before the first."""
+        e = t.experiments
+        async with self._db.read() as conn:
+            row = (await conn.execute(
+                sa.select(e).where(e.c.ended_at.is_(None)).order_by(e.c.started_at.desc())
+                .limit(1))).first()
+        return record(Experiment, row) if row else None
+
+    async def get(self, exp_id: str) -> Experiment | None:
+        async with self._db.read() as conn:
+            row = (await conn.execute(
+                sa.select(t.experiments).where(t.experiments.c.id == exp_id))).first()
+        return record(Experiment, row) if row else None
+
+    async def start(self, *, name: str, base: str, fine_tuned: str | None,
+                    fine_tuned_weight: float, actor: str, action: str = "start",
+                    note: dict[str, Any] | None = None) -> Experiment:
+        """End the running experiment (if any) and start a new one: a new id reshuffles users."""
+        _check_weight(fine_tuned_weight)
+        if fine_tuned_weight > 0 and not fine_tuned:
+            raise StoreError("a fine-tuned weight above 0 needs a fine-tuned deployment")
+        async with self._db.read() as conn:
+            for dep_name in (base, fine_tuned):
+                if dep_name and await live(conn, dep_name) is None:
+                    raise StoreError(f"no deployment {dep_name!r}")
+        exp = Experiment(
+            id=f"exp-{now():%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}", name=name,
+            weights=_weights(fine_tuned_weight), base_deployment=base,
+            fine_tuned_deployment=fine_tuned, started_at=now(), created_by=actor)
+        async with self._db.write() as conn:
+            e = t.experiments
+            await conn.execute(e.update().where(e.c.ended_at.is_(None))
+                               .values(ended_at=exp.started_at))
+            await conn.execute(e.insert().values(**asdict(exp)))
+            await audit(conn, actor, action, exp.id, {**asdict(exp), **(note or {})})
+        return exp
+
+    async def set_weights(self, fine_tuned_weight: float, actor: str) -> Experiment:
+        """Change the running experiment's split in place (same id: nobody is reshuffled
+        beyond the users the new weight moves)."""
+        exp = await self.active()
+        if exp is None:
+            raise StoreError("no running experiment")
+        _check_weight(fine_tuned_weight)
+        if fine_tuned_weight > 0 and not exp.fine_tuned_deployment:
+            raise StoreError("the running experiment has no fine-tuned deployment")
+        weights = _weights(fine_tuned_weight)
+        async with self._db.write() as conn:
+            await conn.execute(t.experiments.update().where(t.experiments.c.id == exp.id)
+                               .values(weights=weights))
+            await audit(conn, actor, "set_weights", exp.id,
+                        {"weights": weights, "previous": exp.weights})
+        return await self.get(exp.id) or exp
+
+    async def history(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The audit trail, newest first: id, at, actor, action, experiment_id, details."""
+        h = t.experiment_history
+        async with self._db.read() as conn:
+            rows = await conn.execute(sa.select(h).order_by(h.c.id.desc()).limit(limit))
+            return [dict(r._mapping) for r in rows]
+
+    async def promote(self, actor: str) -> Experiment:
+        """The fine-tuned deployment becomes the base; everyone is served by it."""
+        exp = await self.active()
+        if exp is None or not exp.fine_tuned_deployment:
+            raise StoreError("nothing to promote: the running experiment has no fine-tuned arm")
+        return await self.start(
+            name=f"promoted {exp.fine_tuned_deployment}", base=exp.fine_tuned_deployment,
+            fine_tuned=None, fine_tuned_weight=0.0, actor=actor, action="promote",
+            note={"previous_base": exp.base_deployment, "from_experiment": exp.id})
+
+    async def rollback(self, actor: str) -> Experiment:
+        """Restore the base that the latest not-yet-undone promotion replaced."""
+        undone = 0
+        for row in await self.history(limit=10_000):
+            if row["action"] == "rollback":
+                undone += 1
+            elif row["action"] == "promote":
+                if undone:
+                    undone -= 1
+                    continue
+                details = row["details"]
+                previous, promoted = details["previous_base"], details["base_deployment"]
+                return await self.start(
+                    name=f"rolled back to {previous}", base=previous, fine_tuned=promoted,
+                    fine_tuned_weight=0.0, actor=actor, action="rollback",
+                    note={"undoes_experiment": row["experiment_id"]})
+        raise StoreError("nothing to roll back: no promotion in the history")
+
+
+async def audit(conn: AsyncConnection, actor: str, action: str, exp_id: str | None,
+                details: dict[str, Any]) -> None:
+    """Add a line to the audit trail, in the caller's transaction: the line exists exactly when
+    the change it records happened."""
+    await conn.execute(t.experiment_history.insert().values(
+        at=now(), actor=actor, action=action, experiment_id=exp_id,
+        details=json.loads(json.dumps(details, default=str))))
+
+
+def _check_weight(fine_tuned_weight: float) -> None:
+    if not 0.0 <= fine_tuned_weight <= 1.0:
+        raise StoreError("fine-tuned weight must be between 0 and 1")
+
+
+def _weights(fine_tuned_weight: float) -> dict[str, float]:
+    # Plain-string keys: the weights are printed and stored as JSON alike.
+    return {Arm.BASE.value: round(1.0 - fine_tuned_weight, 6),
+            Arm.FINE_TUNED.value: fine_tuned_weight}

@@ -1,0 +1,65 @@
+"""Versioned schema migrations (SQLite and PostgreSQL).
+
+Numbered, run once each in order, and recorded in `schema_migrations`; running them again is a
+no-op, so every start (the app, each admin command) may call `migrate`. A migration never
+changes once released: a database made by an older version is upgraded by the ones it lacks
+(tests/test_store_upgrade.py opens one made by a frozen copy of the schema of migration 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chatapp.store import chainlit
+from chatapp.store import schema as t
+
+Migration = tuple[int, str, Callable[[AsyncConnection], Awaitable[None]]]
+
+
+async def _m1_initial(conn: AsyncConnection) -> None:
+    await chainlit.create_tables(conn)
+    tables = [t.accounts, t.deployments, t.experiments, t.experiment_history, t.exchanges,
+              t.ratings]
+    await conn.run_sync(lambda c: t.metadata.create_all(c, tables=tables))
+
+
+async def _m2_training(conn: AsyncConnection) -> None:
+    tables = [t.datasets, t.training_jobs, t.job_events]
+    await conn.run_sync(lambda c: t.metadata.create_all(c, tables=tables))
+
+
+async def _m3_privacy_indexes(conn: AsyncConnection) -> None:
+    await chainlit.create_indexes(conn, chainlit.PURGE_INDEXES)
+
+
+MIGRATIONS: list[Migration] = [
+    (1, "initial: chainlit tables, accounts, deployments, experiments, exchanges, ratings",
+     _m1_initial),
+    (2, "datasets, training jobs and their events", _m2_training),
+    (3, "indexes on Chainlit tables for retention and erasure", _m3_privacy_indexes),
+]
+
+
+async def migrate(conn: AsyncConnection) -> list[int]:
+    """Apply pending migrations inside the caller's transaction; return the versions applied."""
+    dialect = conn.dialect.name
+    if dialect not in chainlit.DIALECTS:
+        raise RuntimeError(f"unsupported database dialect {dialect!r} (use sqlite or postgresql)")
+    if dialect == "postgresql":
+        # Two processes starting at once (app + admin) must not both run migration 1.
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(724151)"))
+    await conn.run_sync(lambda c: t.schema_migrations.create(c, checkfirst=True))
+    done = set((await conn.execute(sa.select(t.schema_migrations.c.version))).scalars())
+    applied = []
+    for version, name, step in MIGRATIONS:
+        if version in done:
+            continue
+        await step(conn)
+        await conn.execute(t.schema_migrations.insert().values(
+            version=version, name=name, applied_at=datetime.now(UTC)))
+        applied.append(version)
+    return applied

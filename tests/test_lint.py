@@ -1,4 +1,5 @@
-"""The code stays ruff- and mypy-clean: checked in the same run as the tests."""
+"""The code stays ruff- and mypy-clean and keeps its import contracts (import-linter, configured
+in pyproject.toml): checked in the same run as the tests."""
 
 from __future__ import annotations
 
@@ -21,3 +22,7 @@ def test_ruff() -> None:
 
 def test_mypy() -> None:
     _run(str(BIN / "mypy"))
+
+
+def test_import_contracts() -> None:
+    _run(str(BIN / "lint-imports"))

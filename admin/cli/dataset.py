@@ -236,8 +236,10 @@ def build(
     cfg = settings()
     opts = BuildOptions(
         out_dir=out_dir or cfg.data_dir / "datasets", name=name or default_name(),
-        selection=Selection(rating_mode, turn_mode, tuple(source), tuple(arm), tuple(deployment),
-                            tuple(served_model), tuple(user), since, until, min_turns),
+        selection=Selection(
+            ratings=rating_mode, multi_turn=turn_mode, sources=tuple(source), arms=tuple(arm),
+            deployments=tuple(deployment), models=tuple(served_model), users=tuple(user),
+            since=since, until=until, min_turns=min_turns),
         model=model, seed=seed, validation_ratio=validation_ratio, seed_files=seeds,
         pii=pii_mode, near_dedupe=near_dedupe, overwrite=overwrite)
 

@@ -32,9 +32,8 @@ from admin.datasets.files import JsonlWriter, Spool, dumps_line, read_seed, sha2
 from admin.datasets.manifest import Manifests
 from admin.datasets.pii import ScrubResult, scrub
 from admin.datasets.validate import Kind, ValidationReport, validate_file
-from chatapp.domain import Source
 from chatapp.settings import Settings
-from chatapp.store import RatedExchange, RatedFilter, Store
+from chatapp.store import ExchangeScope, RatedExchange, RatedFilter, Store
 
 DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
 RatingMode = Literal["up", "up+down"]
@@ -51,30 +50,25 @@ class BuildError(Exception):
 
 
 @dataclass(frozen=True)
-class Selection:
-    """Which exchanges: recorded verbatim in the manifest as the dataset's query."""
+class Selection(ExchangeScope):
+    """Which exchanges (the scope: sources, arms, deployments, models, users, time) and how
+    they become examples: recorded verbatim in the manifest as the dataset's query."""
 
     ratings: RatingMode = "up"
     multi_turn: MultiTurn = "prefix"
-    sources: tuple[str, ...] = (Source.WEB.value,)
-    arms: tuple[str, ...] = ()
-    deployments: tuple[str, ...] = ()
-    models: tuple[str, ...] = ()
-    users: tuple[str, ...] = ()
-    since: datetime | None = None
-    until: datetime | None = None
     min_turns: int = 1
 
     def filter(self) -> RatedFilter:
         """What the store reads for this selection (rated exchanges, grouped by thread)."""
-        return RatedFilter(
-            ratings=(1,) if self.ratings == "up" else (1, 0), sources=self.sources,
-            arms=self.arms, deployments=self.deployments, models=self.models, users=self.users,
-            since=self.since, until=self.until, whole_threads=self.multi_turn == "whole")
+        return RatedFilter(scope=self, ratings=(1,) if self.ratings == "up" else (1, 0),
+                           whole_threads=self.multi_turn == "whole")
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (v.isoformat() if isinstance(v, datetime) else v)
-                for k, v in asdict(self).items()}
+        values = asdict(self)
+        # The manifest's order since its first version: how, then which, then min_turns.
+        order = ("ratings", "multi_turn", *(f.name for f in fields(ExchangeScope)), "min_turns")
+        return {k: (values[k].isoformat() if isinstance(values[k], datetime) else values[k])
+                for k in order}
 
 
 @dataclass(frozen=True)

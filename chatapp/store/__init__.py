@@ -28,13 +28,13 @@ from chatapp.store.chainlit import ChainlitTables
 from chatapp.store.database import Database, PoolOptions, StoreError, async_url, now
 from chatapp.store.datasets import Datasets
 from chatapp.store.deployments import Deployments
-from chatapp.store.exchanges import Exchanges, RatedExchange, RatedFilter
+from chatapp.store.exchanges import Exchanges, ExchangeScope, RatedExchange, RatedFilter
 from chatapp.store.experiments import Experiments
 from chatapp.store.jobs import Jobs
 from chatapp.store.privacy import Privacy
 
-__all__ = ["PoolOptions", "RatedExchange", "RatedFilter", "Store", "StoreError", "async_url",
-           "now"]
+__all__ = ["ExchangeScope", "PoolOptions", "RatedExchange", "RatedFilter", "Store", "StoreError",
+           "async_url", "now"]
 
 
 class Store:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -36,24 +36,33 @@ class RatedExchange(Exchange):
 
 
 @dataclass(frozen=True)
-class RatedFilter:
-    """Which exchanges a training set reads (`travel-admin dataset build`).
+class ExchangeScope:
+    """Exchanges by where they came from, what served them and when.
 
     Empty tuples mean "any". `since` is inclusive, `until` exclusive (UTC when naive).
-    whole_threads=False: the exchanges whose current rating is in `ratings`; True: every
-    matching exchange, rated or not, of the threads holding at least one of those. Only
-    answered outcomes by default: canned error replies are nothing to learn from.
     """
 
-    ratings: tuple[int, ...] = (1,)
-    sources: tuple[str, ...] = (Source.WEB,)
-    outcomes: tuple[str, ...] = (Outcome.OK, Outcome.FALLBACK)
-    arms: tuple[str, ...] = ()
+    sources: tuple[str, ...] = (Source.WEB.value,)
+    arms: tuple[str, ...] = ()  # the arm that served the reply
     deployments: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
     since: datetime | None = None
     until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RatedFilter:
+    """Which exchanges a training set reads (`travel-admin dataset build`).
+
+    whole_threads=False: the exchanges in scope whose current rating is in `ratings`; True:
+    every exchange in scope, rated or not, of the threads holding at least one of those. Only
+    answered outcomes by default: canned error replies are nothing to learn from.
+    """
+
+    scope: ExchangeScope = field(default_factory=ExchangeScope)
+    ratings: tuple[int, ...] = (1,)
+    outcomes: tuple[str, ...] = (Outcome.OK.value, Outcome.FALLBACK.value)
     whole_threads: bool = False
 
 
@@ -189,18 +198,18 @@ def _latest_rating() -> sa.Subquery:
 
 
 def _rated_query(which: RatedFilter) -> sa.Select[Any]:
-    ex = t.exchanges
+    ex, scope = t.exchanges, which.scope
     rating = _latest_rating()
-    conds: list[sa.ColumnElement[bool]] = [ex.c.source.in_(list(which.sources)),
+    conds: list[sa.ColumnElement[bool]] = [ex.c.source.in_(list(scope.sources)),
                                            ex.c.outcome.in_(list(which.outcomes))]
-    for column, values in ((ex.c.arm_served, which.arms), (ex.c.deployment, which.deployments),
-                           (ex.c.model, which.models), (ex.c.user_id, which.users)):
+    for column, values in ((ex.c.arm_served, scope.arms), (ex.c.deployment, scope.deployments),
+                           (ex.c.model, scope.models), (ex.c.user_id, scope.users)):
         if values:
             conds.append(column.in_(list(values)))
-    if which.since is not None:
-        conds.append(ex.c.created_at >= utc(which.since))
-    if which.until is not None:
-        conds.append(ex.c.created_at < utc(which.until))
+    if scope.since is not None:
+        conds.append(ex.c.created_at >= utc(scope.since))
+    if scope.until is not None:
+        conds.append(ex.c.created_at < utc(scope.until))
     rated = rating.c.value.in_(list(which.ratings))
     joined = ex.outerjoin(rating, rating.c.exchange_id == ex.c.id)
     query = sa.select(ex, rating.c.value.label("rating")).select_from(joined).where(*conds)

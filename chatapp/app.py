@@ -22,7 +22,7 @@ from chatapp.settings import get_settings
 from chatapp.starters import STARTERS
 from chatapp.store import async_url
 from chatapp.store.chainlit_layer import DataLayer
-from chatapp.web import access
+from chatapp.web import access, branding
 from chatapp.web.health import HealthChecker
 from chatapp.web.health import mount as mount_health
 
@@ -35,6 +35,8 @@ runtime = Runtime(settings)
 mount_health(chainlit_server, HealthChecker(settings, runtime.service))
 # Chainlit does not check that a rated (or un-rated) step is the caller's: we do, first.
 access.install(chainlit_server, runtime.store)
+# The agency's name, logos and colour; a page that loads nothing from another origin.
+branding.install(chainlit_server, settings)
 
 ARM_CHOICES = ["auto", *Arm]
 
@@ -94,14 +96,6 @@ async def _admin_setup() -> None:
                initial_value=cl.user_session.get("arm_choice") or "auto")
     ]
     await cl.ChatSettings(widgets).send()
-    service = await runtime.service()
-    exp = await service.watcher.current()
-    if exp is not None and not exp.fine_tuned_deployment:
-        await cl.Message(
-            content="Admin note: the fine-tuned arm is not deployed yet; everyone is served by"
-            f" `{exp.base_deployment}` (experiment `{exp.id}`).",
-            author="routing",
-        ).send()
 
 
 @cl.on_chat_start

@@ -15,7 +15,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -157,6 +165,15 @@ class Settings(BaseSettings):
     # One log WARNING when this share of the fine-tuned arm's last N turns fell back to base
     fallback_alert_ratio: float = Field(default=0.2, gt=0, le=1)
     fallback_alert_window: int = Field(default=50, ge=1)
+
+    # The agency's look: its name on the login page, in the header and the browser tab; image
+    # files (SVG, PNG or JPEG) for the logos, the tab and the login page; the accent colour.
+    brand_name: str = Field(default="Wayfarer Travel", min_length=1, max_length=80)
+    brand_logo_light: FilePath | None = None
+    brand_logo_dark: FilePath | None = None
+    brand_favicon: FilePath | None = None  # also the assistant's avatar
+    brand_login_image: FilePath | None = None  # beside the login form
+    brand_accent: str = Field(default="#0f766e", pattern=r"^#[0-9a-fA-F]{6}$")
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

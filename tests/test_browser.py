@@ -99,9 +99,10 @@ async def _admin_chat_on_local_model(browser: Browser, base_url: str) -> str:
     admin gets, so that their absence for the traveller means something."""
     page = await new_page(browser)
     await login(page, base_url, ADMIN)
-    # No fine-tuned deployment yet: the admin is told at chat start.
-    note = page.get_by_text("Admin note: the fine-tuned arm is not deployed yet")
-    await expect(note).to_be_visible()
+    # Admins keep the starters: operator notes (no fine-tuned arm deployed yet) live in the
+    # console, not in the chat.
+    await expect(page.get_by_role("button", name=STARTERS[0][0])).to_be_visible()
+    await expect(page.get_by_text("fine-tuned arm is not deployed")).to_have_count(0)
     # The arm override lives in the chat settings, shown to admins only.
     await expect(page.locator(SETTINGS_BUTTON)).to_be_visible()
     await send(page, "Is Lisbon a good city to explore on foot?")
@@ -274,4 +275,64 @@ async def test_admin_sees_arm_and_weight_change_switches_deployment(
         assert {"role": "assistant", "content": FT_REPLY} in exchanges[1].messages
     finally:
         await empty_database(store)
+        await store.close()
+
+
+# -- 3. the agency's look, and nothing loaded from elsewhere --------------------------------------
+
+
+async def test_login_and_chat_look_like_the_agency_and_stay_on_the_app_origin(
+    tmp_path: Path, browser: Browser, upstream: FakeOpenAIServer
+) -> None:
+    data_dir = tmp_path / "data"
+    store = await Store.open(sqlite_url(data_dir))
+    try:
+        await add_accounts(store, TRAVELLER)
+        await store.add_deployment(Deployment(name="fake-base", connection="fake",
+                                              provider="openai_compat", model=BASE_MODEL))
+        await store.start_experiment(name="look", base="fake-base", fine_tuned=None,
+                                     fine_tuned_weight=0.0, actor="test")
+        upstream.queue_reply(BASE_REPLY, deployment=BASE_MODEL)
+        logo = tmp_path / "agency-logo.svg"
+        logo.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+                        '<title>Sunny Trails logo</title></svg>')
+        env = {
+            "TRAVEL_CONNECTIONS__FAKE__PROVIDER": "openai_compat",
+            "TRAVEL_CONNECTIONS__FAKE__ENDPOINT": upstream.openai_base_url,
+            "TRAVEL_CONNECTIONS__FAKE__API_KEY": upstream.api_key,
+            "TRAVEL_BRAND_NAME": "Sunny Trails Travel",
+            "TRAVEL_BRAND_LOGO_LIGHT": str(logo),
+            "TRAVEL_BRAND_ACCENT": "#c2410c",
+        }
+        async with running_app(data_dir, tmp_path / "travel-chat.log", env) as app:
+            page = await new_page(browser)
+            seen: list[str] = []
+            page.on("request", lambda r: seen.append(r.url))
+            page.on("requestfailed", lambda r: seen.append(r.url))
+            page.on("websocket", lambda ws: seen.append(ws.url))
+
+            await page.goto(app.url)
+            await expect(page).to_have_title("Sunny Trails Travel")
+            await expect(page.get_by_text("Username", exact=True)).to_be_visible()
+            await expect(page.get_by_text("Email address")).to_have_count(0)
+            await screenshot(page, "login-branded")
+            status, body = await fetch_status(page, "/logo?theme=light")
+            assert status == 200 and "Sunny Trails logo" in body
+            # The accent colour reaches Chainlit's theme variables.
+            primary = await page.evaluate(
+                "getComputedStyle(document.documentElement).getPropertyValue('--primary')")
+            # #c2410c: hue 60° x (65 - 12) / (194 - 12) = 17°, saturation 88 %, lightness 40 %.
+            assert primary.strip() == "17 88% 40%", primary
+
+            await login(page, app.url, TRAVELLER)
+            await send(page, "Where should I go in spring?")
+            await expect(await finished_reply(page, 1)).to_contain_text(BASE_REPLY)
+            await screenshot(page, "chat-branded")
+        origin = app.url.rstrip("/")
+        ws_origin = origin.replace("http://", "ws://")
+        foreign = [u for u in seen if not (u.startswith(origin + "/") or u == origin
+                                           or u.startswith(ws_origin + "/")
+                                           or u.startswith(("data:", "blob:")))]
+        assert seen and not foreign, foreign
+    finally:
         await store.close()

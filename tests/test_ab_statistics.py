@@ -8,6 +8,7 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
+from chatapp.experiments.guardrails import GUARDRAILS, guardrail_verdicts
 from chatapp.experiments.sequential import (
     Z80,
     cs_halfwidth,
@@ -92,6 +93,24 @@ def test_monitor_keeps_a_decision_and_ignores_ineligible_looks() -> None:
     mon = monitor(d, v, 0.01, 0.05, eligible=np.array([False, True, True, True]))
     assert int(mon.decided_at) == 1 and mon.low[-1] > 0  # the running intersection keeps it
     assert mon.p_value[0] == 1.0 and mon.p_value[-1] == mon.p_value[1]
+
+
+def test_guardrail_verdicts_states_and_reasons() -> None:
+    spec = GUARDRAILS[2]  # error rate
+    few = UserSums.of_users([0] * 10, [5] * 10)
+    out = guardrail_verdicts({"error_rate": (few, few)}, specs=(spec,))
+    assert out["error_rate"].state == "insufficient" and "needs >= 50 users" in \
+        out["error_rate"].reason
+    base = UserSums.of_users([0] * 90 + [1] * 10, [10] * 100)  # 1 %
+    worse = UserSums.of_users([0] * 40 + [2] * 60, [10] * 100)  # 12 %
+    tripped = guardrail_verdicts({"error_rate": (base, worse)}, specs=(spec,))["error_rate"]
+    assert tripped.state == "tripped" and tripped.threshold == 100
+    assert tripped.statistic is not None and tripped.statistic >= 100
+    assert "significantly higher" in tripped.reason
+    fine = guardrail_verdicts({"error_rate": (worse, base)}, specs=(spec,))["error_rate"]
+    assert fine.state == "ok" and fine.statistic is not None and fine.statistic < 1
+    missing = guardrail_verdicts({})
+    assert {v.state for v in missing.values()} == {"insufficient"} and len(missing) == 4
 
 
 def test_difference_adds_the_arm_variances() -> None:

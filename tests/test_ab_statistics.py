@@ -8,7 +8,20 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from chatapp.experiments.guardrails import GUARDRAILS, guardrail_verdicts
+from chatapp.experiments.guardrails import (
+    GUARDRAILS,
+    GuardrailSpec,
+    guardrail_verdicts,
+    harm_log_lr,
+)
+from chatapp.experiments.montecarlo import (
+    Population,
+    guardrail_false_stops,
+    newcombe_arrays,
+    rating_streams,
+    simulate,
+)
+from chatapp.experiments.replies import difference_interval
 from chatapp.experiments.sequential import (
     Z80,
     cs_halfwidth,
@@ -80,6 +93,13 @@ def test_streamed_sums_equal_the_per_user_totals() -> None:
     assert [int(u) for u in base.users] == [1, 1, 1, 2, 2, 2, 2]
 
 
+def test_vectorised_newcombe_is_the_reports_newcombe() -> None:
+    cases = [(56, 70, 48, 80), (9, 10, 3, 10), (0, 12, 5, 9), (40, 40, 31, 40)]
+    lo, hi = newcombe_arrays(*(np.array(c, dtype=float) for c in zip(*cases, strict=True)))
+    for (x1, n1, x2, n2), a, b in zip(cases, lo, hi, strict=True):
+        assert (a, b) == pytest.approx(difference_interval(x1, n1, x2, n2), abs=1e-12)
+
+
 def test_variance_to_declare_reaches_the_effect_and_shrinks_with_it() -> None:
     v = variance_to_declare(np.array([0.1, 0.05, 0.0]), 0.01, 0.05)
     reach = cs_halfwidth(v[0], 0.01, 0.05) + Z80 * math.sqrt(v[0])
@@ -93,6 +113,63 @@ def test_monitor_keeps_a_decision_and_ignores_ineligible_looks() -> None:
     mon = monitor(d, v, 0.01, 0.05, eligible=np.array([False, True, True, True]))
     assert int(mon.decided_at) == 1 and mon.low[-1] > 0  # the running intersection keeps it
     assert mon.p_value[0] == 1.0 and mon.p_value[-1] == mon.p_value[1]
+
+
+def test_rating_streams_have_the_intra_user_correlation() -> None:
+    k, s, x = (a[0] for a in rating_streams(np.random.default_rng(3), Population(0.6), 1, 40_000))
+    assert k.min() == 0 and k.max() == 39 and np.all(s <= k)
+    starts = np.flatnonzero(k == 0)[:-1]  # the last user may be cut off by the horizon
+    n = np.diff(np.append(starts, np.flatnonzero(k == 0)[-1]))
+    up = np.add.reduceat(x[: starts[-1] + n[-1]], starts)
+    assert np.all(s[starts + n - 1] + x[starts + n - 1] == up)  # s counts the user's ups so far
+    # Var(up/n) = p(1-p)(ρ + (1-ρ)/n) for a Beta-binomial user, averaged over users
+    p = up.sum() / n.sum()
+    mean_inv = np.mean(1 / n)
+    icc = (np.mean((up / n - p) ** 2) / (p * (1 - p)) - mean_inv) / (1 - mean_inv)
+    assert p == pytest.approx(0.6, abs=0.02) and icc == pytest.approx(0.2, abs=0.04)
+
+
+def test_simulation_peeking_breaks_fixed_horizon_not_the_sequential_rule() -> None:
+    rng = np.random.default_rng(11)
+    aa = simulate(rng, Population(0.6), Population(0.6), runs=300, looks=3000, tau=0.1,
+                  alpha=0.05, min_users=50)
+    assert (aa.decided_at >= 0).mean() <= 0.05  # always valid: at most alpha, whatever the looks
+    assert aa.fixed_user_any.mean() > 0.10  # a fixed-horizon interval read at every look
+    assert aa.reply_any.mean() > 0.50  # today's rule: peeking AND the wrong unit
+    ab = simulate(rng, Population(0.6), Population(0.7), runs=300, looks=2000, tau=0.1,
+                  alpha=0.05, min_users=50)
+    picked = ab.decided_at >= 0
+    assert (picked & ~ab.picked_fine_tuned).mean() <= 0.01
+    assert (picked & ab.picked_fine_tuned).mean() > 0.35
+    # fixed n at the last look: the user-level interval covers, the reply-level one does not
+    assert 0.92 <= ab.fixed_user_covers.mean() <= 0.98
+    assert ab.reply_covers.mean() < 0.80
+    assert ab.sequence_covers.mean() >= 0.95
+
+
+def test_guardrails_rarely_stop_an_equal_arm_and_catch_a_worse_one() -> None:
+    rates = {"thumbs_up": 0.6, "compliance": 0.9, "error_rate": 0.02, "fallback_rate": 0.03}
+    stops = guardrail_false_stops(np.random.default_rng(5), GUARDRAILS, rates, runs=200,
+                                  looks=2000, alpha=0.01, min_users=50)
+    assert np.any(np.stack(list(stops.values())), axis=0).mean() <= 0.04  # 4 metrics x 0.01
+    rng = np.random.default_rng(6)
+    spec = GuardrailSpec("error_rate", "error rate", higher_is_better=False, tau=0.03)
+    for base_rate, ft_rate in ((0.02, 0.10), (0.10, 0.02)):
+        sb, sf = (UserSums.increments(*rating_streams(rng, Population(r), 100, 2000))
+                  .cumulative() for r in (base_rate, ft_rate))
+        eligible = (sb.users >= 50) & (sf.users >= 50)
+        tripped = (eligible & (harm_log_lr(spec, sb, sf) >= math.log(100))).any(axis=-1)
+        first = guardrail_verdicts(  # the pure function on one run's replay says the same
+            {"error_rate": (_row(sb, 0), _row(sf, 0))}, specs=(spec,))["error_rate"]
+        assert (first.state == "tripped") == bool(tripped[0])
+        if ft_rate > base_rate:
+            assert tripped.mean() > 0.8
+        else:
+            assert not tripped.any()  # one-sided: a BETTER arm never trips
+
+
+def _row(s: UserSums, i: int) -> UserSums:
+    return UserSums(*(getattr(s, f.name)[i] for f in fields(UserSums)))
 
 
 def test_guardrail_verdicts_states_and_reasons() -> None:

@@ -79,6 +79,17 @@ def test_winner_needs_enough_users_and_an_always_valid_interval_excluding_zero()
     assert worse.decision == "base is better"
 
 
+def test_reply_level_figures_stay_beside_the_decision() -> None:
+    # the data of the old winner test: two ratings per traveller, 20 travellers per arm
+    clear = summarize("e", rows("base", 12, 28) + rows("fine_tuned", 34, 6))
+    assert clear.difference_ci and clear.difference_ci[0] > 0 and clear.p_value is not None
+    assert clear.p_value < 0.05
+    close = summarize("e", rows("base", 20, 20) + rows("fine_tuned", 22, 18))
+    assert close.more_needed and close.more_needed > 100
+    # ... but 20 travellers per arm are not enough to name a winner any more
+    assert clear.decision == "not enough data" and "needs >= 50 users" in clear.reason
+
+
 def test_one_travellers_forty_thumbs_up_are_not_forty_observations() -> None:
     base = mixed("base", 60, [0, 1], per_user=1)
     ft = mixed("fine_tuned", 59, [0, 1], per_user=1) + rows("fine_tuned", 40, 0, user="fan")

@@ -30,7 +30,7 @@ from chatapp.tokens import (
 
 Tokenizer = Literal["tiktoken", "gguf"]
 _FIELDS = {"tokenizer", "encoding", "context_window", "training_example_limit",
-           "training_price_per_1m", "source"}
+           "training_price_per_1m", "input_price_per_1m", "output_price_per_1m", "source"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class ModelInfo:
     training_price_per_1m: float | None  # USD; None when not known
     source: str
     as_of: date
+    # USD per 1M prompt / completion tokens served (A/B cost per day); None when not known
+    input_price_per_1m: float | None = None
+    output_price_per_1m: float | None = None
 
     @property
     def known(self) -> bool:
@@ -58,6 +61,8 @@ class _Entry:
     training_example_limit: int
     training_price_per_1m: float | None
     source: str
+    input_price_per_1m: float | None = None
+    output_price_per_1m: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,8 @@ class ModelTable:
             encoding = None if tokenizer == "gguf" else encoding_for_model(model).encoding
         return ModelInfo(model, best, tokenizer, encoding, entry.context_window,
                          entry.training_example_limit, entry.training_price_per_1m,
-                         entry.source, self.as_of)
+                         entry.source, self.as_of, entry.input_price_per_1m,
+                         entry.output_price_per_1m)
 
 
 def _normalise(model: str) -> str:
@@ -110,16 +116,20 @@ def _entry(raw: object, where: str, base: _Entry | None = None, *,
     encoding = got.get("encoding")
     if tokenizer == "tiktoken" and needs_encoding and encoding not in ENCODINGS:
         raise ConfigError(f"{where}.encoding: must be one of {sorted(ENCODINGS)}, got {encoding!r}")
-    price = got.get("training_price_per_1m")
-    if price is not None and (isinstance(price, bool) or not isinstance(price, int | float)
-                              or price < 0):
-        raise ConfigError(f"{where}.training_price_per_1m: must be a number >= 0, got {price!r}")
+    prices: dict[str, float | None] = {}
+    for name in ("training_price_per_1m", "input_price_per_1m", "output_price_per_1m"):
+        price = got.get(name)
+        if price is not None and (isinstance(price, bool) or not isinstance(price, int | float)
+                                  or price < 0):
+            raise ConfigError(f"{where}.{name}: must be a number >= 0, got {price!r}")
+        prices[name] = None if price is None else float(price)
     source = got.get("source", "")
     if not isinstance(source, str):
         raise ConfigError(f"{where}.source: must be a string")
     return _Entry(tokenizer, encoding if tokenizer == "tiktoken" else None,
                   need_int("context_window"), need_int("training_example_limit"),
-                  None if price is None else float(price), source)
+                  prices["training_price_per_1m"], source, prices["input_price_per_1m"],
+                  prices["output_price_per_1m"])
 
 
 def _read(text: str, where: str) -> dict[str, Any]:

@@ -288,9 +288,9 @@ async def test_login_and_chat_look_like_the_agency_and_stay_on_the_app_origin(
     store = await Store.open(sqlite_url(data_dir))
     try:
         await add_accounts(store, TRAVELLER)
-        await store.add_deployment(Deployment(name="fake-base", connection="fake",
+        await store.deployments.add(Deployment(name="fake-base", connection="fake",
                                               provider="openai_compat", model=BASE_MODEL))
-        await store.start_experiment(name="look", base="fake-base", fine_tuned=None,
+        await store.experiments.start(name="look", base="fake-base", fine_tuned=None,
                                      fine_tuned_weight=0.0, actor="test")
         upstream.queue_reply(BASE_REPLY, deployment=BASE_MODEL)
         logo = tmp_path / "agency-logo.svg"

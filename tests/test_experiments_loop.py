@@ -60,7 +60,7 @@ async def test_simulated_users_are_routed_stored_and_rated(settings: Settings,
     # simulated is not web traffic
     assert await store.exchanges.experiment_rows(exp.id, ["web"]) == []
     # The experiment id is random, so the split is too: a low bar keeps the test deterministic.
-    report = summarize(exp.id, rows, min_rated=10)
+    report = summarize(exp.id, rows, min_users=10)
     assert report.arms["fine_tuned"].up_rate == 1.0 and report.arms["base"].up_rate == 0.0
     assert report.decision == "fine_tuned is better"
     # A user keeps the same arm on every turn; the second turn carried the first as history.

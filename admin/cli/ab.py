@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 
 import typer
 from rich.table import Table
 
-from admin.cli.common import JsonOpt, actor, console, emit, fail, with_store
+from admin.cli.common import JsonOpt, actor, console, emit, fail, settings, with_store
 from chatapp.domain import Experiment, Source
-from chatapp.experiments.report import Report, summarize
+from chatapp.experiments.report import DEFAULT_MIN_USERS, Report, summarize
+from chatapp.experiments.usage import serving_price
 from chatapp.store import Store
 
 app = typer.Typer(help="A/B experiments between the base and fine-tuned deployments.",
@@ -94,9 +96,31 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{x:.1%}"
 
 
+def _ci(ci: tuple[float, float] | None, signed: bool = False) -> str:
+    if ci is None:
+        return "–"
+    return f"[{ci[0]:+.1%}, {ci[1]:+.1%}]" if signed else f"[{ci[0]:.1%}, {ci[1]:.1%}]"
+
+
 def _print_report(r: Report) -> None:
-    table = Table(title=f"Experiment {r.experiment_id}")
-    for col in ("arm", "conversations", "replies", "rated", "thumbs up", "95% CI",
+    u = r.user_level
+    table = Table(title=f"Experiment {r.experiment_id}: per traveller (the decision)")
+    for col in ("arm (assigned)", "users", "rated", "thumbs up", "95% CI (one look)"):
+        table.add_column(col)
+    for arm in u.users:
+        table.add_row(arm, str(u.users[arm]), str(u.rated[arm]), _pct(u.rate.get(arm)),
+                      _ci(u.rate_ci95.get(arm)))
+    console.print(table)
+    if u.difference is not None:
+        console.print(f"difference (fine_tuned - base), per traveller: {u.difference:+.1%};"
+                      f" 95% CI if this were the one planned look {_ci(u.difference_ci95, True)}")
+        if u.always_valid_ci is not None and u.always_valid_p is not None:
+            console.print(f"[bold]always valid[/bold] (mixture SPRT, tau {u.tau:g}):"
+                          f" {1 - u.alpha:.0%} CI {_ci(u.always_valid_ci, True)},"
+                          f" p = {u.always_valid_p:.3g}; holds however often this is read")
+    table = Table(title="Per reply, each rating counted as independent (too narrow when"
+                        " travellers rate several replies; not the decision)")
+    for col in ("arm (served)", "conversations", "replies", "rated", "thumbs up", "95% CI",
                 "fallbacks", "errors", "latency ms", "tokens in/out"):
         table.add_column(col)
     for a in r.arms.values():
@@ -105,7 +129,7 @@ def _print_report(r: Report) -> None:
         tin, tout = d["mean_prompt_tokens"], d["mean_completion_tokens"]
         table.add_row(
             a.arm, str(a.conversations), str(a.replies), str(a.rated), _pct(a.up_rate),
-            f"[{a.interval[0]:.1%}, {a.interval[1]:.1%}]", str(a.fallbacks), str(a.errors),
+            _ci(a.interval), str(a.fallbacks), str(a.errors),
             "–" if lat is None else f"{lat:.0f}",
             "–" if tin is None else f"{tin:.0f}/{tout or 0:.0f}")
     console.print(table)
@@ -117,12 +141,22 @@ def _print_report(r: Report) -> None:
                           f" to {a.arm} were written by base because {a.arm} failed",
                           highlight=False)
     if r.difference is not None and r.difference_ci is not None:
-        console.print(f"difference (fine_tuned - base): {r.difference:+.1%}, 95% CI"
-                      f" [{r.difference_ci[0]:+.1%}, {r.difference_ci[1]:+.1%}],"
-                      f" p = {r.p_value:.3g}")
-    if r.needed_per_arm is not None:
-        console.print(f"to detect this difference (power 0.8, alpha 0.05): {r.needed_per_arm}"
-                      f" rated replies per arm, {r.more_needed} more than the smaller arm has")
+        console.print(f"difference per reply: {r.difference:+.1%}, 95% CI"
+                      f" {_ci(r.difference_ci, True)}, p = {r.p_value:.3g}")
+    console.print("guardrails (is fine_tuned worse than base? one-sided, always valid):")
+    for g in r.guardrails.values():
+        colour = {"tripped": "red", "ok": "green"}.get(g.state, "yellow")
+        console.print(f"  {g.metric:<14}[{colour}]{g.state:<12}[/{colour}] {g.reason}",
+                      highlight=False)
+    if r.daily:
+        table = Table(title="Per day and arm served")
+        for col in ("day", "arm", "replies", "tokens in", "tokens out", "cost USD"):
+            table.add_column(col)
+        for day in r.daily:
+            d = day.as_dict()
+            table.add_row(day.day, day.arm, str(day.replies), str(day.prompt_tokens),
+                          str(day.completion_tokens), d["cost"])
+        console.print(table)
     console.print(f"[bold]{r.decision}[/bold]: {r.reason}")
 
 
@@ -131,18 +165,22 @@ def report(
     experiment: str | None = typer.Option(None, "--experiment", help="Default: the running one."),
     source: list[str] = typer.Option([Source.WEB.value], "--source",  # noqa: B008 (typer's idiom)
                                      help="Traffic to count (web, simulated, eval)."),
-    min_rated: int = typer.Option(30, "--min-rated", min=1,
-                                  help="Rated replies each arm needs before a winner is named."),
+    min_users: int = typer.Option(DEFAULT_MIN_USERS, "--min-users", min=2,
+                                  help="Users with ratings each arm needs before a winner is"
+                                       " named (and before guardrails judge)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Per-arm ratings with 95 % intervals, the difference, its p-value, and the verdict."""
+    """Per-traveller thumbs-up rates with always-valid intervals, the verdict, guardrails, and
+    the per-reply figures and daily cost beside them."""
 
     async def run(store: Store) -> Report:
         exp = await (store.experiments.get(experiment) if experiment
                      else store.experiments.active())
         if exp is None:
             fail(f"no experiment {experiment!r}" if experiment else "no running experiment")
-        return summarize(exp.id, await store.exchanges.experiment_rows(exp.id, source), min_rated)
+        rows = await store.exchanges.experiment_rows(exp.id, source)
+        return summarize(exp.id, rows, min_users,
+                         price=functools.partial(serving_price, settings=settings()))
 
     r = with_store(run)
     if as_json:

@@ -1,9 +1,18 @@
-"""Per-arm A/B statistics and the one rule that declares a winner.
+"""The A/B report and the one rule that declares a winner.
 
-Ratings are grouped by the arm that *served* the reply (a fallback reply was written by base, so
-its rating says something about base); fallbacks and errors are counted against the arm the user
-was *assigned* (they are that arm's failures). Admin-forced replies are left out: they were not
-randomly assigned.
+Primary figures, on which the decision rests: per traveller (users.py: the randomisation unit),
+by assigned arm (metrics.py), tested with the always-valid mixture SPRT (sequential.py), so the
+report may be read after every rating without inflating its error. Beside them, labelled, the
+reply-level figures of before (replies.py: Wilson and Newcombe intervals that treat each rating
+as independent), the guardrails (guardrails.py) and replies, tokens and cost per arm per day
+(usage.py).
+
+Winner rule: each arm has at least `min_users` users with rated replies, and the always-valid
+95 % interval of the user-level difference in thumbs-up rate (fine_tuned - base), intersected
+over every look since that minimum was reached, excludes 0. Under no difference this names a
+winner with probability at most 5 %, however often and whenever the report is read (up to the
+normal approximation of the plug-in variance, which the minimum of users is there to protect;
+bench/bench_ab_statistics.py measures it).
 """
 
 from __future__ import annotations
@@ -13,143 +22,155 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatapp.domain import ARMS
-from chatapp.experiments.stats import Z95, wilson
+import numpy as np
 
-Z80 = 0.8416212335729143  # the 80 % quantile: power 0.8
+from chatapp.experiments.guardrails import GuardrailVerdict, guardrail_verdicts
+from chatapp.experiments.metrics import metric_sums
+from chatapp.experiments.replies import (
+    ArmStats,
+    difference_interval,
+    reply_arms,
+    sample_size_per_arm,
+    two_proportion_p_value,
+)
+from chatapp.experiments.sequential import (
+    PRIMARY_TAU,
+    cs_halfwidth,
+    monitor,
+    variance_to_declare,
+)
+from chatapp.experiments.stats import Z95
+from chatapp.experiments.usage import DayUsage, PriceLookup, daily_usage, serving_price
+from chatapp.experiments.users import UserSums, difference, fixed_interval, ratio
+
+__all__ = ["ArmStats", "Report", "UserLevel", "difference_interval", "sample_size_per_arm",
+           "summarize", "two_proportion_p_value"]
+
+# Fewer users make the plug-in variance (and so the normal approximation behind the guarantee)
+# unreliable: cluster-robust variances need some tens of clusters (Cameron & Miller, "A
+# Practitioner's Guide to Cluster-Robust Inference", J. Human Resources 2015, §VI).
+DEFAULT_MIN_USERS = 50
+ALPHA = 0.05
+
+
+def _pair(lo: float, hi: float) -> tuple[float, float] | None:
+    return None if math.isnan(lo) or math.isnan(hi) else (lo, hi)
 
 
 @dataclass
-class ArmStats:
-    arm: str
-    conversations: int = 0
-    replies: int = 0
-    rated: int = 0
-    up: int = 0
-    fallbacks: int = 0  # replies of users assigned here that another arm had to write
-    errors: int = 0
-    latency_ms: list[float] = field(default_factory=list)
-    prompt_tokens: list[int] = field(default_factory=list)
-    completion_tokens: list[int] = field(default_factory=list)
+class UserLevel:
+    """Per-traveller figures of the thumbs-up rate; the decision is made on these."""
 
-    @property
-    def up_rate(self) -> float | None:
-        return self.up / self.rated if self.rated else None
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return wilson(self.up, self.rated, Z95)
+    users: dict[str, int] = field(default_factory=lambda: {"base": 0, "fine_tuned": 0})
+    rated: dict[str, int] = field(default_factory=lambda: {"base": 0, "fine_tuned": 0})
+    up: dict[str, int] = field(default_factory=lambda: {"base": 0, "fine_tuned": 0})
+    rate: dict[str, float | None] = field(default_factory=dict)
+    rate_ci95: dict[str, tuple[float, float] | None] = field(default_factory=dict)  # one look
+    difference: float | None = None  # fine_tuned - base
+    difference_ci95: tuple[float, float] | None = None  # valid at ONE planned look only
+    always_valid_p: float | None = None
+    always_valid_ci: tuple[float, float] | None = None  # 1 - alpha, valid at every look
+    winner: str | None = None
+    decided_at_rating: int | None = None  # the rated reply (in time order) that settled it
+    users_needed: dict[str, int] | None = None  # per arm, for ~80 % chance at this difference
+    tau: float = PRIMARY_TAU
+    alpha: float = ALPHA
 
     def as_dict(self) -> dict[str, Any]:
-        def mean(xs: list[float] | list[int]) -> float | None:
-            return sum(xs) / len(xs) if xs else None
-
-        lo, hi = self.interval
-        return {
-            "arm": self.arm, "conversations": self.conversations, "replies": self.replies,
-            "rated": self.rated, "thumbs_up": self.up, "up_rate": self.up_rate,
-            "ci95_low": lo, "ci95_high": hi, "fallbacks": self.fallbacks, "errors": self.errors,
-            "mean_latency_ms": mean(self.latency_ms),
-            "mean_prompt_tokens": mean(self.prompt_tokens),
-            "mean_completion_tokens": mean(self.completion_tokens),
-        }
+        out = dict(self.__dict__)
+        out["more_users_needed"] = ({a: max(0, n - self.users[a])
+                                     for a, n in self.users_needed.items()}
+                                    if self.users_needed else None)
+        return out
 
 
-def two_proportion_p_value(x1: int, n1: int, x2: int, n2: int) -> float | None:
-    """Two-sided p-value of the pooled two-proportion z-test (None when undefined)."""
-    if n1 == 0 or n2 == 0:
-        return None
-    pooled = (x1 + x2) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if se == 0:
-        return 1.0
-    z = (x1 / n1 - x2 / n2) / se
-    return math.erfc(abs(z) / math.sqrt(2))
-
-
-def difference_interval(x1: int, n1: int, x2: int, n2: int) -> tuple[float, float] | None:
-    """95 % interval of p1 - p2 by Newcombe's hybrid score method (his method 10).
-
-    Built from the two Wilson intervals, so it behaves at rates near 0 or 1 and small n, where
-    the Wald difference interval is far too narrow.
-    """
-    if n1 == 0 or n2 == 0:
-        return None
-    p1, p2 = x1 / n1, x2 / n2
-    l1, u1 = wilson(x1, n1, Z95)
-    l2, u2 = wilson(x2, n2, Z95)
-    d = p1 - p2
-    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
-    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
-    return max(-1.0, low), min(1.0, high)
-
-
-def sample_size_per_arm(p1: float, p2: float) -> int | None:
-    """Ratings per arm to detect p1 vs p2 with alpha 0.05 (two-sided) and power 0.8."""
-    if p1 == p2:
-        return None  # no observed difference: no sample size detects it
-    pbar = (p1 + p2) / 2
-    num = (Z95 * math.sqrt(2 * pbar * (1 - pbar))
-           + Z80 * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2
-    return math.ceil(num / (p1 - p2) ** 2)
+def _user_level(pair: tuple[UserSums, UserSums] | None, min_users: int, tau: float,
+                alpha: float) -> UserLevel:
+    out = UserLevel(tau=tau, alpha=alpha)
+    if pair is None:
+        return out
+    base, ft = pair
+    now = {"base": base.at(-1), "fine_tuned": ft.at(-1)}
+    for arm, s in now.items():
+        out.users[arm], out.rated[arm], out.up[arm] = int(s.users), int(s.n), int(s.x)
+        rate, var = (float(a) for a in ratio(s))
+        out.rate[arm] = None if math.isnan(rate) else rate
+        out.rate_ci95[arm] = _pair(*(float(b) for b in fixed_interval(rate, var, Z95)))
+    d, v = difference(ft, base)
+    d_now, v_now = float(d[-1]), float(v[-1])
+    if math.isnan(d_now):
+        return out  # an arm without ratings
+    out.difference = d_now
+    out.difference_ci95 = _pair(*(float(b) for b in fixed_interval(d_now, v_now, Z95)))
+    eligible = (base.users >= min_users) & (ft.users >= min_users)
+    mon = monitor(d, v, tau ** 2, alpha, eligible)
+    if bool(eligible[-1]):
+        out.always_valid_p = float(mon.p_value[-1])
+        out.always_valid_ci = (float(mon.low[-1]), float(mon.high[-1]))
+        if out.always_valid_ci[0] > out.always_valid_ci[1]:
+            # The intersection became empty: only when the interval excluded 0 earlier (so the
+            # decision stands); show the current look's interval, which is never empty.
+            half = float(cs_halfwidth(v_now, tau ** 2, alpha))
+            out.always_valid_ci = (d_now - half, d_now + half)
+    at = int(mon.decided_at)
+    if at >= 0:
+        out.winner = "fine_tuned" if mon.low[at] > 0 else "base"
+        out.decided_at_rating = at + 1
+    elif d_now != 0 and math.isfinite(v_now):
+        # "What it still needs", from the same boundary: if the per-user variance stays and
+        # both arms keep growing at their present ratio, Var(d) falls as 1/users, so the users
+        # that bring Var(d) down to v* (sequential.variance_to_declare) are users * v_now/v*.
+        factor = v_now / float(variance_to_declare(d_now, tau ** 2, alpha))
+        out.users_needed = {a: max(min_users, math.ceil(n * factor))
+                            for a, n in out.users.items()}
+    return out
 
 
 @dataclass
 class Report:
     experiment_id: str
-    arms: dict[str, ArmStats]
-    min_rated: int
+    arms: dict[str, ArmStats]  # reply-level, by served arm
+    min_users: int
+    user_level: UserLevel
+    # Reply-level (each rating independent; too narrow when travellers rate often):
     difference: float | None  # fine_tuned - base thumbs-up rate
     difference_ci: tuple[float, float] | None
     p_value: float | None
     needed_per_arm: int | None
     more_needed: int | None
+    guardrails: dict[str, GuardrailVerdict]
+    daily: list[DayUsage]
     decision: str
     reason: str
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "experiment_id": self.experiment_id,
+            "experiment_id": self.experiment_id, "min_users": self.min_users,
+            "decision": self.decision, "reason": self.reason,
+            "user_level": self.user_level.as_dict(),
+            "reply_level": {
+                "note": "each rating counted as independent: intervals too narrow when"
+                        " travellers rate several replies; not used for the decision",
+                "difference": self.difference,
+                "difference_ci95": list(self.difference_ci) if self.difference_ci else None,
+                "p_value": self.p_value, "ratings_needed_per_arm": self.needed_per_arm,
+                "more_ratings_needed": self.more_needed},
             "arms": {a: s.as_dict() for a, s in self.arms.items()},
-            "min_rated": self.min_rated, "difference": self.difference,
-            "difference_ci95": list(self.difference_ci) if self.difference_ci else None,
-            "p_value": self.p_value, "needed_per_arm": self.needed_per_arm,
-            "more_ratings_needed": self.more_needed, "decision": self.decision,
-            "reason": self.reason,
+            "guardrails": {m: g.as_dict() for m, g in self.guardrails.items()},
+            "daily": [d.as_dict() for d in self.daily],
         }
 
 
-def summarize(experiment_id: str, rows: Iterable[Mapping[str, Any]], min_rated: int = 30
-              ) -> Report:
-    """Rows: one per exchange with arm_assigned, arm_served, forced, outcome, thread_id,
-    latency_ms, prompt_tokens, completion_tokens and `rating` (latest value, or None)."""
-    arms: dict[str, ArmStats] = {a: ArmStats(a) for a in ARMS}
-    threads: dict[str, set[str]] = {a: set() for a in ARMS}
-    for r in rows:
-        if r["forced"] or r["outcome"] == "rate_limited":
-            continue  # refused before any model was asked: no reply of either arm
-        served, assigned = arms[r["arm_served"]], arms[r["arm_assigned"]]
-        served.replies += 1
-        threads[r["arm_served"]].add(r["thread_id"])
-        if r["outcome"] == "fallback":
-            assigned.fallbacks += 1
-        elif r["outcome"] == "error":
-            assigned.errors += 1
-        if r["latency_ms"] is not None:
-            served.latency_ms.append(float(r["latency_ms"]))
-        if r["prompt_tokens"] is not None:
-            served.prompt_tokens.append(int(r["prompt_tokens"]))
-        if r["completion_tokens"] is not None:
-            served.completion_tokens.append(int(r["completion_tokens"]))
-        if r["rating"] is not None:
-            served.rated += 1
-            served.up += int(r["rating"])
-    for a in ARMS:
-        arms[a].conversations = len(threads[a])
-    return _decide(experiment_id, arms, min_rated)
-
-
-def _decide(experiment_id: str, arms: dict[str, ArmStats], min_rated: int) -> Report:
+def summarize(experiment_id: str, rows: Iterable[Mapping[str, Any]],
+              min_users: int = DEFAULT_MIN_USERS, *, tau: float = PRIMARY_TAU,
+              alpha: float = ALPHA, price: PriceLookup = serving_price) -> Report:
+    """Rows: `Store.experiment_rows`, one per exchange with user_id, thread_id, arm_assigned,
+    arm_served, forced, outcome, latency_ms, prompt/completion tokens, created_at, deployment,
+    model and `rating` (latest value, or None); `compliance` (0/1) where a reply was scored."""
+    rows = list(rows)
+    arms = reply_arms(rows)
+    sums = metric_sums(rows)
+    user = _user_level(sums.get("thumbs_up"), min_users, tau, alpha)
     b, f = arms["base"], arms["fine_tuned"]
     diff = ci = p = None
     needed = more = None
@@ -160,19 +181,31 @@ def _decide(experiment_id: str, arms: dict[str, ArmStats], min_rated: int) -> Re
         needed = sample_size_per_arm(f.up / f.rated, b.up / b.rated)
         if needed is not None:
             more = max(0, needed - min(b.rated, f.rated))
-    enough = b.rated >= min_rated and f.rated >= min_rated
-    if enough and ci is not None and (ci[0] > 0 or ci[1] < 0):
-        winner = "fine_tuned" if ci[0] > 0 else "base"
-        decision = f"{winner} is better"
-        reason = (f"each arm has >= {min_rated} rated replies and the 95 % interval of the"
-                  f" difference [{ci[0]:+.3f}, {ci[1]:+.3f}] excludes 0")
+    decision, reason = _decide(user, min_users)
+    return Report(experiment_id, arms, min_users, user, diff, ci, p, needed, more,
+                  guardrail_verdicts(sums, min_users=min_users), daily_usage(rows, price),
+                  decision, reason)
+
+
+def _decide(u: UserLevel, min_users: int) -> tuple[str, str]:
+    level = f"{1 - u.alpha:.0%} always-valid interval of the user-level difference"
+    if u.winner is not None and u.always_valid_ci is not None:
+        lo, hi = u.always_valid_ci
+        return (f"{u.winner} is better",
+                f"each arm has >= {min_users} users with rated replies and the {level}"
+                f" [{lo:+.3f}, {hi:+.3f}] excludes 0 (always-valid p = {u.always_valid_p:.3g},"
+                f" settled at rated reply {u.decided_at_rating}; valid however often the"
+                " report is read)")
+    if u.difference is None:
+        return "not enough data", "no ratings to compare"
+    if min(u.users.values()) < min_users:
+        reason = (f"needs >= {min_users} users with rated replies per arm"
+                  f" (base {u.users['base']}, fine_tuned {u.users['fine_tuned']})")
     else:
-        decision = "not enough data"
-        if not enough:
-            reason = (f"needs >= {min_rated} rated replies per arm"
-                      f" (base {b.rated}, fine_tuned {f.rated})")
-        elif ci is not None:
-            reason = f"the 95 % interval of the difference [{ci[0]:+.3f}, {ci[1]:+.3f}] includes 0"
-        else:
-            reason = "no ratings to compare"
-    return Report(experiment_id, arms, min_rated, diff, ci, p, needed, more, decision, reason)
+        lo, hi = u.always_valid_ci or (np.nan, np.nan)
+        reason = f"the {level} [{lo:+.3f}, {hi:+.3f}] includes 0"
+    if u.users_needed:
+        reason += (f"; if the difference stays {u.difference:+.3f}, about"
+                   f" {u.users_needed['base']} (base) and {u.users_needed['fine_tuned']}"
+                   " (fine_tuned) users would settle it with ~80 % probability")
+    return "not enough data", reason

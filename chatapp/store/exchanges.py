@@ -147,6 +147,7 @@ class Exchanges:
         query = (
             sa.select(ex.c.thread_id, ex.c.arm_assigned, ex.c.arm_served, ex.c.forced,
                       ex.c.outcome, ex.c.latency_ms, ex.c.prompt_tokens, ex.c.completion_tokens,
+                      ex.c.user_id, ex.c.created_at, ex.c.deployment, ex.c.model,
                       latest.c.value.label("rating"))
             .outerjoin(latest, latest.c.exchange_id == ex.c.id)
             .where(ex.c.experiment_id == exp_id, ex.c.source.in_(list(sources)),

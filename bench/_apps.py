@@ -55,8 +55,8 @@ def cpu_s(pid: int) -> float:
 
 @asynccontextmanager
 async def travel_chat(workdir: Path, upstream: Upstream, users: Sequence[Account], *,
-                      check_log: bool = True, db_url: str | None = None
-                      ) -> AsyncIterator[ChatApp]:
+                      check_log: bool = True, db_url: str | None = None,
+                      env: dict[str, str] | None = None) -> AsyncIterator[ChatApp]:
     """Our app on SQLite (or the empty database `db_url`), everyone routed to one deployment
     on the paced upstream.
 
@@ -75,7 +75,7 @@ async def travel_chat(workdir: Path, upstream: Upstream, users: Sequence[Account
     finally:
         await store.close()
     env = {**upstream.connection_env("bench"), **NO_RATE_LIMITS,
-           "TRAVEL_MAX_REPLY_TOKENS": str(MAX_TOKENS)}
+           "TRAVEL_MAX_REPLY_TOKENS": str(MAX_TOKENS), **(env or {})}
     if db_url:
         env["TRAVEL_DATABASE_URL"] = db_url
     if check_log:

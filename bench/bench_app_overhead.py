@@ -30,6 +30,7 @@ from bench._apps import PASSWORD, accounts, bare_chainlit, cpu_s, travel_chat
 from bench._common import summary, write
 from bench.fake_upstream import paced_upstream
 from tests.chainlit_client import ChainlitClient, Reply
+from tests.fakes.openai_chat import paced_text
 
 TURNS_PER_CONVERSATION = 5
 QUESTIONS = ["What is there to see in Kyoto?", "When is the best season to visit Peru?",
@@ -57,9 +58,9 @@ class Tab:
         question = QUESTIONS[self.turns % len(QUESTIONS)]
         self.turns += 1
         reply = await self.client.send(question)
-        if len(reply.tokens) != self.expected_tokens:
-            self.errors.append(f"{self.name}: {len(reply.tokens)} tokens streamed, expected"
-                               f" {self.expected_tokens}: {reply.text[:200]!r}")
+        if reply.text != paced_text(self.expected_tokens):
+            self.errors.append(f"{self.name}: {len(reply.text.split())} words streamed,"
+                               f" expected {self.expected_tokens}: {reply.text[:200]!r}")
         elif record and reply.ttft_s is not None:
             self.ttft_ms.append(reply.ttft_s * 1000)
             self.total_ms.append(reply.total_s * 1000)

@@ -29,6 +29,7 @@ from bench._common import fresh_postgres, summary, write
 from bench.fake_upstream import paced_upstream
 from tests.browser_support import ChatApp
 from tests.chainlit_client import ChainlitClient, Reply
+from tests.fakes.openai_chat import paced_text
 
 QUESTION = "What is there to see in Kyoto in autumn?"
 
@@ -61,15 +62,17 @@ async def _level(app: ChatApp, users: list[str], expected_tokens: int,
         rss_after = rss_kib(pid)
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
-    ttft, total, errors = [], [], []
+    expected = paced_text(expected_tokens)
+    ttft, total, errors, messages = [], [], [], []
     for r in results:
         if isinstance(r, BaseException):
             errors.append(f"{type(r).__name__}: {r}"[:300])
-        elif not isinstance(r, Reply) or len(r.tokens) != expected_tokens or r.ttft_s is None:
-            errors.append(f"reply of {len(r.tokens)} tokens: {r.text[:120]!r}")
+        elif not isinstance(r, Reply) or r.text != expected or r.ttft_s is None:
+            errors.append(f"reply of {len(r.text.split())} words: {r.text[:120]!r}")
         else:
             ttft.append(r.ttft_s * 1000)
             total.append(r.total_s * 1000)
+            messages.append(len(r.tokens))
     n = len(users)
     # Errors the app logged (Chainlit logs its data layer's failed writes as warnings and goes
     # on: a message missing from the thread's history later) and tracebacks of failed turns.
@@ -83,16 +86,22 @@ async def _level(app: ChatApp, users: list[str], expected_tokens: int,
                     "after_turns": rss_after / 1024},
         "rss_kib_per_conversation": (rss_after - rss_before) / n,
         "cpu_s": {"app": cpu[0], "upstream": cpu[1], "clients": cpu[2]},
+        # What the app delivered: model tokens per second of wall time, and its CPU per token.
+        "tokens_per_s": len(ttft) * expected_tokens / wall,
+        "app_cpu_ms_per_token": cpu[0] * 1000 / max(1, len(ttft) * expected_tokens),
+        "socket_messages_per_reply": summary([float(m) for m in messages]),
     }
 
 
-async def _run(levels: list[int], db_url: str | None) -> dict[str, Any]:
+async def _run(levels: list[int], db_url: str | None, flush_ms: float) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-concurrency-"))
     users = accounts(sum(levels), prefix="conc")
     per_level: dict[str, Any] = {}
     with paced_upstream(first_token_ms=20, token_ms=5, tokens=200) as upstream:
         upstream_pid = upstream.pid
-        async with travel_chat(work, upstream, users, check_log=False, db_url=db_url) as app:
+        env = {"TRAVEL_STREAM_FLUSH_MS": str(flush_ms)}
+        async with travel_chat(work, upstream, users, check_log=False, db_url=db_url,
+                               env=env) as app:
             # Warm the app (first turn builds the model client and tokenizer).
             await _level(app, [users[-1].username], upstream.tokens, upstream_pid)
             offset = 0
@@ -123,21 +132,23 @@ def _across(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "total_ms_p50": [round(f["total_ms"]["p50"]) for f in figs],
             "total_ms_p95": [round(f["total_ms"]["p95"]) for f in figs],
             "rss_mib_after": [round(f["rss_mib"]["after_turns"]) for f in figs],
+            "tokens_per_s": [round(f["tokens_per_s"]) for f in figs],
+            "app_cpu_ms_per_token": [round(f["app_cpu_ms_per_token"], 3) for f in figs],
         }
     return out
 
 
-async def main(levels: list[int], runs: int, db: str | None) -> None:
+async def main(levels: list[int], runs: int, db: str | None, flush_ms: float) -> None:
     results = []
     for i in range(runs):
         print(f"run {i + 1} of {runs} on {'PostgreSQL' if db else 'SQLite'}", flush=True)
         if db:
             async with fresh_postgres(db) as url:
-                results.append(await _run(levels, url))
+                results.append(await _run(levels, url, flush_ms))
         else:
-            results.append(await _run(levels, None))
+            results.append(await _run(levels, None, flush_ms))
     write("concurrency" + ("_postgresql" if db else ""), {
-        "database": "postgresql" if db else "sqlite",
+        "database": "postgresql" if db else "sqlite", "stream_flush_ms": flush_ms,
         "upstream": {"first_token_ms": 20, "token_ms": 5, "tokens": 200},
         "across_runs": _across(results), "runs": results,
     })
@@ -151,5 +162,7 @@ if __name__ == "__main__":
     p.add_argument("--db", metavar="SERVER_URL", help="a PostgreSQL server on which to create"
                    " a database per run (e.g. postgresql://postgres@127.0.0.1:5432/test);"
                    " default: SQLite in a temporary folder")
+    p.add_argument("--flush-ms", type=float, default=30.0,
+                   help="TRAVEL_STREAM_FLUSH_MS of the app (0: one socket message per token)")
     args = p.parse_args()
-    asyncio.run(main(args.levels, args.runs, args.db))
+    asyncio.run(main(args.levels, args.runs, args.db, args.flush_ms))

@@ -12,6 +12,7 @@ from chainlit.input_widget import InputWidget, Select
 from chainlit.server import app as chainlit_server
 from chainlit.types import Feedback, ThreadDict
 
+from chatapp.chat.batching import BatchingSink
 from chatapp.chat.input_guard import clean_text
 from chatapp.chat.request import TurnRequest
 from chatapp.domain import ANSWERED_OUTCOMES, Arm, Outcome
@@ -149,6 +150,8 @@ async def on_message(message: cl.Message) -> None:
     forced = Arm(choice) if _is_admin() and choice != "auto" else None
     run = cl.context.current_run
     reply = cl.Message(content="")
+    # TRAVEL_STREAM_FLUSH_MS=0 sends every token as it comes (each is then flushed at once).
+    sink = BatchingSink(_MessageSink(reply), settings.stream_flush_ms / 1000)
     exchange = await service.reply(TurnRequest(
         user_id=_user().identifier,
         thread_id=cl.context.session.thread_id,
@@ -160,7 +163,8 @@ async def on_message(message: cl.Message) -> None:
         forced_arm=forced,
         rate_limit=True,
         is_admin=_is_admin(),
-    ), _MessageSink(reply))
+    ), sink)
+    await sink.aclose()
     if _is_admin():
         reply.content = exchange.reply + (
             f"\n\n`arm {exchange.arm_served}` · `{exchange.deployment}` · `{exchange.model}`"

@@ -165,6 +165,8 @@ class Settings(BaseSettings):
     # One log WARNING when this share of the fine-tuned arm's last N turns fell back to base
     fallback_alert_ratio: float = Field(default=0.2, gt=0, le=1)
     fallback_alert_window: int = Field(default=50, ge=1)
+    # Streamed text reaches the browser at most this often, gathered (0: one message per token)
+    stream_flush_ms: float = Field(default=30.0, ge=0, le=1000)
 
     # The agency's look: its name on the login page, in the header and the browser tab; image
     # files (SVG, PNG or JPEG) for the logos, the tab and the login page; the accent colour.

@@ -32,7 +32,8 @@ from tests.chainlit_client import (
     ConnectRefused,
 )
 from tests.conftest import ratings_of
-from tests.fakes.openai_server import FakeOpenAIServer
+from tests.fakes.openai_chat import paced_text
+from tests.fakes.openai_server import FakeOpenAIServer, Pacing
 
 pytestmark = [pytest.mark.slow]
 
@@ -70,7 +71,9 @@ async def test_client_streams_rates_lists_resumes_and_deletes(
 ) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    env = await _prepare(data_dir, upstream)
+    # One socket message per token, so the client's handling of each stream event is seen
+    # (test_batched_stream_* covers the default, gathered stream).
+    env = {**await _prepare(data_dir, upstream), "TRAVEL_STREAM_FLUSH_MS": "0"}
     upstream.queue_reply(FIRST)
     upstream.queue_reply(SECOND)
     async with running_app(data_dir, tmp_path / "travel-chat.log", env) as app:
@@ -160,3 +163,23 @@ async def test_client_surfaces_refusals(tmp_path: Path, upstream: FakeOpenAIServ
                 await bob.thread(reply.thread_id)
             assert denied.value.status in (401, 403, 404)
             assert (await bob.threads())["data"] == []
+
+
+async def test_batched_stream_sends_the_same_text_in_fewer_messages(
+    tmp_path: Path, upstream: FakeOpenAIServer
+) -> None:
+    """The default stream: the first piece at once, then what arrived gathered every 30 ms."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    env = await _prepare(data_dir, upstream)
+    upstream.set_pacing(Pacing(first_token_s=0.02, per_token_s=0.005, tokens=200))
+    async with (running_app(data_dir, tmp_path / "travel-chat.log", env) as app,
+                ChainlitClient(app.url) as tab):
+        await tab.login(TRAVELLER.username, TRAVELLER.password)
+        await tab.connect()
+        reply = await tab.send("Where should I go in autumn?")
+    assert reply.text == reply.streamed_text == paced_text(200)
+    # 200 tokens over ~1 s in 30 ms batches: tens of messages, not 200.
+    assert 5 <= len(reply.tokens) <= 60, len(reply.tokens)
+    # The first token was not held back for a batch.
+    assert len(reply.tokens[0].split()) == 1 and paced_text(200).startswith(reply.tokens[0])

@@ -215,7 +215,7 @@ def _unknown_deployment(flavor: Flavor, name: str | None) -> Response:
     )
 
 
-def _paced_text(tokens: int) -> str:
+def paced_text(tokens: int) -> str:
     words = ("Kyoto", "Lisbon", "Cusco", "Oslo", "Hanoi", "Tbilisi", "Quito", "Fes")
     return " ".join(words[i % len(words)] for i in range(tokens))
 
@@ -283,7 +283,7 @@ async def answer_chat(
     reply = state.take_reply(name)
     pacing = state.chat.pacing
     if reply is None and pacing is not None:
-        reply = _paced_text(pacing.tokens)
+        reply = paced_text(pacing.tokens)
     text = reply if reply is not None else _default_reply(messages)
     for stop in body.get("stop") or []:
         if stop in text:

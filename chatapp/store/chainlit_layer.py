@@ -6,6 +6,7 @@ chainlit writes `.chainlit/` and `.files/` into the app root, which the admin CL
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -48,6 +49,20 @@ class DataLayer(SQLAlchemyDataLayer):
         # Chainlit's constructor builds an engine of its own; it is never connected.
         super().__init__(conninfo, **kwargs)
         self._store, self._clean = store, clean
+        self._in_flight = 0
+
+    async def wait_idle(self, timeout_s: float) -> None:
+        """Return once no statement has run for a moment, or after `timeout_s`.
+
+        Chainlit writes steps in tasks of their own (fire and forget), some after a turn's
+        handler returned (the end of its run step): a process draining for shutdown waits
+        for them, or the reply's final state would be lost with the process.
+        """
+        loop = asyncio.get_running_loop()
+        deadline, quiet = loop.time() + timeout_s, 0
+        while quiet < 3 and loop.time() < deadline:
+            await asyncio.sleep(0.05)  # a write scheduled just now has started by then
+            quiet = quiet + 1 if self._in_flight == 0 else 0
 
     async def execute_sql(self, query: str, parameters: dict[str, Any]
                           ) -> list[dict[str, Any]] | int | None:
@@ -55,6 +70,7 @@ class DataLayer(SQLAlchemyDataLayer):
         db = (await self._store()).db
         verb = query.lstrip().split(None, 1)[0].upper() if query.strip() else ""
         transaction = db.write() if verb in _WRITES else db.engine.begin()
+        self._in_flight += 1
         try:
             async with transaction as conn:
                 result = await conn.execute(sa.text(query), parameters)
@@ -70,6 +86,8 @@ class DataLayer(SQLAlchemyDataLayer):
         except Exception as e:
             logger.warning(f"An unexpected error occurred: {e}")
             return None
+        finally:
+            self._in_flight -= 1
 
     async def create_step(self, step_dict: StepDict) -> None:
         for key in ("input", "output", "name"):

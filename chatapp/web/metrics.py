@@ -15,6 +15,9 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fastapi import Request
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from pydantic import SecretStr
 
 from chatapp.chat.conversation import ChatService
@@ -23,10 +26,6 @@ from chatapp.chat.conversation import ChatService
 def mount(app: Any, service: Callable[[], Awaitable[ChatService]], token: SecretStr | None,
           path: str = "/metrics") -> None:
     """Register GET `path` ahead of Chainlit's catch-all route (as /healthz is)."""
-    from fastapi import Request
-    from fastapi.responses import Response
-    from fastapi.routing import APIRoute
-
     expected = f"Bearer {token.get_secret_value()}".encode() if token else None
 
     async def scrape(request: Request) -> Response:

@@ -7,6 +7,8 @@ chainlit writes `.chainlit/` and `.files/` into the app root, which the admin CL
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -14,6 +16,7 @@ import sqlalchemy as sa
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.logger import logger
 from chainlit.step import StepDict
+from chainlit.user import PersistedUser, User
 
 from chatapp.store.chainlit import as_uuid
 
@@ -88,6 +91,19 @@ class DataLayer(SQLAlchemyDataLayer):
             return None
         finally:
             self._in_flight -= 1
+
+    async def create_user(self, user: User) -> PersistedUser | None:
+        """One upsert instead of Chainlit's read-then-insert: a traveller's first login on
+        several app processes at once (tabs behind a proxy) made the later inserts fail on the
+        unique identifier, logged as errors."""
+        await self.execute_sql(
+            'INSERT INTO users ("id", "identifier", "createdAt", "metadata")'
+            " VALUES (:id, :identifier, :createdAt, :metadata)"
+            ' ON CONFLICT ("identifier") DO UPDATE SET "metadata" = excluded."metadata"',
+            {"id": str(uuid.uuid4()), "identifier": str(user.identifier),
+             "createdAt": await self.get_current_timestamp(),
+             "metadata": json.dumps(user.metadata or {})})
+        return await self.get_user(user.identifier)
 
     async def create_step(self, step_dict: StepDict) -> None:
         for key in ("input", "output", "name"):

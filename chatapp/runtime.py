@@ -24,7 +24,7 @@ from chatapp.shared import feed
 from chatapp.shared.members import STALE_BEATS, Member, Membership, gone_here
 from chatapp.shared.once import RunOnce
 from chatapp.shared.redis_state import SharedRedis
-from chatapp.store import Store, now
+from chatapp.store import Store, StoreError, now
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,10 @@ async def bootstrap(settings: Settings, store: Store) -> BootstrapResult:
     password = None
     if not await store.accounts.all():
         password = random_password()
-        await store.accounts.add("admin", hash_password(password), is_admin=True)
+        try:
+            await store.accounts.add("admin", hash_password(password), is_admin=True)
+        except StoreError:
+            password = None  # another app process starting at the same moment made it first
     await ensure_routing(store)
     # Turns a killed process left half-done: their messages stay, marked as never answered.
     # Only those of processes that are gone: other app processes may be streaming theirs.

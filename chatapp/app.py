@@ -13,6 +13,7 @@ from chainlit.server import app as chainlit_server
 from chainlit.types import Feedback, ThreadDict
 
 from chatapp.chat.batching import BatchingSink
+from chatapp.chat.conversation import ChatService
 from chatapp.chat.input_guard import clean_text
 from chatapp.chat.request import TurnRequest
 from chatapp.domain import ANSWERED_OUTCOMES, Arm, Outcome
@@ -23,7 +24,7 @@ from chatapp.settings import get_settings
 from chatapp.starters import STARTERS
 from chatapp.store import async_url
 from chatapp.store.chainlit_layer import DataLayer
-from chatapp.web import access, branding
+from chatapp.web import access, branding, metrics
 from chatapp.web.health import HealthChecker
 from chatapp.web.health import mount as mount_health
 
@@ -34,6 +35,8 @@ redact_logs(settings_secrets(settings))
 runtime = Runtime(settings)
 # GET /healthz without login: database and deployments, for load balancers and operators.
 mount_health(chainlit_server, HealthChecker(settings, runtime.service))
+# GET /metrics (Prometheus): counts and timings only, no user (see chatapp/web/metrics.py).
+metrics.mount(chainlit_server, runtime.service, settings.metrics_token)
 # Chainlit does not check that a rated (or un-rated) step is the caller's: we do, first.
 access.install(chainlit_server, runtime.store)
 # The agency's name, logos and colour; a page that loads nothing from another origin.
@@ -44,13 +47,23 @@ ARM_CHOICES = ["auto", *Arm]
 
 @cl.on_app_startup
 async def warm_up() -> None:
-    runtime.start_retention()
+    # Before the server listens: the heartbeat that makes this process the owner of its
+    # turns, the background jobs, and the drain that SIGTERM starts from now on.
+    await runtime.start()
+    runtime.drain_on_sigterm()
     await runtime.warm()
+
+
+@cl.on_app_shutdown
+async def shut_down() -> None:
+    await runtime.shutdown()
 
 
 @cl.data_layer
 def data_layer() -> DataLayer:
-    return DataLayer(conninfo=async_url(settings.db_url), store=runtime.store, clean=clean_text)
+    layer = DataLayer(conninfo=async_url(settings.db_url), store=runtime.store, clean=clean_text)
+    runtime.settle = layer.wait_idle  # a drain waits for Chainlit's last step writes too
+    return layer
 
 
 if settings.auth_mode == "header":
@@ -144,6 +157,16 @@ class _MessageSink:
 @cl.on_message
 async def on_message(message: cl.Message) -> None:
     service = await runtime.service()
+    # The whole handler is a turn in flight: a SIGTERM drain waits for the reply's last update.
+    with service.gate.turn():
+        service.metrics.in_flight.inc()
+        try:
+            await _answer(service, message)
+        finally:
+            service.metrics.in_flight.dec()
+
+
+async def _answer(service: ChatService, message: cl.Message) -> None:
     history: list[Message] = cl.user_session.get("history") or []
     turn: int = cl.user_session.get("turn") or 0
     choice = cl.user_session.get("arm_choice") or "auto"

@@ -86,14 +86,22 @@ async def purge(store: Store, days: int, *, dry_run: bool = False, batch_size: i
     return result
 
 
+async def retention_once(store: Store, days: int) -> PurgeResult:
+    """One background purge, logged (the app runs it once a day across its processes:
+    chatapp/runtime.py)."""
+    result = await purge(store, days)
+    log.info("retention (%d days): deleted %d conversations (%s)", days, result.threads,
+             ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "none")
+    return result
+
+
 async def retention_loop(store: Callable[[], Awaitable[Store]], days: int,
                          interval_s: float = RETENTION_INTERVAL_S) -> None:
-    """The app's background purge: once at start, then every `interval_s`, until cancelled."""
+    """A purge once at start, then every `interval_s`, until cancelled, in this process alone
+    (the app itself uses `retention_once` under a lease, so several processes purge once)."""
     while True:
         try:
-            result = await purge(await store(), days)
-            log.info("retention (%d days): deleted %d conversations (%s)", days, result.threads,
-                     ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "none")
+            await retention_once(await store(), days)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # a failed purge must not stop the chat; the next run retries

@@ -177,6 +177,20 @@ class Settings(BaseSettings):
     brand_login_image: FilePath | None = None  # beside the login form
     brand_accent: str = Field(default="#0f766e", pattern=r"^#[0-9a-fA-F]{6}$")
 
+    # Several app processes (deploy/): what they share and how they start and stop.
+    # Redis for per-user rate limits, the fallback alarm and pushed routing changes; unset,
+    # each process keeps them itself (one process: the embedded default).
+    redis_url: SecretStr | None = None
+    # Every key and channel starts with this: one Redis may serve several installations.
+    redis_prefix: str = Field(default="travel", min_length=1, max_length=100)
+    # Each app process writes a heartbeat this often; one silent for 3 beats is gone, and its
+    # unfinished turns are marked interrupted by a live one.
+    heartbeat_s: float = Field(default=5.0, gt=0)
+    # SIGTERM: stop taking turns, let streaming replies finish for at most this long, exit.
+    drain_timeout_s: float = Field(default=25.0, ge=0)
+    # GET /metrics asks for `Authorization: Bearer <token>` when set (open otherwise).
+    metrics_token: SecretStr | None = None
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 

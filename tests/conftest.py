@@ -144,7 +144,8 @@ async def _truncate(store: Store) -> None:
         await conn.execute(text(
             "TRUNCATE job_events, training_jobs, datasets, ratings, exchanges,"
             " experiment_history, experiments, deployments,"
-            " accounts, feedbacks, elements, steps, threads, users CASCADE"))
+            " accounts, feedbacks, elements, steps, threads, users, app_processes, job_leases"
+            " CASCADE"))
 
 
 _MUST_RUN_IN_CI = ("model", "browser", "postgres")

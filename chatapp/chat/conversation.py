@@ -19,7 +19,9 @@ from typing import Protocol
 from chatapp import policy
 from chatapp.chat.fallback_monitor import FallbackMonitor
 from chatapp.chat.input_guard import Count, clean_text, count_bounded
-from chatapp.chat.ratelimit import RateLimiter, limiter_for
+from chatapp.chat.lifecycle import DRAINING_REPLY, TurnGate
+from chatapp.chat.metrics import ChatMetrics
+from chatapp.chat.ratelimit import limiter_for
 from chatapp.chat.request import TurnRequest
 from chatapp.chat.routing import ExperimentWatcher, Route, choose
 from chatapp.domain import Arm, Deployment, Exchange, Outcome, Provider
@@ -33,6 +35,9 @@ from chatapp.providers.base import (
 )
 from chatapp.providers.redact import redact, settings_secrets
 from chatapp.settings import Settings
+from chatapp.shared.alarms import SharedFallbackMonitor
+from chatapp.shared.limits import SharedRateLimiter
+from chatapp.shared.redis_state import SharedRedis
 from chatapp.store import Store
 from chatapp.tokens import TokenCounter, counter_for_deployment, trim_history
 
@@ -71,6 +76,7 @@ class _AfterRecorded:
 
     def __init__(self, sink: ReplySink, recorded: asyncio.Future[Exchange]) -> None:
         self._sink, self._recorded = sink, recorded
+        self.first_at: float | None = None  # when the first reply text was shown
 
     async def _wait(self) -> None:
         try:
@@ -82,6 +88,8 @@ class _AfterRecorded:
 
     async def token(self, text: str) -> None:
         await self._wait()
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
         await self._sink.token(text)
 
     async def reset(self) -> None:
@@ -148,15 +156,26 @@ class ChatService:
         registry: ModelRegistry | None = None,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        shared: SharedRedis | None = None,
+        owner: str | None = None,
     ) -> None:
+        """`shared`: Redis for limits and the fallback alarm across app processes (None: this
+        process alone). `owner`: the app process that owns the turns it accepts."""
         self.settings, self.store = settings, store
         self.registry = registry or ModelRegistry(settings, store)
         self.watcher = ExperimentWatcher(store.experiments.active, settings.routing_poll_s)
         self._sleep = sleep
         self._secrets = settings_secrets(settings)
-        self.limiter: RateLimiter = limiter_for(settings)
-        self.fallbacks = FallbackMonitor(settings.fallback_alert_ratio,
-                                         settings.fallback_alert_window)
+        self.shared, self.owner = shared, owner
+        self.limiter = SharedRateLimiter(limiter_for(settings), shared)
+        self.fallbacks = SharedFallbackMonitor(
+            FallbackMonitor(settings.fallback_alert_ratio, settings.fallback_alert_window),
+            shared)
+        self.metrics = ChatMetrics()
+        self.gate = TurnGate()
+        self.watcher.on_change.append(
+            lambda exp: self.metrics.fine_tuned_weight.set(
+                float(exp.weights.get(Arm.FINE_TUNED, 0.0))))
 
     async def route(self, user_id: str, forced_arm: Arm | None = None) -> Route:
         exp = await self.watcher.current()
@@ -171,6 +190,9 @@ class ChatService:
         # Storable and printable whatever arrived (NUL, lone surrogates, escape sequences).
         user_text = clean_text(request.text)
         route = await self.route(request.user_id, request.forced_arm)
+        if self.gate.draining:
+            return await self._refuse(request, route, user_text, sink, DRAINING_REPLY,
+                                      Outcome.INTERRUPTED, "draining")
         if request.rate_limit and not (request.is_admin
                                        and self.settings.rate_limit_exempt_admins):
             limited = await self._rate_limited(request, route, user_text, sink)
@@ -195,9 +217,10 @@ class ChatService:
                                    outcome=Outcome.PENDING)
         # Recorded before any reply text is shown (see _AfterRecorded): a crash mid-reply must
         # not lose the message.
-        recorded = asyncio.ensure_future(self.store.exchanges.begin(replace(pending)))
+        recorded = asyncio.ensure_future(self.store.exchanges.begin(replace(pending),
+                                                                    owner=self.owner))
         shown = sink
-        sink = _AfterRecorded(sink, recorded)
+        sink = after = _AfterRecorded(sink, recorded)
         # A fixed reply (refusal, apology) is shown only once the message is on record.
         fixed: str | None = None
         try:
@@ -282,7 +305,9 @@ class ChatService:
         if route.arm == Arm.FINE_TUNED and not pinned and outcome != Outcome.REJECTED:
             # The fine-tuned arm's turns that reached a model: a share of all turns would hide
             # a dead deployment behind a small fine-tuned weight.
-            self.fallbacks.record(fell_back)
+            await self.fallbacks.record(fell_back)
+        self.metrics.record(exchange, None if after.first_at is None
+                            else after.first_at - started)
         return exchange
 
     async def _not_recorded(self, shown: ReplySink, pending: Exchange,
@@ -305,23 +330,29 @@ class ChatService:
         The refused turn is recorded (outcome `rate_limited`, no deployment, no model) so the
         message is not lost; dataset builds and reports skip that outcome.
         """
-        decision = self.limiter.check(request.user_id)
+        decision = await self.limiter.check(request.user_id)
         if decision.allowed:
             return None
-        text = decision.message()
-        await sink.token(text)
         log.info("rate limit: %d per %gs reached; retry in %.0fs", decision.limit,
                  decision.window_s, decision.retry_after_s)
+        return await self._refuse(request, route, user_text, sink, decision.message(),
+                                  Outcome.RATE_LIMITED, "rate_limited")
+
+    async def _refuse(self, request: TurnRequest, route: Route, user_text: str,
+                      sink: ReplySink, text: str, outcome: Outcome, kind: str) -> Exchange:
+        """Answer `text` instead of a model, and record the message with `outcome`."""
+        await sink.token(text)
         refused = request.exchange(
             route, messages=[{"role": "user", "content": user_text}], deployment=None,
-            outcome=Outcome.RATE_LIMITED, reply=text, error_kind="rate_limited")
+            outcome=outcome, reply=text, error_kind=kind)
         try:
-            return await self.store.exchanges.add(refused)
+            refused = await self.store.exchanges.add(refused)
         except Exception as err:
-            # The traveller is already told to send it again later: nothing is lost to them.
-            log.error("could not record a rate-limited message of thread %s (%s: %s)",
+            # The traveller is already told to send it again: nothing is lost to them.
+            log.error("could not record a refused (%s) message of thread %s (%s: %s)", kind,
                       request.thread_id, type(err).__name__, err)
-            return refused
+        self.metrics.record(refused)
+        return refused
 
     async def _count_input(self, route: Route, text: str) -> Count:
         try:

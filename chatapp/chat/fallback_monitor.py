@@ -48,12 +48,19 @@ class FallbackMonitor:
         share = self.share
         if not self.alerting and share >= self.ratio:
             self.alerting = True
-            self._log.warning(
-                "fallbacks to base in %d of the last %d turns (%.0f%%, alert at %.0f%%):"
-                " check the fine-tuned deployment", self._fallbacks, self.window, share * 100,
-                self.ratio * 100)
+            self.log_alert(self._fallbacks)
         elif self.alerting and share < self.ratio / 2:
             self.alerting = False
-            self._log.info(
-                "fallbacks back to %d of the last %d turns (%.0f%%): alert cleared",
-                self._fallbacks, self.window, share * 100)
+            self.log_cleared(self._fallbacks)
+
+    # The lines operators search for; the alarm shared across processes logs them too
+    # (chatapp/shared/alarms.py).
+    def log_alert(self, fallbacks: int) -> None:
+        self._log.warning(
+            "fallbacks to base in %d of the last %d turns (%.0f%%, alert at %.0f%%):"
+            " check the fine-tuned deployment", fallbacks, self.window,
+            fallbacks / self.window * 100, self.ratio * 100)
+
+    def log_cleared(self, fallbacks: int) -> None:
+        self._log.info("fallbacks back to %d of the last %d turns (%.0f%%): alert cleared",
+                       fallbacks, self.window, fallbacks / self.window * 100)

@@ -3,8 +3,8 @@
 A sliding window (not a token bucket) so that "20 per minute" means exactly that: at most 20
 accepted messages in any 60 seconds, and the time to retry is exact (when the oldest message in
 the full window leaves it). Refused messages do not count, so a user who keeps trying is not
-locked out for longer. The state lives in the process: with several app processes each enforces
-the limit on its own share of traffic.
+locked out for longer. The state lives in the process; with `TRAVEL_REDIS_URL` the app shares
+one window per user across its processes (chatapp/shared/limits.py) and falls back to this one.
 """
 
 from __future__ import annotations
@@ -69,6 +69,11 @@ class RateLimiter:
     @property
     def enabled(self) -> bool:
         return bool(self._limits)
+
+    @property
+    def limits(self) -> list[tuple[float, int]]:
+        """(window seconds, limit) pairs, shortest window first."""
+        return list(self._limits)
 
     def check(self, user: str) -> Decision:
         """Accept (and count) a message from `user`, or refuse it with the time to retry."""

@@ -60,8 +60,9 @@ def choose(user_id: str, experiment: Experiment, forced_arm: Arm | None = None) 
 class ExperimentWatcher:
     """Caches the active experiment and re-reads it every `poll_s` seconds.
 
-    Admin commands write experiments to the database; polling (rather than a restart or a
-    message bus) is what lets the running app follow them within seconds.
+    Admin commands write experiments to the database; polling is what lets the running app
+    follow them within seconds. With TRAVEL_REDIS_URL each change is also pushed
+    (chatapp/shared/feed.py calls `refresh`), and polling stays as the fallback.
     """
 
     def __init__(
@@ -76,22 +77,34 @@ class ExperimentWatcher:
         self._value: Experiment | None = None
         self._loaded_at: float | None = None
         self._lock = asyncio.Lock()
+        self.on_change: list[Callable[[Experiment], None]] = []
 
     async def current(self) -> Experiment | None:
         if self._loaded_at is not None and self._clock() - self._loaded_at < self._poll_s:
             return self._value
         async with self._lock:
             if self._loaded_at is None or self._clock() - self._loaded_at >= self._poll_s:
-                try:
-                    value = await self._load()
-                except Exception:
-                    if self._loaded_at is None:
-                        raise
-                    # A database hiccup must not stop the chat: keep routing on the last config.
-                    log.warning("could not reload the experiment; keeping the previous one",
-                                exc_info=True)
-                    value = self._value
-                if value is not None and (self._value is None or value != self._value):
-                    log.info("routing: experiment %s weights %s", value.id, value.weights)
-                self._value, self._loaded_at = value, self._clock()
+                await self._reload()
         return self._value
+
+    async def refresh(self) -> Experiment | None:
+        """Reload now (a pushed change), whatever the poll interval says."""
+        async with self._lock:
+            await self._reload()
+        return self._value
+
+    async def _reload(self) -> None:
+        try:
+            value = await self._load()
+        except Exception:
+            if self._loaded_at is None:
+                raise
+            # A database hiccup must not stop the chat: keep routing on the last config.
+            log.warning("could not reload the experiment; keeping the previous one",
+                        exc_info=True)
+            value = self._value
+        if value is not None and (self._value is None or value != self._value):
+            log.info("routing: experiment %s weights %s", value.id, value.weights)
+            for cb in self.on_change:
+                cb(value)
+        self._value, self._loaded_at = value, self._clock()

@@ -11,6 +11,7 @@
     store.datasets      datasets.py      built training files and their manifests
     store.chainlit      chainlit.py      Chainlit's tables: DDL, and the access guard's lookups
     store.privacy       privacy.py       the SQL of retention, export and erasure
+    store.processes     processes.py     app process heartbeats and leases of periodic jobs
     store.db            database.py      engines, pools, `write()`, migrations (migrations.py)
 
 The product's tables are in schema.py; only this package imports it or SQLAlchemy (an
@@ -22,6 +23,8 @@ empty database just works.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from chatapp.settings import Settings
 from chatapp.store.accounts import Accounts
 from chatapp.store.chainlit import ChainlitTables
@@ -32,6 +35,7 @@ from chatapp.store.exchanges import Exchanges, ExchangeScope, RatedExchange, Rat
 from chatapp.store.experiments import Experiments
 from chatapp.store.jobs import Jobs
 from chatapp.store.privacy import Privacy
+from chatapp.store.processes import Processes
 
 __all__ = ["ExchangeScope", "PoolOptions", "RatedExchange", "RatedFilter", "Store", "StoreError",
            "async_url", "now"]
@@ -42,6 +46,7 @@ class Store:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self.accounts = Accounts(db)
         self.experiments = Experiments(db)
         self.deployments = Deployments(db, self.experiments)
@@ -50,6 +55,7 @@ class Store:
         self.datasets = Datasets(db)
         self.chainlit = ChainlitTables(db)
         self.privacy = Privacy(db)
+        self.processes = Processes(db)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True,
@@ -61,8 +67,21 @@ class Store:
 
     @classmethod
     async def from_settings(cls, settings: Settings, *, migrate: bool = True) -> Store:
-        return await cls.open(settings.db_url, migrate=migrate, pool=PoolOptions(
+        store = await cls.open(settings.db_url, migrate=migrate, pool=PoolOptions(
             settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout_s))
+        if settings.redis_url is not None:
+            # Whoever changes routing through this store (the app, any travel-admin command)
+            # pushes the change to every app process. Imported here: Redis only when set.
+            from chatapp.shared.feed import announce_changes
+
+            announce_changes(store, settings)
+        return store
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run `closer` when the store closes (a client that lives as long as the store)."""
+        self._closers.append(closer)
 
     async def close(self) -> None:
+        for closer in self._closers:
+            await closer()
         await self.db.close()

@@ -6,6 +6,9 @@ chainlit writes `.chainlit/` and `.files/` into the app root, which the admin CL
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -13,6 +16,7 @@ import sqlalchemy as sa
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.logger import logger
 from chainlit.step import StepDict
+from chainlit.user import PersistedUser, User
 
 from chatapp.store.chainlit import as_uuid
 
@@ -48,6 +52,20 @@ class DataLayer(SQLAlchemyDataLayer):
         # Chainlit's constructor builds an engine of its own; it is never connected.
         super().__init__(conninfo, **kwargs)
         self._store, self._clean = store, clean
+        self._in_flight = 0
+
+    async def wait_idle(self, timeout_s: float) -> None:
+        """Return once no statement has run for a moment, or after `timeout_s`.
+
+        Chainlit writes steps in tasks of their own (fire and forget), some after a turn's
+        handler returned (the end of its run step): a process draining for shutdown waits
+        for them, or the reply's final state would be lost with the process.
+        """
+        loop = asyncio.get_running_loop()
+        deadline, quiet = loop.time() + timeout_s, 0
+        while quiet < 3 and loop.time() < deadline:
+            await asyncio.sleep(0.05)  # a write scheduled just now has started by then
+            quiet = quiet + 1 if self._in_flight == 0 else 0
 
     async def execute_sql(self, query: str, parameters: dict[str, Any]
                           ) -> list[dict[str, Any]] | int | None:
@@ -55,6 +73,7 @@ class DataLayer(SQLAlchemyDataLayer):
         db = (await self._store()).db
         verb = query.lstrip().split(None, 1)[0].upper() if query.strip() else ""
         transaction = db.write() if verb in _WRITES else db.engine.begin()
+        self._in_flight += 1
         try:
             async with transaction as conn:
                 result = await conn.execute(sa.text(query), parameters)
@@ -70,6 +89,21 @@ class DataLayer(SQLAlchemyDataLayer):
         except Exception as e:
             logger.warning(f"An unexpected error occurred: {e}")
             return None
+        finally:
+            self._in_flight -= 1
+
+    async def create_user(self, user: User) -> PersistedUser | None:
+        """One upsert instead of Chainlit's read-then-insert: a traveller's first login on
+        several app processes at once (tabs behind a proxy) made the later inserts fail on the
+        unique identifier, logged as errors."""
+        await self.execute_sql(
+            'INSERT INTO users ("id", "identifier", "createdAt", "metadata")'
+            " VALUES (:id, :identifier, :createdAt, :metadata)"
+            ' ON CONFLICT ("identifier") DO UPDATE SET "metadata" = excluded."metadata"',
+            {"id": str(uuid.uuid4()), "identifier": str(user.identifier),
+             "createdAt": await self.get_current_timestamp(),
+             "metadata": json.dumps(user.metadata or {})})
+        return await self.get_user(user.identifier)
 
     async def create_step(self, step_dict: StepDict) -> None:
         for key in ("input", "output", "name"):

@@ -2,8 +2,10 @@
 ratings, and the life of a chat turn's record.
 
 A turn's row is written as `pending` before any model call (`begin`) and completed when the
-reply ends (`finish`), so a crash (kill -9, power loss) mid-stream loses no user message: the
-next start marks what is still pending as `interrupted` (`mark_interrupted`). Pending and
+reply ends (`finish`), so a crash (kill -9, power loss) mid-stream loses no user message. The
+app process that accepted it is its `owner`: once that process is gone (no heartbeat in
+`app_processes`), a starting process or a live one's sweep marks the row `interrupted`
+(`mark_interrupted`); turns of processes still alive are left to them. Pending and
 interrupted rows have no reply to learn from or rate: dataset builds, `ab report` and `eval`
 read only finished outcomes.
 
@@ -70,11 +72,12 @@ class Exchanges:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def add(self, ex: Exchange) -> Exchange:
+    async def add(self, ex: Exchange, owner: str | None = None) -> Exchange:
         """Store a finished exchange (a refused turn, or data a test or benchmark makes); fills
         in its id and time."""
         values = asdict(ex)
         values.pop("extra")
+        values["owner"] = owner
         values["id"] = ex.id or str(uuid.uuid4())
         values["created_at"] = ex.created_at or now()
         async with self._db.write() as conn:
@@ -82,10 +85,11 @@ class Exchanges:
         ex.id, ex.created_at = values["id"], values["created_at"]
         return ex
 
-    async def begin(self, ex: Exchange) -> Exchange:
-        """Record an accepted message before any model call (outcome `pending`)."""
+    async def begin(self, ex: Exchange, owner: str | None = None) -> Exchange:
+        """Record an accepted message before any model call (outcome `pending`), owned by the
+        app process `owner` (None: an admin command, which has no heartbeat)."""
         ex.outcome = Outcome.PENDING
-        return await self.add(ex)
+        return await self.add(ex, owner=owner)
 
     async def finish(self, ex: Exchange) -> Exchange:
         """Complete a row written by `begin` with the reply, outcome and usage, in one statement."""
@@ -99,17 +103,27 @@ class Exchanges:
                 raise RuntimeError(f"exchange {ex.id!r} vanished before its reply was recorded")
         return ex
 
-    async def mark_interrupted(self, started_before: datetime | None = None) -> int:
-        """Mark turns left `pending` by a process that died as `interrupted`; return how many.
+    async def mark_interrupted(self, started_before: datetime | None = None, *,
+                               seen_since: datetime | None = None,
+                               unowned: bool = True) -> int:
+        """Mark turns left `pending` by a process that is gone as `interrupted`; return how many.
 
-        Called at start before serving. `started_before` (default: now) spares turns accepted
-        after that moment, such as a `travel-admin simulate` running while the app restarts;
-        its turns would be completed by their own `finish` anyway, which overwrites the mark.
+        An owned turn is marked when its owner has no heartbeat at or after `seen_since`
+        (default: `started_before`, i.e. every owner counts as gone). An unowned turn (an admin
+        command's, or one from before owners were recorded) is marked when `unowned` is set
+        and it was accepted before `started_before` (default: now), which spares a
+        `travel-admin simulate` running while the app starts; its own `finish` would overwrite
+        the mark anyway, as would a live owner's that was taken for dead.
         """
-        ex, cutoff = t.exchanges, started_before or now()
+        ex, p = t.exchanges, t.app_processes
+        cutoff = started_before or now()
+        alive = sa.select(p.c.owner).where(p.c.seen_at >= (seen_since or cutoff))
+        gone = sa.and_(ex.c.owner.is_not(None), ex.c.owner.not_in(alive))
+        if unowned:
+            gone = sa.or_(gone, sa.and_(ex.c.owner.is_(None), ex.c.created_at < cutoff))
         async with self._db.write() as conn:
             res = await conn.execute(
-                ex.update().where(ex.c.outcome == Outcome.PENDING, ex.c.created_at < cutoff)
+                ex.update().where(ex.c.outcome == Outcome.PENDING, gone)
                 .values(outcome=Outcome.INTERRUPTED, error_kind="process_ended"))
             return int(res.rowcount)
 

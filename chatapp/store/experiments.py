@@ -6,12 +6,18 @@ travellers between the arms (chatapp/chat/routing.py). Promotion and rollback ar
 experiments too, so the audit trail alone tells how routing stood at any time. Other changes
 that must leave a line in the trail (a retention purge, an erasure) write it with `audit` in
 their own transaction.
+
+Each committed change is announced to the listeners added with `on_change` (with
+TRAVEL_REDIS_URL: a publish that every app process subscribes to, chatapp/shared/feed.py), so
+running processes follow an admin command at once instead of at their next poll.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -23,10 +29,28 @@ from chatapp.store import schema as t
 from chatapp.store.database import Database, StoreError, now, record
 from chatapp.store.deployments import live
 
+log = logging.getLogger(__name__)
+
+ChangeListener = Callable[[str], Awaitable[None]]
+
 
 class Experiments:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._listeners: list[ChangeListener] = []
+
+    def on_change(self, listener: ChangeListener) -> None:
+        """Call `listener(experiment id)` after each committed routing change."""
+        self._listeners.append(listener)
+
+    async def _changed(self, exp_id: str) -> None:
+        for listener in self._listeners:
+            try:
+                await listener(exp_id)
+            except Exception as err:
+                # The change is committed; the processes' polling still finds it.
+                log.warning("routing change %s committed but not announced: %s: %s", exp_id,
+                            type(err).__name__, err)
 
     async def active(self) -> Experiment | None:
         """The running experiment (the newest one not ended), or None before the first."""
@@ -64,6 +88,7 @@ class Experiments:
                                .values(ended_at=exp.started_at))
             await conn.execute(e.insert().values(**asdict(exp)))
             await audit(conn, actor, action, exp.id, {**asdict(exp), **(note or {})})
+        await self._changed(exp.id)
         return exp
 
     async def set_weights(self, fine_tuned_weight: float, actor: str) -> Experiment:
@@ -81,6 +106,7 @@ class Experiments:
                                .values(weights=weights))
             await audit(conn, actor, "set_weights", exp.id,
                         {"weights": weights, "previous": exp.weights})
+        await self._changed(exp.id)
         return await self.get(exp.id) or exp
 
     async def history(self, limit: int = 100) -> list[dict[str, Any]]:

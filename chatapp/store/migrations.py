@@ -36,11 +36,27 @@ async def _m3_privacy_indexes(conn: AsyncConnection) -> None:
     await chainlit.create_indexes(conn, chainlit.PURGE_INDEXES)
 
 
+async def _m4_turn_owners(conn: AsyncConnection) -> None:
+    def apply(sync: sa.Connection) -> None:
+        # Migration 1 creates `exchanges` from today's schema module, so a fresh database has
+        # the column and index already; an older one gets them here.
+        if "owner" not in {c["name"] for c in sa.inspect(sync).get_columns("exchanges")}:
+            sync.execute(sa.text("ALTER TABLE exchanges ADD COLUMN owner VARCHAR(100)"))
+        for index in t.exchanges.indexes:
+            if index.name == "ix_exchanges_outcome":
+                index.create(sync, checkfirst=True)
+        t.metadata.create_all(sync, tables=[t.app_processes, t.job_leases])
+
+    await conn.run_sync(apply)
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial: chainlit tables, accounts, deployments, experiments, exchanges, ratings",
      _m1_initial),
     (2, "datasets, training jobs and their events", _m2_training),
     (3, "indexes on Chainlit tables for retention and erasure", _m3_privacy_indexes),
+    (4, "owners of pending turns, app process heartbeats, leases of periodic jobs",
+     _m4_turn_owners),
 ]
 
 

@@ -102,6 +102,12 @@ exchanges = sa.Table(
     sa.Column("outcome", sa.String(20), nullable=False),
     sa.Column("error_kind", sa.String(40)),
     _ts("created_at", nullable=False, index=True),
+    # The app process that accepted the turn (app_processes.owner, kept once finished); NULL
+    # for turns of admin commands and of versions before migration 4. Last: migration 4 adds
+    # it to existing tables, and a fresh table must have the same column order.
+    sa.Column("owner", sa.String(100)),
+    # Finding pending turns (at start, and the reaper's sweep) without a scan of all turns.
+    sa.Index("ix_exchanges_outcome", "outcome"),
 )
 
 # Append-only: the latest row per exchange is the rating; earlier rows are its history.
@@ -170,4 +176,27 @@ job_events = sa.Table(
     # metrics events carry step, train_loss, valid_loss, token accuracy, epoch
     sa.Column("data", sa.JSON, nullable=False),
     sa.Index("ix_job_events_job", "job_id", "id"),
+)
+
+# Live app processes: each writes `seen_at` every TRAVEL_HEARTBEAT_S and deletes its row when it
+# exits cleanly. A pending turn whose owner has no recent row belongs to no one any more.
+app_processes = sa.Table(
+    "app_processes",
+    metadata,
+    sa.Column("owner", sa.String(100), primary_key=True),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    _ts("started_at", nullable=False),
+    _ts("seen_at", nullable=False),
+)
+
+# Periodic jobs that must run once across processes: who holds a run, until when, and when the
+# last run succeeded (chatapp/shared/once.py).
+job_leases = sa.Table(
+    "job_leases",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("holder", sa.String(100)),
+    _ts("leased_until"),
+    _ts("last_done_at"),
 )

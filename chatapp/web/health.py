@@ -22,6 +22,7 @@ import httpx
 from chatapp.chat.conversation import ChatService
 from chatapp.domain import ARMS, Deployment, Provider
 from chatapp.settings import ConfigError, Connection, Settings
+from chatapp.shared.redis_state import SharedRedis, Unavailable
 
 FOUNDRY_INFO_API_VERSION = "2024-05-01-preview"
 
@@ -86,9 +87,24 @@ class HealthChecker:
         # Only a deployment serving an arm counts: an idle one left registered (Azure deletes
         # fine-tuned deployments unused for 15 days) is reported but harms no traveller.
         degraded = any(d["status"] in UNHEALTHY and d["arms"] for d in deployments)
+        body: dict[str, Any] = {"database": database.as_dict(), "deployments": deployments}
+        if service.shared is not None:
+            # Redis down: the chat still answers, with limits and the alarm per process.
+            body["redis"] = (await self._redis(service.shared)).as_dict()
+            degraded = degraded or body["redis"]["status"] != "ok"
         status = "down" if database.status != "ok" else "degraded" if degraded else "ok"
-        body = {"status": status, "database": database.as_dict(), "deployments": deployments}
-        return (200 if database.status == "ok" else 503), body
+        if service.gate.draining:
+            # Shutting down: a proxy must send new sessions elsewhere.
+            return 503, {"status": "draining", **body}
+        return (200 if database.status == "ok" else 503), {"status": status, **body}
+
+    async def _redis(self, shared: SharedRedis) -> Probe:
+        try:
+            async with asyncio.timeout(self._settings.health_probe_timeout_s):
+                ms = await shared.ping()
+        except (Unavailable, TimeoutError) as err:
+            return Probe("down", error=str(err) if isinstance(err, Unavailable) else "timeout")
+        return Probe("ok", round(ms, 2))
 
     async def _database(self, service: ChatService) -> Probe:
         t0 = time.perf_counter()

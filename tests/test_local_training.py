@@ -72,7 +72,7 @@ async def wait_for(trainer: LocalTrainer, job_id: str, ok: Any, timeout: float) 
 def test_split_is_seeded_and_disjoint() -> None:
     examples = load_examples(SEED_TRAIN)
     train, valid = split_examples(examples, seed=7)
-    assert (len(train), len(valid)) == (45, 5)
+    assert (len(train), len(valid)) == (325, 36)
     assert split_examples(examples, seed=7) == (train, valid)
     assert split_examples(examples, seed=8)[1] != valid
     assert sorted(map(json.dumps, train + valid)) == sorted(map(json.dumps, examples))

@@ -450,3 +450,94 @@ async def test_cancel_stops_training_between_steps(
     n_steps = sum(1 for e in await trainer.events(job_id) if e.data.get("kind") == "step")
     assert 1 <= n_steps < 11
     assert not (trainer.job_dir(job_id) / "adapter.gguf").exists()
+
+
+def _pairs_file(path: Path, n: int) -> Path:
+    """Seed conversations as preference pairs: the seed reply preferred over one that names a
+    hotel and asks nothing."""
+    rows = []
+    for line in SEED_TRAIN.read_text().splitlines()[:n]:
+        messages = json.loads(line)["messages"]
+        rows.append({"input": {"messages": messages[:2]},
+                     "preferred_output": [messages[2]],
+                     "non_preferred_output": [{"role": "assistant", "content":
+                                               "Stay at the Grand Palace Hotel, it is the best."}]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.model
+@pytest.mark.slow
+async def test_local_dpo_job_starts_from_a_supervised_adapter_and_deploys(
+        settings: Settings, sqlite_store: Store, model_path: Path, tmp_path: Path) -> None:
+    import hashlib
+    import math
+
+    import torch
+
+    from admin.training import lora
+    from admin.training.gguf_lora import write_lora_gguf
+    from admin.training.llama_eval import llama_loss
+    from chatapp.providers.local import LocalChat
+
+    # A finished supervised job, as `train start` leaves one: its adapter in its job folder.
+    trainer = LocalTrainer(settings, sqlite_store, max_seq_len=MAX_LEN)
+    hp = lora.Hyper(r=8, alpha=16)
+    model = lora.add_lora(lora.load_base(model_path, 2, lora.default_cache_dir()), hp)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)
+    sft_adapter = trainer.job_dir("local-sft") / "adapter.gguf"
+    sft_adapter.parent.mkdir(parents=True)
+    write_lora_gguf(sft_adapter, lora.lora_state(model), alpha=hp.alpha,
+                    n_head=model.config.num_attention_heads,
+                    n_head_kv=model.config.num_key_value_heads)
+    del model
+    sha = hashlib.sha256(sft_adapter.read_bytes()).hexdigest()
+    await sqlite_store.add_job(TrainingJob(
+        id="local-sft", backend="local", base_model=SMOLLM2, status="succeeded",
+        backend_job_id="local-sft", result={"adapter_path": "training/jobs/local-sft/adapter.gguf",
+                                            "adapter_sha256": sha}))
+
+    pairs = _pairs_file(tmp_path / "pairs.jsonl", 6)
+    spec = JobSpec(SMOLLM2, pairs, epochs=1, method="dpo", from_job="local-sft", beta=0.1)
+    with pytest.raises(TrainingError, match="needs --from-job"):
+        await trainer.start(JobSpec(SMOLLM2, pairs, method="dpo"), "file-x", None)
+    state = await trainer.start(spec, await trainer.upload(pairs), None)
+    assert state.progress["total_steps"] == 2  # 5 pairs after the split, batches of 4
+    job = await record(sqlite_store, state)
+    done = await wait_for(trainer, job.id, lambda s: s.status not in ("queued", "running"), 600)
+    assert done.status == "succeeded", done.error
+    result = done.result
+    assert result["method"] == "dpo" and result["beta"] == 0.1
+    assert result["init_adapter_sha256"] == sha
+    assert result["hyperparameters"]["r"] == 8 and result["hyperparameters"]["alpha"] == 16
+    events = await trainer.events(job.id)
+    steps = [e.data for e in events if e.data.get("kind") == "step"]
+    epochs = [e.data for e in events if e.data.get("kind") == "epoch"]
+    assert [s["step"] for s in steps] == [1, 2]
+    assert all({"reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward",
+                "train_loss", "token_accuracy"} <= set(s) for s in steps)
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert epochs[0]["valid_loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference
+    assert any("starting from adapter" in e.message for e in events)
+
+    # One GGUF adapter like a supervised job's: llama.cpp loads it, it moved away from the start
+    # adapter, and it deploys and answers through the chat's local provider.
+    adapter = settings.data_dir / result["adapter_path"]
+    chosen = [{"messages": [*r["input"]["messages"], r["preferred_output"][0]]}
+              for r in map(json.loads, pairs.read_text().splitlines())]
+    start = llama_loss(model_path, chosen, lora_path=sft_adapter, max_len=MAX_LEN)
+    tuned = llama_loss(model_path, chosen, lora_path=adapter, max_len=MAX_LEN)
+    assert math.isfinite(tuned.loss) and tuned.loss != start.loss
+    row = await sqlite_store.get_job(job.id)
+    assert row is not None
+    dep = await trainer.deploy(row, "ft-dpo")
+    chat = LocalChat.for_deployment(dep, settings.connection("local"), settings)
+    reply = ""
+    async for chunk in chat.stream([{"role": "user", "content": QUESTION}], max_tokens=24,
+                                   temperature=0.0, stop=["<|im_end|>"]):
+        reply += chunk.text
+    assert reply.strip()

@@ -141,6 +141,32 @@ def test_gguf_tensor_names_shapes_and_qk_permutation() -> None:
         0, 2, 1, 3, 4, 6, 5, 7]
 
 
+def test_an_exported_adapter_reads_back_as_the_peft_weights(tmp_path: Path) -> None:
+    """What a DPO job starts from: the supervised job's GGUF, q/k permutation undone."""
+    from admin.training.gguf_lora import read_lora_gguf, write_lora_gguf
+
+    rng = np.random.default_rng(1)
+    r, hidden, n_head, n_kv, head_dim = 4, 48, 4, 2, 12
+    shapes = {"self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (n_kv * head_dim, hidden),
+              "mlp.up_proj": (64, hidden)}
+    state = {}
+    for layer in (0, 2):
+        for module, (out, inp) in shapes.items():
+            prefix = f"base_model.model.model.layers.{layer}.{module}"
+            state[f"{prefix}.lora_A.default.weight"] = rng.normal(size=(r, inp)).astype(np.float32)
+            state[f"{prefix}.lora_B.default.weight"] = rng.normal(size=(out, r)).astype(np.float32)
+    path = write_lora_gguf(tmp_path / "a.gguf", state, alpha=8, n_head=n_head, n_head_kv=n_kv)
+    back = read_lora_gguf(path, n_head=n_head, n_head_kv=n_kv)
+    assert (back.alpha, back.rank, back.target_modules) == (8.0, r, ("q_proj", "k_proj",
+                                                                     "up_proj"))
+    assert sorted(back.state) == sorted(state)
+    for name, weights in state.items():
+        np.testing.assert_array_equal(back.state[name], weights)
+    (tmp_path / "not.gguf").write_bytes(path.read_bytes()[:64])
+    with pytest.raises(Exception):  # noqa: B017 - gguf's own error for a cut file
+        read_lora_gguf(tmp_path / "not.gguf", n_head=n_head, n_head_kv=n_kv)
+
+
 async def test_upload_is_content_addressed(settings: Settings, sqlite_store: Store) -> None:
     trainer = LocalTrainer(settings, sqlite_store)
     copy = settings.data_dir / "copy.jsonl"

@@ -50,10 +50,11 @@ class Hyper:
     # memory whatever the batch size (the optimizer still steps once per batch).
     micro_tokens: int = MICRO_TOKENS
     checkpoint: bool = True  # recompute each layer in the backward pass (see llama_forward)
-    # Training steps in bfloat16 autocast (LoRA weights and optimizer stay fp32): several times
-    # faster matrix products where the CPU has bf16 instructions. Validation loss is always
-    # fp32, the precision llama.cpp's scores are compared at. None: as the CPU allows.
-    bf16: bool | None = None
+    # Training steps in bfloat16 autocast (LoRA weights and optimizer stay fp32): faster matrix
+    # products where the CPU has bf16 instructions, but oneDNN's bf16 kernels kept tens of MB
+    # more per step (a new shape each batch), so it is off by default; validation loss is fp32
+    # either way. None: on where the CPU multiplies bf16 natively.
+    bf16: bool | None = False
 
 
 @dataclass(frozen=True)

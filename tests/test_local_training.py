@@ -72,7 +72,7 @@ async def wait_for(trainer: LocalTrainer, job_id: str, ok: Any, timeout: float) 
 def test_split_is_seeded_and_disjoint() -> None:
     examples = load_examples(SEED_TRAIN)
     train, valid = split_examples(examples, seed=7)
-    assert (len(train), len(valid)) == (45, 5)
+    assert (len(train), len(valid)) == (325, 36)
     assert split_examples(examples, seed=7) == (train, valid)
     assert split_examples(examples, seed=8)[1] != valid
     assert sorted(map(json.dumps, train + valid)) == sorted(map(json.dumps, examples))
@@ -139,6 +139,32 @@ def test_gguf_tensor_names_shapes_and_qk_permutation() -> None:
                      n_head=n_head, n_head_kv=n_kv)
     assert permute_rows(np.arange(8.0).reshape(8, 1), 2).ravel().tolist() == [
         0, 2, 1, 3, 4, 6, 5, 7]
+
+
+def test_an_exported_adapter_reads_back_as_the_peft_weights(tmp_path: Path) -> None:
+    """What a DPO job starts from: the supervised job's GGUF, q/k permutation undone."""
+    from admin.training.gguf_lora import read_lora_gguf, write_lora_gguf
+
+    rng = np.random.default_rng(1)
+    r, hidden, n_head, n_kv, head_dim = 4, 48, 4, 2, 12
+    shapes = {"self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (n_kv * head_dim, hidden),
+              "mlp.up_proj": (64, hidden)}
+    state = {}
+    for layer in (0, 2):
+        for module, (out, inp) in shapes.items():
+            prefix = f"base_model.model.model.layers.{layer}.{module}"
+            state[f"{prefix}.lora_A.default.weight"] = rng.normal(size=(r, inp)).astype(np.float32)
+            state[f"{prefix}.lora_B.default.weight"] = rng.normal(size=(out, r)).astype(np.float32)
+    path = write_lora_gguf(tmp_path / "a.gguf", state, alpha=8, n_head=n_head, n_head_kv=n_kv)
+    back = read_lora_gguf(path, n_head=n_head, n_head_kv=n_kv)
+    assert (back.alpha, back.rank, back.target_modules) == (8.0, r, ("q_proj", "k_proj",
+                                                                     "up_proj"))
+    assert sorted(back.state) == sorted(state)
+    for name, weights in state.items():
+        np.testing.assert_array_equal(back.state[name], weights)
+    (tmp_path / "not.gguf").write_bytes(path.read_bytes()[:64])
+    with pytest.raises(Exception):  # noqa: B017 - gguf's own error for a cut file
+        read_lora_gguf(tmp_path / "not.gguf", n_head=n_head, n_head_kv=n_kv)
 
 
 async def test_upload_is_content_addressed(settings: Settings, sqlite_store: Store) -> None:
@@ -450,3 +476,94 @@ async def test_cancel_stops_training_between_steps(
     n_steps = sum(1 for e in await trainer.events(job_id) if e.data.get("kind") == "step")
     assert 1 <= n_steps < 11
     assert not (trainer.job_dir(job_id) / "adapter.gguf").exists()
+
+
+def _pairs_file(path: Path, n: int) -> Path:
+    """Seed conversations as preference pairs: the seed reply preferred over one that names a
+    hotel and asks nothing."""
+    rows = []
+    for line in SEED_TRAIN.read_text().splitlines()[:n]:
+        messages = json.loads(line)["messages"]
+        rows.append({"input": {"messages": messages[:2]},
+                     "preferred_output": [messages[2]],
+                     "non_preferred_output": [{"role": "assistant", "content":
+                                               "Stay at the Grand Palace Hotel, it is the best."}]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.model
+@pytest.mark.slow
+async def test_local_dpo_job_starts_from_a_supervised_adapter_and_deploys(
+        settings: Settings, sqlite_store: Store, model_path: Path, tmp_path: Path) -> None:
+    import hashlib
+    import math
+
+    import torch
+
+    from admin.training import lora
+    from admin.training.gguf_lora import write_lora_gguf
+    from admin.training.llama_eval import llama_loss
+    from chatapp.providers.local import LocalChat
+
+    # A finished supervised job, as `train start` leaves one: its adapter in its job folder.
+    trainer = LocalTrainer(settings, sqlite_store, max_seq_len=MAX_LEN)
+    hp = lora.Hyper(r=8, alpha=16)
+    model = lora.add_lora(lora.load_base(model_path, 2, lora.default_cache_dir()), hp)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)
+    sft_adapter = trainer.job_dir("local-sft") / "adapter.gguf"
+    sft_adapter.parent.mkdir(parents=True)
+    write_lora_gguf(sft_adapter, lora.lora_state(model), alpha=hp.alpha,
+                    n_head=model.config.num_attention_heads,
+                    n_head_kv=model.config.num_key_value_heads)
+    del model
+    sha = hashlib.sha256(sft_adapter.read_bytes()).hexdigest()
+    await sqlite_store.jobs.add(TrainingJob(
+        id="local-sft", backend="local", base_model=SMOLLM2, status="succeeded",
+        backend_job_id="local-sft", result={"adapter_path": "training/jobs/local-sft/adapter.gguf",
+                                            "adapter_sha256": sha}))
+
+    pairs = _pairs_file(tmp_path / "pairs.jsonl", 6)
+    spec = JobSpec(SMOLLM2, pairs, epochs=1, method="dpo", from_job="local-sft", beta=0.1)
+    with pytest.raises(TrainingError, match="needs --from-job"):
+        await trainer.start(JobSpec(SMOLLM2, pairs, method="dpo"), "file-x", None)
+    state = await trainer.start(spec, await trainer.upload(pairs), None)
+    assert state.progress["total_steps"] == 2  # 5 pairs after the split, batches of 4
+    job = await record(sqlite_store, state)
+    done = await wait_for(trainer, job.id, lambda s: s.status not in ("queued", "running"), 600)
+    assert done.status == "succeeded", done.error
+    result = done.result
+    assert result["method"] == "dpo" and result["beta"] == 0.1
+    assert result["init_adapter_sha256"] == sha
+    assert result["hyperparameters"]["r"] == 8 and result["hyperparameters"]["alpha"] == 16
+    events = await trainer.events(job.id)
+    steps = [e.data for e in events if e.data.get("kind") == "step"]
+    epochs = [e.data for e in events if e.data.get("kind") == "epoch"]
+    assert [s["step"] for s in steps] == [1, 2]
+    assert all({"reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward",
+                "train_loss", "token_accuracy"} <= set(s) for s in steps)
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert epochs[0]["valid_loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference
+    assert any("starting from adapter" in e.message for e in events)
+
+    # One GGUF adapter like a supervised job's: llama.cpp loads it, it moved away from the start
+    # adapter, and it deploys and answers through the chat's local provider.
+    adapter = settings.data_dir / result["adapter_path"]
+    chosen = [{"messages": [*r["input"]["messages"], r["preferred_output"][0]]}
+              for r in map(json.loads, pairs.read_text().splitlines())]
+    start = llama_loss(model_path, chosen, lora_path=sft_adapter, max_len=MAX_LEN)
+    tuned = llama_loss(model_path, chosen, lora_path=adapter, max_len=MAX_LEN)
+    assert math.isfinite(tuned.loss) and tuned.loss != start.loss
+    row = await sqlite_store.jobs.get(job.id)
+    assert row is not None
+    dep = await trainer.deploy(row, "ft-dpo")
+    chat = LocalChat.for_deployment(dep, settings.connection("local"), settings)
+    reply = ""
+    async for chunk in chat.stream([{"role": "user", "content": QUESTION}], max_tokens=24,
+                                   temperature=0.0, stop=["<|im_end|>"]):
+        reply += chunk.text
+    assert reply.strip()

@@ -172,6 +172,29 @@ def test_start_needs_a_model_for_azure_and_a_known_backend(fake: FakeOpenAIServe
     assert result.exit_code == 2 and "choose one of azure, local" in result.output
 
 
+def test_start_checks_the_method_options(fake: FakeOpenAIServer, tmp_path: Path) -> None:
+    result = invoke("train", "start", "--train", str(TRAIN), "--method", "rlhf")
+    assert result.exit_code == 2 and "--method 'rlhf': choose one of sft, dpo" in result.output
+    result = invoke("train", "start", "--train", str(TRAIN), "--beta", "0.1")
+    assert result.exit_code == 2 and "--beta and --from-job go with --method dpo" in result.output
+    result = invoke("train", "start", "--train", str(TRAIN), "--method", "dpo")
+    assert result.exit_code == 2 and "--method dpo needs --from-job" in result.output
+    result = invoke("train", "start", "--train", str(TRAIN), "--method", "dpo", "--from-job",
+                    "x", "--beta", "0")
+    assert result.exit_code == 2 and "--beta 0.0: must be positive" in result.output
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"input": {"messages": [{"role": "user", "content": "Rome?"}]},'
+                     ' "preferred_output": [{"role": "assistant", "content": "Lovely. Why?"}],'
+                     ' "non_preferred_output": [{"role": "assistant", "content": "Go."}]}\n')
+    result = invoke("train", "start", "--backend", "azure", "--model", BASE_MODEL, "--train",
+                    str(pairs), "--method", "dpo")
+    assert result.exit_code == 1 and "method dpo on azure: not yet" in result.output
+    assert fake.requests == []  # nothing uploaded
+    unknown = invoke("train", "start", "--train", str(pairs), "--method", "dpo", "--from-job",
+                     "nope")
+    assert unknown.exit_code == 1 and "no training job 'nope'" in unknown.output
+
+
 def test_watch_ctrl_c_stops_watching_not_the_job(fake: FakeOpenAIServer,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import admin.cli.train

@@ -9,7 +9,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -21,7 +21,7 @@ from rich.table import Table
 from admin.cli.common import JsonOpt, actor, console, emit, err_console, settings
 from admin.training import cleanup as cleaning
 from admin.training import jobs
-from admin.training.base import JobSpec, TrainingError
+from admin.training.base import METHODS, JobSpec, TrainingError
 from admin.training.metrics import MissingExtra, is_step_event, metric_rows, plot
 from chatapp.domain import SMOLLM2, JobEvent, Provider, TrainingJob
 from chatapp.settings import ConfigError, Settings
@@ -117,12 +117,30 @@ def start(
         help="Foundry: learning_rate = multiplier x 2e-5 (the base of Microsoft's Phi samples)."),
     seed: int | None = typer.Option(
         None, "--seed", help="Foundry: seeds only the train/validation split (no --validation)."),
+    method: str = typer.Option(
+        "sft", "--method", help="sft: supervised, from chat examples. dpo: preference pairs"
+        " (Azure/OpenAI DPO JSONL: input.messages, preferred_output, non_preferred_output),"
+        " starting from --from-job; local only for now."),
+    beta: float | None = typer.Option(
+        None, "--beta",
+        help="DPO: how strongly the reference anchors the policy (default 0.1)."),
+    from_job: str | None = typer.Option(
+        None, "--from-job", help="DPO: the succeeded supervised job (id or unique prefix) whose"
+        " adapter is the policy's start and the frozen reference."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the job id."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Validate the files, upload them, start a fine-tuning job and record it; prints its id."""
     if backend not in jobs.BACKENDS:
         fail(f"--backend {backend!r}: choose one of {', '.join(jobs.BACKENDS)}", 2)
+    if method not in METHODS:
+        fail(f"--method {method!r}: choose one of {', '.join(METHODS)}", 2)
+    if method == "sft" and (beta is not None or from_job is not None):
+        fail("--beta and --from-job go with --method dpo", 2)
+    if beta is not None and beta <= 0:
+        fail(f"--beta {beta}: must be positive", 2)
+    if method == "dpo" and backend == "local" and from_job is None:
+        fail("--method dpo needs --from-job JOB: the supervised job to start from", 2)
     if model is None:
         if backend == "azure":
             fail("--model is required with --backend azure (e.g. gpt-4o-mini-2024-07-18)", 2)
@@ -131,11 +149,14 @@ def start(
         model = SMOLLM2
     spec = JobSpec(base_model=model, train_path=train, validation_path=validation, suffix=suffix,
                    epochs=epochs, batch_size=batch_size, learning_rate_multiplier=lr_multiplier,
-                   seed=seed)
+                   seed=seed, method=method, beta=beta)
 
     async def run(store: Store, conf: Settings) -> tuple[TrainingJob, list[jobs.InputFile]]:
+        job_spec = spec
+        if from_job is not None:  # a prefix is resolved to the job's full id
+            job_spec = replace(spec, from_job=(await jobs.resolve_job(store, from_job)).id)
         async with jobs.open_trainer(backend, conf, store) as trainer:
-            return await jobs.start_job(store, trainer, spec, settings=conf, actor=actor())
+            return await jobs.start_job(store, trainer, job_spec, settings=conf, actor=actor())
 
     job, files = _run(run)
     if as_json:

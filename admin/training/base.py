@@ -28,6 +28,12 @@ class JobSpec:
     batch_size: int | None = None
     learning_rate_multiplier: float | None = None
     seed: int | None = None
+    method: str = "sft"  # sft (supervised) | dpo (preference pairs); see METHODS
+    beta: float | None = None  # DPO: how far the policy may move from the reference
+    from_job: str | None = None  # DPO: the supervised job whose model is policy start + reference
+
+
+METHODS = ("sft", "dpo")
 
 
 @dataclass

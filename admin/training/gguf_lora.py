@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,13 @@ def permute_rows(weights: np.ndarray[Any, Any], n_head: int) -> np.ndarray[Any, 
     """convert_hf_to_gguf's llama `permute` on the first (output) axis, for `n_head` heads."""
     rows = weights.shape[0]
     return (weights.reshape(n_head, 2, rows // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def unpermute_rows(weights: np.ndarray[Any, Any], n_head: int) -> np.ndarray[Any, Any]:
+    """The inverse of `permute_rows` (what transformers does to q/k when it loads a GGUF)."""
+    rows = weights.shape[0]
+    return (weights.reshape(n_head, rows // n_head // 2, 2, *weights.shape[1:])
             .swapaxes(1, 2).reshape(weights.shape))
 
 
@@ -98,3 +106,64 @@ def write_lora_gguf(path: Path, state: Mapping[str, np.ndarray[Any, Any]], *, al
 
 def _tensor_order(name: str) -> tuple[int, str]:
     return int(name.split(".")[1]), name
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A GGUF LoRA adapter read back in PEFT's terms (to continue training from it)."""
+
+    state: dict[str, np.ndarray[Any, Any]]  # PEFT parameter name -> weights
+    alpha: float
+    rank: int
+    target_modules: tuple[str, ...]  # e.g. q_proj, down_proj
+
+
+_GGUF_KEY = re.compile(r"^blk\.(?P<layer>\d+)\.(?P<name>\w+)\.weight\.lora_(?P<ab>[ab])$")
+
+
+def read_lora_gguf(path: Path, *, n_head: int, n_head_kv: int) -> LoraAdapter:
+    """Read an adapter `write_lora_gguf` wrote (or llama.cpp's converter: same layout), undoing
+    the q/k row permutation, under the parameter names PEFT gives a llama model's LoRA."""
+    import gguf
+
+    reader: Any = gguf.GGUFReader(str(path))
+    kind = _field(reader, gguf.Keys.Adapter.TYPE, path)
+    if bytes(kind.parts[kind.data[0]]).decode() != "lora":
+        raise ValueError(f"{path}: not a LoRA adapter (adapter.type is not lora)")
+    alpha = float(_field(reader, gguf.Keys.Adapter.LORA_ALPHA, path).parts[-1][0])
+    peft_names = {v: k for k, v in LLAMA_NAMES.items()}
+    state: dict[str, np.ndarray[Any, Any]] = {}
+    ranks: set[int] = set()
+    for tensor in reader.tensors:
+        m = _GGUF_KEY.match(tensor.name)
+        if m is None or m["name"] not in peft_names:
+            raise ValueError(f"{path}: unexpected tensor {tensor.name!r} in a LoRA adapter")
+        module = peft_names[m["name"]]
+        # ggml lists dimensions innermost first: the numpy shape is the reverse.
+        arr = np.array(tensor.data, dtype=np.float32).reshape(
+            [int(d) for d in reversed(tensor.shape)])
+        if m["ab"] == "b" and module == "self_attn.q_proj":
+            arr = unpermute_rows(arr, n_head)
+        elif m["ab"] == "b" and module == "self_attn.k_proj":
+            arr = unpermute_rows(arr, n_head_kv)
+        ranks.add(arr.shape[0] if m["ab"] == "a" else arr.shape[1])
+        ab = "A" if m["ab"] == "a" else "B"
+        state[f"base_model.model.model.layers.{m['layer']}.{module}.lora_{ab}.default.weight"] = arr
+    if not state:
+        raise ValueError(f"{path}: the adapter holds no LoRA tensors")
+    if len(ranks) != 1:
+        raise ValueError(f"{path}: LoRA tensors of several ranks {sorted(ranks)}")
+    modules = tuple(sorted({k.split(".")[-4] for k in state}, key=_module_order))
+    return LoraAdapter(state, alpha, ranks.pop(), modules)
+
+
+def _field(reader: Any, key: str, path: Path) -> Any:
+    field = reader.get_field(key)
+    if field is None:
+        raise ValueError(f"{path}: no {key} in the GGUF metadata: not a LoRA adapter")
+    return field
+
+
+def _module_order(name: str) -> int:
+    order = [k.split(".")[-1] for k in LLAMA_NAMES]
+    return order.index(name) if name in order else len(order)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from admin.datasets.files import sha256_file
-from admin.training.base import JobSpec, Trainer, TrainingError
+from admin.training.base import METHODS, JobSpec, Trainer, TrainingError
 from chatapp.domain import Arm, Deployment, Experiment, JobEvent, TrainingJob
 from chatapp.settings import Settings
 from chatapp.store import Store
@@ -92,8 +92,10 @@ class InvalidTrainingFiles(TrainingError):
 
 
 async def check_inputs(spec: JobSpec, *, settings: Settings, store: Store) -> list[InputFile]:
-    """Validate the files (format, tokens) and look them up among the built datasets."""
+    """Validate the files (format, tokens; preference pairs for DPO) and look them up among the
+    built datasets."""
     from admin.datasets.validate import validate_file
+    from admin.training.preferences import check_file
 
     files = []
     inputs: tuple[tuple[Literal["train", "validation"], Path | None], ...] = (
@@ -103,8 +105,11 @@ async def check_inputs(spec: JobSpec, *, settings: Settings, store: Store) -> li
             continue
         if not path.is_file():
             raise TrainingError(f"--{kind}: no such file: {path}")
-        report = await asyncio.to_thread(validate_file, path, model=spec.base_model, kind=kind,
-                                         settings=settings)
+        if spec.method == "dpo":
+            report: Any = await asyncio.to_thread(check_file, path)
+        else:
+            report = await asyncio.to_thread(validate_file, path, model=spec.base_model,
+                                             kind=kind, settings=settings)
         digest = sha256_file(path)
         files.append(InputFile(kind, path, digest, report, await store.datasets.get(digest)))
     if any(not f.report.ok for f in files):
@@ -115,6 +120,14 @@ async def check_inputs(spec: JobSpec, *, settings: Settings, store: Store) -> li
 async def start_job(store: Store, trainer: Trainer, spec: JobSpec, *, settings: Settings,
                     actor: str) -> tuple[TrainingJob, list[InputFile]]:
     """Validate, upload, start and record a job; nothing is uploaded if a file is invalid."""
+    if spec.method not in METHODS:
+        raise TrainingError(f"method {spec.method!r}: choose one of {', '.join(METHODS)}")
+    if spec.method != "sft" and trainer.name != "local":
+        # Azure takes DPO jobs (method={"type": "dpo", ...}); wiring it is a change of its own.
+        raise TrainingError(f"method {spec.method} on {trainer.name}: not yet; use --backend"
+                            " local")
+    if spec.method == "sft" and (spec.beta is not None or spec.from_job is not None):
+        raise TrainingError("--beta and --from-job are for --method dpo")
     files = await check_inputs(spec, settings=settings, store=store)
     precheck = getattr(trainer, "check", None)
     if precheck is not None:
@@ -130,9 +143,13 @@ async def start_job(store: Store, trainer: Trainer, spec: JobSpec, *, settings: 
         await _forget_uploads(trainer, uploaded)
         raise
     shas = {f.kind: f.sha256 for f in files}
-    hyper = {k: v for k, v in (("n_epochs", spec.epochs), ("batch_size", spec.batch_size),
-                               ("learning_rate_multiplier", spec.learning_rate_multiplier),
-                               ("seed", spec.seed)) if v is not None}
+    named: tuple[tuple[str, Any], ...] = (
+        ("n_epochs", spec.epochs), ("batch_size", spec.batch_size),
+        ("learning_rate_multiplier", spec.learning_rate_multiplier), ("seed", spec.seed),
+        ("beta", spec.beta), ("from_job", spec.from_job))
+    hyper = {k: v for k, v in named if v is not None}
+    if spec.method != "sft":
+        hyper["method"] = spec.method
     fields: dict[str, Any] = dict(
         backend=trainer.name, base_model=spec.base_model, hyperparameters=hyper,
         backend_job_id=state.backend_job_id, suffix=spec.suffix,

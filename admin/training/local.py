@@ -12,7 +12,7 @@ Layout under the data folder:
     deployments/<name>/adapter.gguf     deployed copies (what the chat loads)
 and, shared by all data folders, ~/.cache/travel-chat/base-fp32/ (dequantized base weights).
 
-The CLI records the job row (store.add_job) right after `start`, with `id` (or
+The CLI records the job row (store.jobs.add) right after `start`, with `id` (or
 `backend_job_id`) equal to the returned `backend_job_id`; the worker waits for that row.
 """
 
@@ -41,13 +41,18 @@ from admin.datasets.files import sha256_file
 from admin.training import local_worker as w
 from admin.training.base import BackendEvent, JobSpec, JobState, TrainingError
 from admin.training.chat_data import load_examples, split_examples, write_examples
+from admin.training.dpo import DEFAULT_BETA
 from admin.training.lora import BASE_LEARNING_RATE, Hyper, default_cache_dir
+from admin.training.preferences import load_rows
 from chatapp.domain import SMOLLM2, Deployment, Provider, TrainingJob
 from chatapp.settings import LOCAL_CONNECTION, ConfigError, Settings
 from chatapp.store import Store, now
 from chatapp.tokens import resolve_local_model_path
 
 TRAIN_MODULES = ("torch", "transformers", "peft", "gguf")
+# DPO moves a supervised adapter a little: a rate far below SFT's, and few epochs.
+DPO_LEARNING_RATE = 2e-5
+DPO_EPOCHS = 2
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _FILE_ID = re.compile(r"^file-([0-9a-f]{64})$")
 
@@ -107,8 +112,10 @@ class LocalTrainer:
     def hyperparameters(self, spec: JobSpec) -> Hyper:
         """The job's effective hyperparameters (the defaults filled in)."""
         mult = spec.learning_rate_multiplier or 1.0
-        return Hyper(epochs=spec.epochs or Hyper.epochs, batch_size=spec.batch_size or
-                     Hyper.batch_size, learning_rate=BASE_LEARNING_RATE * mult,
+        dpo = spec.method == "dpo"
+        return Hyper(epochs=spec.epochs or (DPO_EPOCHS if dpo else Hyper.epochs),
+                     batch_size=spec.batch_size or Hyper.batch_size,
+                     learning_rate=(DPO_LEARNING_RATE if dpo else BASE_LEARNING_RATE) * mult,
                      seed=spec.seed if spec.seed is not None else Hyper.seed,
                      max_seq_len=self.max_seq_len, threads=self.threads)
 
@@ -128,6 +135,10 @@ class LocalTrainer:
         hp = self.hyperparameters(spec)
         if hp.epochs < 1 or hp.batch_size < 1 or hp.learning_rate <= 0:
             raise TrainingError("epochs, batch size and learning rate must be positive")
+        if spec.beta is not None and spec.beta <= 0:
+            raise TrainingError(f"--beta {spec.beta}: must be positive")
+        init = await self._init_adapter(spec) if spec.method == "dpo" else None
+        load = load_rows if spec.method == "dpo" else load_examples
         job_id = f"local-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         job_dir = self.job_dir(job_id)
         train_path = self.file_path(train_file_id)
@@ -135,10 +146,10 @@ class LocalTrainer:
         job_dir.mkdir(parents=True)
         try:
             if valid_path is not None:
-                n_train = len(load_examples(train_path))
+                n_train = len(load(train_path))
             else:
                 # Seeded, so the same file and seed give the same split on every machine.
-                train, valid = split_examples(load_examples(train_path), hp.seed)
+                train, valid = split_examples(load(train_path), hp.seed)
                 train_path, valid_path = job_dir / "train.jsonl", job_dir / "validation.jsonl"
                 write_examples(train_path, train)
                 write_examples(valid_path, valid)
@@ -150,7 +161,10 @@ class LocalTrainer:
             job_id=job_id, database_url=self.settings.db_url, data_dir=str(self.data_dir),
             base_model=spec.base_model, model_path=str(model_path), train_path=str(train_path),
             validation_path=str(valid_path), hyper=asdict(hp), heartbeat_s=self.heartbeat_s,
-            cache_dir=str(self.cache_dir),
+            cache_dir=str(self.cache_dir), method=spec.method,
+            beta=(spec.beta if spec.beta is not None else DEFAULT_BETA) if init else None,
+            init_adapter=str(init[0]) if init else None,
+            init_adapter_sha256=init[1] if init else None,
         ).save(job_dir / w.SPEC_FILE)
         with (job_dir / w.LOG_FILE).open("ab") as log:
             proc = subprocess.Popen(
@@ -165,6 +179,26 @@ class LocalTrainer:
         total = math.ceil(n_train / hp.batch_size) * hp.epochs
         return JobState(job_id, "queued", progress={
             "step": 0, "total_steps": total, "epoch": 0, "n_epochs": hp.epochs})
+
+    async def _init_adapter(self, spec: JobSpec) -> tuple[Path, str]:
+        """(adapter path, sha256) of the succeeded local job a DPO job starts from."""
+        if not spec.from_job:
+            raise TrainingError("--method dpo needs --from-job: the supervised job whose"
+                                " adapter is the policy's start and the frozen reference")
+        row = await w.find_job(self.store, spec.from_job)
+        if row is None:
+            raise TrainingError(f"--from-job {spec.from_job}: no such job")
+        if row.backend != "local" or row.status != "succeeded":
+            raise TrainingError(f"--from-job {row.id}: a succeeded local job is needed, not a"
+                                f" {row.status} {row.backend} job")
+        rel, sha = row.result.get("adapter_path"), row.result.get("adapter_sha256")
+        path = self.data_dir / str(rel)
+        if not rel or not sha or not path.is_file():
+            raise TrainingError(f"--from-job {row.id}: its adapter is gone ({path})")
+        if (row.base_model or SMOLLM2) != (spec.base_model or SMOLLM2):
+            raise TrainingError(f"--from-job {row.id} trained {row.base_model}, not"
+                                f" {spec.base_model}")
+        return path, str(sha)
 
     async def _row(self, job_id: str) -> TrainingJob:
         row = await w.find_job(self.store, job_id)

@@ -53,6 +53,10 @@ class WorkerSpec:
     heartbeat_s: float = 10.0
     row_wait_s: float = 120.0  # how long to wait for the CLI to record the job row
     cache_dir: str | None = None  # dequantized base weights (see lora.load_base)
+    method: str = "sft"  # sft | dpo
+    beta: float | None = None  # DPO only
+    init_adapter: str | None = None  # DPO: the supervised job's adapter.gguf (policy start and
+    init_adapter_sha256: str | None = None  # frozen reference), checked before use
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
@@ -139,7 +143,7 @@ def peak_rss_mb() -> float:
 def run(spec: WorkerSpec, job: Job) -> None:
     """Train, export the best epoch's adapter, and record the outcome."""
     from admin.training import lora
-    from admin.training.chat_data import ChatEncoder, load_examples
+    from admin.training.chat_data import ChatEncoder
     from admin.training.gguf_lora import write_lora_gguf
 
     started = time.monotonic()
@@ -147,24 +151,18 @@ def run(spec: WorkerSpec, job: Job) -> None:
         "target_modules", lora.TARGET_MODULES))})
     model_path = Path(spec.model_path)
     encoder = ChatEncoder(model_path)
-    sets = {}
-    for kind, path in (("train", spec.train_path), ("validation", spec.validation_path)):
-        encoded = [encoder.encode(e, hp.max_seq_len) for e in load_examples(Path(path))]
-        usable = [e for e in encoded if e.n_target > 0]
-        cut = sum(e.truncated for e in usable)
-        job.event(f"{kind}: {len(usable)} examples, {sum(e.n_target for e in usable)} trained"
-                  f" tokens ({len(encoded) - len(usable)} without trainable assistant tokens"
-                  f" skipped, {cut} cut at {hp.max_seq_len} tokens)")
-        if not usable:
-            raise ValueError(f"the {kind} set has no example with trainable assistant tokens")
-        sets[kind] = usable
+    sets = _encoded_sets(spec, job, encoder, hp.max_seq_len)
     if job.cancel_requested():
         job.update(status="cancelled")
         job.event("cancelled before training started")
         return
     job.event(f"loading {model_path.name} (dequantized to fp32)")
     cache = Path(spec.cache_dir) if spec.cache_dir else None
-    model = lora.add_lora(lora.load_base(model_path, hp.threads, cache), hp)
+    base = lora.load_base(model_path, hp.threads, cache)
+    if spec.method == "dpo":
+        model, hp = _from_adapter(spec, job, base, hp)
+    else:
+        model = lora.add_lora(base, hp)
     n_epochs = hp.epochs
     last: dict[str, Any] = {"valid_loss": None}
 
@@ -173,11 +171,11 @@ def run(spec: WorkerSpec, job: Job) -> None:
                         "n_epochs": n_epochs, "train_loss": m.train_loss,
                         "valid_loss": last["valid_loss"]}
         job.update(progress=job.progress, heartbeat_at=now())
-        job.event(f"step {m.step}/{m.total_steps}: train loss {m.train_loss:.4f}",
+        job.event(f"step {m.step}/{m.total_steps}: train loss {m.train_loss:.4f}{_extra(m.extra)}",
                   data={"kind": "step", "step": m.step, "epoch": m.epoch,
                         "train_loss": m.train_loss, "valid_loss": None,
                         "token_accuracy": m.token_accuracy, "learning_rate": m.learning_rate,
-                        "seconds": round(m.seconds, 3)})
+                        "seconds": round(m.seconds, 3), **m.extra})
 
     def on_epoch(m: lora.EpochMetrics) -> None:
         last["valid_loss"] = m.valid_loss
@@ -185,13 +183,21 @@ def run(spec: WorkerSpec, job: Job) -> None:
         job.progress = {**job.progress, "epoch": m.epoch, "n_epochs": n_epochs,
                         "valid_loss": m.valid_loss, "best_epoch": m.best_epoch}
         job.update(progress=job.progress, heartbeat_at=now())
-        job.event(f"{label}: validation loss {m.valid_loss:.4f}",
+        job.event(f"{label}: validation loss {m.valid_loss:.4f}{_extra(m.extra)}",
                   data={"kind": "epoch", "step": m.step, "epoch": m.epoch,
                         "train_loss": m.train_loss, "valid_loss": m.valid_loss,
-                        "token_accuracy": m.token_accuracy, "best_epoch": m.best_epoch})
+                        "token_accuracy": m.token_accuracy, "best_epoch": m.best_epoch,
+                        **m.extra})
 
-    out = lora.train(model, sets["train"], sets["validation"], hp, on_step=on_step,
-                     on_epoch=on_epoch, should_stop=job.cancel_requested)
+    if spec.method == "dpo":
+        from admin.training import dpo
+
+        out = dpo.train(model, sets["train"], sets["validation"], hp,
+                        spec.beta if spec.beta is not None else dpo.DEFAULT_BETA,
+                        on_step=on_step, on_epoch=on_epoch, should_stop=job.cancel_requested)
+    else:
+        out = lora.train(model, sets["train"], sets["validation"], hp, on_step=on_step,
+                         on_epoch=on_epoch, should_stop=job.cancel_requested)
     if out.cancelled:
         job.update(status="cancelled", progress=job.progress)
         job.event(f"cancelled after {out.steps} steps")
@@ -205,19 +211,91 @@ def run(spec: WorkerSpec, job: Job) -> None:
     result = {
         "adapter_path": adapter.relative_to(Path(spec.data_dir).resolve()).as_posix(),
         "adapter_sha256": sha256_file(adapter), "adapter_bytes": adapter.stat().st_size,
-        "best_epoch": out.best_epoch, "best_valid_loss": out.best_valid_loss,
+        "method": spec.method, "best_epoch": out.best_epoch,
+        "best_valid_loss": out.best_valid_loss,
         "initial_valid_loss": out.initial_valid_loss, "epochs": out.epochs,
         "stopped_early": out.stopped_early, "steps": out.steps,
         "n_train": len(sets["train"]), "n_validation": len(sets["validation"]),
         "seconds": round(seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
         "hyperparameters": {k: v for k, v in asdict(hp).items() if k != "threads"},
     }
+    if spec.method == "dpo":
+        result |= {"beta": spec.beta, "init_adapter_sha256": spec.init_adapter_sha256}
     job.update(status="succeeded", result=result, progress=job.progress,
                fine_tuned_model=f"{spec.base_model}+{spec.job_id}")
     kept = "stopped early, " if out.stopped_early else ""
     job.event(f"succeeded: {kept}kept epoch {out.best_epoch} (validation loss"
               f" {out.best_valid_loss:.4f}, before training {out.initial_valid_loss:.4f})",
               data={"kind": "result", **result})
+
+
+def _extra(fields: dict[str, float]) -> str:
+    """DPO's step and epoch figures in the event message (SFT has none)."""
+    if "reward_accuracy" not in fields:
+        return ""
+    return (f", reward accuracy {fields['reward_accuracy']:.2f},"
+            f" margin {fields['reward_margin']:.3f}")
+
+
+def _encoded_sets(spec: WorkerSpec, job: Job, encoder: Any, max_len: int) -> dict[str, list[Any]]:
+    """Training and validation sets as tokens: chat examples (SFT) or preference pairs (DPO);
+    what cannot be trained on is skipped and counted in an event."""
+    from admin.training.chat_data import load_examples
+    from admin.training.preferences import encode_pair, load_rows
+
+    sets: dict[str, list[Any]] = {}
+    for kind, path in (("train", spec.train_path), ("validation", spec.validation_path)):
+        if spec.method == "dpo":
+            pairs = [encode_pair(encoder, r, max_len) for r in load_rows(Path(path))]
+            usable: list[Any] = [p for p in pairs
+                                 if p.chosen.n_target > 0 and p.rejected.n_target > 0]
+            cut = sum(p.chosen.truncated or p.rejected.truncated for p in usable)
+            job.event(f"{kind}: {len(usable)} preference pairs ({len(pairs) - len(usable)}"
+                      f" whose reply was cut away skipped, {cut} cut at {max_len} tokens)")
+        else:
+            encoded = [encoder.encode(e, max_len) for e in load_examples(Path(path))]
+            usable = [e for e in encoded if e.n_target > 0]
+            cut = sum(e.truncated for e in usable)
+            job.event(f"{kind}: {len(usable)} examples, {sum(e.n_target for e in usable)}"
+                      f" trained tokens ({len(encoded) - len(usable)} without trainable"
+                      f" assistant tokens skipped, {cut} cut at {max_len} tokens)")
+        if not usable:
+            raise ValueError(f"the {kind} set has nothing to train on")
+        sets[kind] = usable
+    return sets
+
+
+def _from_adapter(spec: WorkerSpec, job: Job, base: Any, hp: Any) -> tuple[Any, Any]:
+    """The base with the supervised job's adapter loaded as trainable LoRA weights; the rank,
+    alpha and modules are the adapter's."""
+    import dataclasses
+
+    import torch
+
+    from admin.training import lora
+    from admin.training.gguf_lora import read_lora_gguf
+
+    if spec.init_adapter is None:
+        raise ValueError("a DPO job needs the adapter of a supervised job to start from")
+    path = Path(spec.init_adapter)
+    if spec.init_adapter_sha256 and sha256_file(path) != spec.init_adapter_sha256:
+        raise ValueError(f"{path} changed since the job was started")
+    adapter = read_lora_gguf(path, n_head=base.config.num_attention_heads,
+                             n_head_kv=base.config.num_key_value_heads)
+    hp = dataclasses.replace(hp, r=adapter.rank, alpha=int(adapter.alpha),
+                             target_modules=adapter.target_modules)
+    model = lora.add_lora(base, hp)
+    params = dict(model.named_parameters())
+    missing = sorted(set(params) & {n for n in params if "lora_" in n} - set(adapter.state))
+    unknown = sorted(set(adapter.state) - set(params))
+    if missing or unknown:
+        raise ValueError(f"{path} does not fit the model: {len(missing)} LoRA weights missing,"
+                         f" {len(unknown)} unknown")
+    with torch.no_grad():
+        for name, weights in adapter.state.items():
+            params[name].copy_(torch.from_numpy(weights))
+    job.event(f"starting from adapter {path.name} (r={adapter.rank}, alpha={adapter.alpha:g})")
+    return model, hp
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,13 +21,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from admin.datasets.files import sha256_file
-from admin.training.chat_data import IGNORE, Encoded
+from admin.training.chat_data import Encoded
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BASE_LEARNING_RATE = 2e-4
+MICRO_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,22 @@ class Hyper:
     seed: int = 42
     r: int = 16
     alpha: int = 32
-    dropout: float = 0.05
+    # No LoRA dropout by default: its random masks cost a sixth of a step, and the kept epoch
+    # (lowest validation loss) and early stopping already guard against overfitting.
+    dropout: float = 0.0
     target_modules: tuple[str, ...] = TARGET_MODULES
     max_seq_len: int = 1024  # the seed set's longest example is ~630 tokens with the template
     patience: int = 2  # epochs without a better validation loss before stopping
     threads: int = 2
+    # Padded tokens after the shared prefix per forward/backward group: bounds activation
+    # memory whatever the batch size (the optimizer still steps once per batch).
+    micro_tokens: int = MICRO_TOKENS
+    checkpoint: bool = True  # recompute each layer in the backward pass (see llama_forward)
+    # Training steps in bfloat16 autocast (LoRA weights and optimizer stay fp32): faster matrix
+    # products where the CPU has bf16 instructions, but oneDNN's bf16 kernels kept tens of MB
+    # more per step (a new shape each batch), so it is off by default; validation loss is fp32
+    # either way. None: on where the CPU multiplies bf16 natively.
+    bf16: bool | None = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,7 @@ class StepMetrics:
     token_accuracy: float
     learning_rate: float
     seconds: float
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,7 @@ class EpochMetrics:
     train_loss: float | None  # mean over the epoch's steps
     best_epoch: int
     step: int
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +114,23 @@ class BestEpoch:
     @property
     def stop(self) -> bool:
         return self.since_best >= self.patience
+
+
+def native_bf16() -> bool:
+    """Does this CPU multiply bfloat16 natively (AVX512-BF16 or AMX)? Elsewhere torch emulates
+    it, slower than fp32."""
+    import torch
+
+    cpu: Any = torch.cpu
+    return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+
+
+def precision(hp: Hyper) -> Any:
+    """The autocast context of a training step (see Hyper.bf16)."""
+    import torch
+
+    enabled = native_bf16() if hp.bf16 is None else hp.bf16
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
 class Cancelled(Exception):
@@ -196,37 +227,44 @@ def epoch_batches(data: Sequence[Encoded], size: int, rng: random.Random) -> lis
     return batches
 
 
-def _tensors(batch: Sequence[Encoded], pad_id: int) -> tuple[Any, Any]:
+def batch_loss(model: Any, batch: Sequence[Encoded], pad_id: int, budget: int, *,
+               backward: bool, checkpoint: bool = False) -> tuple[float, int, int]:
+    """(summed NLL, trained tokens, correct top-1) of a batch; with `backward`, the gradient of
+    the batch's mean loss per trained token is accumulated too. The batch's shared prefix runs
+    once and its groups one at a time (see llama_forward), so memory follows `budget`."""
     import torch
 
-    width = max(len(e.input_ids) for e in batch)
-    ids = [e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in batch]
-    labels = [e.labels + [IGNORE] * (width - len(e.labels)) for e in batch]
-    return torch.tensor(ids), torch.tensor(labels)
+    from admin.training import llama_forward as lf
 
+    start = lf.shared_prefix(batch)
+    n_total = sum(e.n_target for e in batch)
+    total, n_ok = 0.0, 0
 
-def _loss_parts(model: Any, batch: Sequence[Encoded], pad_id: int) -> tuple[Any, int, int]:
-    """(summed NLL tensor, trained tokens, correct top-1) of a batch."""
-    import torch.nn.functional as F
+    def group_loss(group: list[Encoded]) -> Callable[[lf.KV | None], Any]:
+        def run(prefix: lf.KV | None) -> Any:
+            nonlocal total, n_ok
+            ids, targets = lf.padded(group, start, pad_id)
+            hidden = lf.decoder_pass(model, ids, prefix, checkpoint=checkpoint).hidden
+            part = lf.token_loss(model, hidden, targets)
+            total, n_ok = total + float(part.nll.detach()), n_ok + part.n_correct
+            return part.nll / n_total
+        return run
 
-    ids, labels = _tensors(batch, pad_id)
-    # The LM head runs only where a loss is taken (about a third of the tokens): it is a fifth
-    # of the model's compute and most of its activation memory (rows x 49k vocabulary).
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    # No attention mask: padding is on the right and attention is causal, so no real token
-    # ever sees a pad (outputs on real tokens are bit-identical), and the plain causal path
-    # of scaled-dot-product attention is the cheaper one.
-    hidden = causal_lm.model(input_ids=ids).last_hidden_state[:, :-1]
-    targets = labels[:, 1:]
-    keep = targets != IGNORE
-    logits = causal_lm.lm_head(hidden[keep])
-    nll = F.cross_entropy(logits, targets[keep], reduction="sum")
-    correct = int((logits.argmax(-1) == targets[keep]).sum())
-    return nll, int(keep.sum()), correct
+    groups = [group_loss(g) for g in lf.groups_within(batch, start, budget)]
+    prefix_ids = batch[0].input_ids[:start]
+    if backward:
+        lf.shared_backward(model, prefix_ids, groups, checkpoint=checkpoint)
+    else:
+        with torch.no_grad():
+            prefix = lf.prefix_pass(model, prefix_ids) if start else None
+            for run in groups:
+                run(prefix)
+    return total, n_total, n_ok
 
 
 def evaluate(model: Any, data: Sequence[Encoded], batch_size: int, pad_id: int,
-             should_stop: Callable[[], bool] = lambda: False) -> tuple[float, float]:
+             should_stop: Callable[[], bool] = lambda: False,
+             budget: int = MICRO_TOKENS) -> tuple[float, float]:
     """(mean NLL per trained token, token accuracy) over `data`, dropout off."""
     import torch
 
@@ -237,26 +275,40 @@ def evaluate(model: Any, data: Sequence[Encoded], batch_size: int, pad_id: int,
         for batch in _batches(sorted(data, key=lambda e: len(e.input_ids)), batch_size):
             if should_stop():
                 raise Cancelled()
-            nll, n, ok = _loss_parts(model, batch, pad_id)
-            total, n_tok, n_ok = total + float(nll), n_tok + n, n_ok + ok
+            nll, n, ok = batch_loss(model, batch, pad_id, budget, backward=False)
+            total, n_tok, n_ok = total + nll, n_tok + n, n_ok + ok
     model.train()
     if n_tok == 0:
         raise ValueError("the validation examples have no trained (assistant) tokens")
     return total / n_tok, n_ok / n_tok
 
 
-def train(model: Any, train_set: Sequence[Encoded], valid_set: Sequence[Encoded], hp: Hyper, *,
-          on_step: Callable[[StepMetrics], None], on_epoch: Callable[[EpochMetrics], None],
-          should_stop: Callable[[], bool]) -> Outcome:
-    """Train the PEFT `model`; return the best epoch's LoRA weights. Cancel raises nothing: the
-    outcome says `cancelled`, and its state is empty unless an epoch had finished."""
+@dataclass(frozen=True)
+class Measured:
+    """What a training step or a validation pass reports."""
+
+    loss: float
+    token_accuracy: float
+    extra: dict[str, float] = field(default_factory=dict)  # method-specific (DPO: rewards)
+
+
+T = TypeVar("T")
+
+
+def fit(model: Any, train_items: Sequence[T], hp: Hyper, *,
+        batches: Callable[[Sequence[T], random.Random], list[list[T]]],
+        step: Callable[[list[T]], Measured], validate: Callable[[], Measured],
+        on_step: Callable[[StepMetrics], None], on_epoch: Callable[[EpochMetrics], None],
+        should_stop: Callable[[], bool]) -> Outcome:
+    """The loop every method shares: AdamW with linear decay, one `step` (which accumulates the
+    gradients of a batch) per optimizer step, `validate` before training and after each epoch,
+    the best epoch's LoRA weights kept, early stopping. Cancel raises nothing: the outcome says
+    `cancelled`, and its state is empty unless an epoch had finished."""
     import torch
 
     torch.manual_seed(hp.seed)
     rng = random.Random(hp.seed)
-    pad_id = int(model.config.pad_token_id if model.config.pad_token_id is not None
-                 else model.config.eos_token_id)
-    steps_per_epoch = math.ceil(len(train_set) / hp.batch_size)
+    steps_per_epoch = math.ceil(len(train_items) / hp.batch_size)
     total_steps = steps_per_epoch * hp.epochs
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0)
@@ -264,45 +316,70 @@ def train(model: Any, train_set: Sequence[Encoded], valid_set: Sequence[Encoded]
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: max(0.0, 1 - s / total_steps))
 
     try:
-        v0, acc0 = evaluate(model, valid_set, hp.batch_size, pad_id, should_stop)
+        v0 = validate()
     except Cancelled:
         return Outcome(0, math.nan, math.nan, cancelled=True)
-    out = Outcome(best_epoch=0, best_valid_loss=v0, initial_valid_loss=v0)
-    on_epoch(EpochMetrics(0, v0, acc0, None, 0, 0))
+    out = Outcome(best_epoch=0, best_valid_loss=v0.loss, initial_valid_loss=v0.loss)
+    on_epoch(EpochMetrics(0, v0.loss, v0.token_accuracy, None, 0, 0, v0.extra))
     best = BestEpoch(hp.patience)
-    step = 0
+    step_no = 0
     model.train()
     for epoch in range(1, hp.epochs + 1):
         losses = []
-        for batch in epoch_batches(train_set, hp.batch_size, rng):
+        for batch in batches(train_items, rng):
             if should_stop():
-                out.cancelled, out.steps = True, step
+                out.cancelled, out.steps = True, step_no
                 return out
             started = time.monotonic()
-            nll, n, ok = _loss_parts(model, batch, pad_id)
-            loss = nll / max(n, 1)
             optim.zero_grad(set_to_none=True)
-            loss.backward()
+            with precision(hp):
+                m = step(batch)
             lr = float(sched.get_last_lr()[0])
             optim.step()
             sched.step()
-            step += 1
-            losses.append(loss.item())
-            on_step(StepMetrics(step, total_steps, epoch, losses[-1], ok / max(n, 1), lr,
-                                time.monotonic() - started))
+            step_no += 1
+            losses.append(m.loss)
+            on_step(StepMetrics(step_no, total_steps, epoch, m.loss, m.token_accuracy, lr,
+                                time.monotonic() - started, m.extra))
         try:
-            vloss, vacc = evaluate(model, valid_set, hp.batch_size, pad_id, should_stop)
+            v = validate()
         except Cancelled:
-            out.cancelled, out.steps = True, step
+            out.cancelled, out.steps = True, step_no
             return out
-        out.epochs.append(vloss)
-        if best.update(epoch, vloss):
+        model.train()
+        out.epochs.append(v.loss)
+        if best.update(epoch, v.loss):
             out.best_state = lora_state(model)
         out.best_epoch, out.best_valid_loss = best.best_epoch, best.best_loss
-        on_epoch(EpochMetrics(epoch, vloss, vacc, sum(losses) / len(losses), best.best_epoch,
-                              step))
+        on_epoch(EpochMetrics(epoch, v.loss, v.token_accuracy, sum(losses) / len(losses),
+                              best.best_epoch, step_no, v.extra))
         if best.stop and epoch < hp.epochs:
             out.stopped_early = True
             break
-    out.steps = step
+    out.steps = step_no
     return out
+
+
+def train(model: Any, train_set: Sequence[Encoded], valid_set: Sequence[Encoded], hp: Hyper, *,
+          on_step: Callable[[StepMetrics], None], on_epoch: Callable[[EpochMetrics], None],
+          should_stop: Callable[[], bool]) -> Outcome:
+    """Supervised fine-tuning of the PEFT `model` (see `fit`): loss on the trained tokens."""
+    pad_id = pad_token(model)
+
+    def step(batch: list[Encoded]) -> Measured:
+        nll, n, ok = batch_loss(model, batch, pad_id, hp.micro_tokens, backward=True,
+                                checkpoint=hp.checkpoint)
+        return Measured(nll / max(n, 1), ok / max(n, 1))
+
+    def validate() -> Measured:
+        return Measured(*evaluate(model, valid_set, hp.batch_size, pad_id, should_stop,
+                                  hp.micro_tokens))
+
+    return fit(model, train_set, hp, batches=lambda d, rng: epoch_batches(d, hp.batch_size, rng),
+               step=step, validate=validate, on_step=on_step, on_epoch=on_epoch,
+               should_stop=should_stop)
+
+
+def pad_token(model: Any) -> int:
+    config = model.config
+    return int(config.pad_token_id if config.pad_token_id is not None else config.eos_token_id)

@@ -25,6 +25,7 @@ from admin.training.base import METHODS, JobSpec, TrainingError
 from admin.training.metrics import MissingExtra, is_step_event, metric_rows, plot
 from chatapp.domain import SMOLLM2, JobEvent, Provider, TrainingJob
 from chatapp.settings import ConfigError, Settings
+from chatapp.shared.feed import open_store
 from chatapp.store import Store, StoreError
 
 T = TypeVar("T")
@@ -67,7 +68,7 @@ def _run(fn: Callable[[Store, Settings], Awaitable[T]]) -> T:
     conf = settings()
 
     async def main() -> T:
-        store = await Store.from_settings(conf)
+        store = await open_store(conf)
         try:
             return await fn(store, conf)
         finally:

@@ -67,15 +67,10 @@ class Store:
 
     @classmethod
     async def from_settings(cls, settings: Settings, *, migrate: bool = True) -> Store:
-        store = await cls.open(settings.db_url, migrate=migrate, pool=PoolOptions(
+        """The store of the configured database. Processes that change routing open theirs with
+        `chatapp.shared.feed.open_store`, which also pushes each change to every app process."""
+        return await cls.open(settings.db_url, migrate=migrate, pool=PoolOptions(
             settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout_s))
-        if settings.redis_url is not None:
-            # Whoever changes routing through this store (the app, any travel-admin command)
-            # pushes the change to every app process. Imported here: Redis only when set.
-            from chatapp.shared.feed import announce_changes
-
-            announce_changes(store, settings)
-        return store
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Run `closer` when the store closes (a client that lives as long as the store)."""

@@ -129,7 +129,7 @@ async def test_a_routing_change_is_pushed_to_every_process(
         shared_redis: tuple[str, str]) -> None:  # noqa: F811
     url, prefix = shared_redis
     settings = redis_settings(data_dir, url, prefix, database_url=db_url, routing_poll_s=600)
-    admin = await Store.from_settings(settings)  # as travel-admin opens it: it publishes
+    admin = await feed.open_store(settings)  # as travel-admin opens it: it publishes
     services, _ = await _services(settings, store, 3)
     followers = [asyncio.create_task(feed.follow(s.shared, s.watcher))  # type: ignore[arg-type]
                  for s in services]
@@ -166,7 +166,7 @@ async def test_a_failed_announcement_leaves_the_change_committed(
         data_dir: Path, db_url: str, store: Store, caplog: pytest.LogCaptureFixture) -> None:
     settings = load_settings(data_dir=data_dir, _env_file=None, database_url=db_url,
                              redis_url="redis://127.0.0.1:1/0")  # nothing listens there
-    admin = await Store.from_settings(settings)
+    admin = await feed.open_store(settings)
     try:
         from chatapp.runtime import ensure_routing
 

@@ -410,6 +410,19 @@ def test_review_commands_refuse_bad_input_with_what_and_where(
     assert ok_json("review", "show", q.ann.id)["reviews"] == []
 
 
+async def test_a_review_whose_audit_line_fails_is_not_saved_either(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    [ex] = await converse(store, [("Lisbon?", BAD, 0)])
+
+    async def broken(*args: Any) -> None:
+        raise RuntimeError("audit trail unavailable")
+
+    monkeypatch.setattr("chatapp.store.reviews.audit", broken)
+    with pytest.raises(RuntimeError, match="audit trail unavailable"):
+        await review.correct(store, ex.id, "rita", GOOD)
+    assert await store.reviews.history(ex.id) == []  # one transaction: no review without audit
+
+
 async def test_a_review_on_an_exchange_id_that_is_not_one_is_refused_by_the_store(
         store: Store) -> None:
     with pytest.raises(StoreError, match="no exchange 'ghost'"):

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 import typer
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from admin import review
 from admin.cli.common import JsonOpt, actor, console, fail, with_store
@@ -53,8 +53,11 @@ def _short(text: str | None, width: int = 60) -> str:
     return flat if len(flat) <= width else flat[:width - 1] + "…"
 
 
+_RATING_NAMES: dict[int | None, str] = {1: "up", 0: "down", None: "unrated"}
+
+
 def _rating(value: int | None) -> str:
-    return {1: "up", 0: "down"}.get(value, "unrated") if value is not None else "unrated"
+    return _RATING_NAMES.get(value, str(value))
 
 
 @app.command("list")
@@ -98,8 +101,10 @@ def list_(
                          for i in result.items]}
         sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
         return
-    table = Table("id", "time (UTC)", "source", "arm", "deployment", "rating", "comment",
-                  "review", "question", "reply", title="Review queue")
+    # The id is what the next command needs: never shortened.
+    table = Table(Column("id", no_wrap=True, min_width=36), Column("time (UTC)", no_wrap=True),
+                  "source", "arm", "deployment", "rating", "comment", "review", "question",
+                  "reply", title="Review queue")
     for i in result.items:
         table.add_row(i.exchange_id, f"{i.created_at:%Y-%m-%d %H:%M}", i.source, i.arm_served,
                       i.deployment or "", _rating(i.rating), escape(_short(i.comment, 30)),
@@ -133,7 +138,10 @@ def show(exchange_id: str, as_json: bool = JsonOpt) -> None:
                   f" · {ex.created_at:%Y-%m-%d %H:%M} UTC · user {ex.user_id}",
                   highlight=False, markup=False)
     for m in shown.conversation:
-        console.print(f"[bold]{m['role']}[/bold]: " + escape(m["content"]), highlight=False)
+        # The system prompt is the same long text in every reply: its start says which one.
+        text = _short(m["content"], 100) + " (--json: in full)" if m["role"] == "system" \
+            else m["content"]
+        console.print(f"[bold]{m['role']}[/bold]: " + escape(text), highlight=False)
     console.print("[bold]reply[/bold]: " + escape(shown.reply), highlight=False)
     console.print(f"rating: {_rating(shown.rating)}"
                   + (f" · comment: {shown.comment}" if shown.comment else ""),

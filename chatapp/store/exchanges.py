@@ -249,12 +249,10 @@ def latest_review() -> sa.Subquery:
             .join(newest, newest.c.id == r.c.id).subquery("latest_review"))
 
 
-def _rated_query(which: RatedFilter) -> sa.Select[Any]:
-    ex, scope = t.exchanges, which.scope
-    rating, review = _latest_rating(), latest_review()
-    conds: list[sa.ColumnElement[bool]] = [ex.c.source.in_(list(scope.sources)),
-                                           ex.c.outcome.in_(list(which.outcomes)),
-                                           trainable_user(ex.c.user_id)]
+def scope_conditions(scope: ExchangeScope) -> list[sa.ColumnElement[bool]]:
+    """The WHERE clauses of a scope, over `exchanges`."""
+    ex = t.exchanges
+    conds: list[sa.ColumnElement[bool]] = [ex.c.source.in_(list(scope.sources))]
     for column, values in ((ex.c.arm_served, scope.arms), (ex.c.deployment, scope.deployments),
                            (ex.c.model, scope.models), (ex.c.user_id, scope.users)):
         if values:
@@ -263,6 +261,14 @@ def _rated_query(which: RatedFilter) -> sa.Select[Any]:
         conds.append(ex.c.created_at >= utc(scope.since))
     if scope.until is not None:
         conds.append(ex.c.created_at < utc(scope.until))
+    return conds
+
+
+def _rated_query(which: RatedFilter) -> sa.Select[Any]:
+    ex = t.exchanges
+    rating, review = _latest_rating(), latest_review()
+    conds = [*scope_conditions(which.scope), ex.c.outcome.in_(list(which.outcomes)),
+             trainable_user(ex.c.user_id)]
     rated = sa.or_(rating.c.value.in_(list(which.ratings)),
                    review.c.decision.in_(sorted(GOOD_DECISIONS)))
     joined = (ex.outerjoin(rating, rating.c.exchange_id == ex.c.id)

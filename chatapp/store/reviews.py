@@ -27,7 +27,13 @@ from chatapp.domain import ANSWERED_OUTCOMES, Decision, Exchange
 from chatapp.store import schema as t
 from chatapp.store.accounts import opted_out_users, trainable_user
 from chatapp.store.database import Database, StoreError, now, record, utc
-from chatapp.store.exchanges import ExchangeScope, _exchange, _latest_rating, latest_review
+from chatapp.store.exchanges import (
+    ExchangeScope,
+    _exchange,
+    _latest_rating,
+    latest_review,
+    scope_conditions,
+)
 from chatapp.store.experiments import audit
 
 
@@ -222,18 +228,9 @@ class Reviews:
 
 def _queue_conditions(which: QueueFilter, rating: sa.Subquery,
                       review: sa.Subquery) -> list[sa.ColumnElement[bool]]:
-    ex, scope = t.exchanges, which.scope
-    conds: list[sa.ColumnElement[bool]] = [
-        ex.c.source.in_(list(scope.sources)), ex.c.outcome.in_(sorted(ANSWERED_OUTCOMES)),
-        trainable_user(ex.c.user_id)]
-    for column, values in ((ex.c.arm_served, scope.arms), (ex.c.deployment, scope.deployments),
-                           (ex.c.model, scope.models), (ex.c.user_id, scope.users)):
-        if values:
-            conds.append(column.in_(list(values)))
-    if scope.since is not None:
-        conds.append(ex.c.created_at >= utc(scope.since))
-    if scope.until is not None:
-        conds.append(ex.c.created_at < utc(scope.until))
+    ex = t.exchanges
+    conds = [*scope_conditions(which.scope), ex.c.outcome.in_(sorted(ANSWERED_OUTCOMES)),
+             trainable_user(ex.c.user_id)]
     if which.ratings:
         given = [v for v in which.ratings if v is not None]
         wanted = [rating.c.value.in_(given)] if given else []

@@ -1,4 +1,4 @@
-"""Human review of replies (admin/review.py, `travel-admin review`): the queue and its filters,
+"""Human review of replies (chatapp/review.py, `travel-admin review`): the queue and its filters,
 one reply in full, corrections (policy-checked, scrubbed, audited by hash), accept and skip, what
 they change in a built dataset (and what they do not: the A/B figures), the travellers' opt-out
 of training, and corrections through export, erasure and retention. On SQLite and PostgreSQL.
@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 
-from admin import review
 from admin.datasets.build import BuildOptions, Selection, build_dataset
-from chatapp import privacy
+from chatapp import privacy, review
 from chatapp.auth import hash_password
 from chatapp.chat.preferences import TRAINING_SWITCH, apply_settings, training_allowed
 from chatapp.domain import Decision, Exchange

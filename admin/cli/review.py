@@ -1,6 +1,6 @@
 """`travel-admin review list | show | correct | accept | skip`: the human review of replies.
 
-Parsing and printing only; the logic is admin/review.py, which the web console calls too.
+Parsing and printing only; the logic is chatapp/review.py, which the web console calls too.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
-from admin import review
 from admin.cli.common import JsonOpt, actor, console, fail, with_store
+from chatapp import review
 from chatapp.domain import Arm, Source
 from chatapp.store import ExchangeScope, QueueFilter, QueuePage, Store
 

@@ -32,8 +32,8 @@ from typing import Any, Literal, Protocol
 from admin.datasets import examples as ex
 from admin.datasets.files import JsonlWriter, Spool, dumps_line, read_seed, sha256_file
 from admin.datasets.manifest import Manifests
-from admin.datasets.pii import ScrubResult, scrub
 from admin.datasets.validate import Kind, ValidationReport, validate_file
+from chatapp.pii import ScrubResult, scrub
 from chatapp.settings import Settings
 from chatapp.store import ExchangeScope, RatedExchange, RatedFilter, Store
 

@@ -8,7 +8,7 @@ transaction with its audit line, which names the reviewer and the exchange and k
 of the text, never the text (the trail outlives an erasure; the text must not).
 
 Whether a correction may be saved (policy checks, personal data) is decided by
-admin/review.py; this module only reads and writes rows. Reviews go with their exchange on
+chatapp/review.py; this module only reads and writes rows. Reviews go with their exchange on
 retention and erasure (privacy.py). Travellers who opted out of training (accounts.py) are not
 in the queue, and their corrections are not handed out for training.
 """

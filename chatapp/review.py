@@ -1,7 +1,7 @@
 """Human review of replies: the queue, one reply in full, and the decisions a reviewer makes.
 
 The plain API that `travel-admin review` (admin/cli/review.py) and the web console both call,
-so the two never disagree:
+so the two never disagree (here in chatapp, which the console may import and admin builds on):
 
     list_queue(store, filters, limit, offset) -> QueuePage    newest first, paginated
     show(store, exchange_id) -> Shown                         conversation, reply, rating,
@@ -12,7 +12,7 @@ so the two never disagree:
 
 Every refusal is a `ReviewError` naming the exchange and the problem, and saves nothing. A
 correction is cleaned as the chat cleans a traveller's text, scrubbed of personal data as every
-training text is (admin/datasets/pii.py), then checked by the same policy checks as every reply
+training text is (chatapp/pii.py), then checked by the same policy checks as every reply
 (chatapp/policy/checks.py) against the exchange's question: one that fails is refused with the
 reason, since training on it would teach the very fault it corrects.
 
@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from admin.datasets.pii import scrub
 from chatapp.chat.input_guard import clean_text
 from chatapp.domain import ANSWERED_OUTCOMES, Decision, Exchange, Source
+from chatapp.pii import scrub
 from chatapp.policy.checks import Verdict, check_reply
 from chatapp.store import QueueFilter, QueuePage, Review, Store, Subject
 

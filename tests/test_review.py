@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from admin.cli.common import actor
 from admin.datasets.build import BuildOptions, Selection, build_dataset
 from chatapp import privacy, review
 from chatapp.auth import hash_password
@@ -357,7 +358,9 @@ def test_review_list_show_and_decisions_through_the_cli(
     history = ok_json("review", "show", q.bob.id)["reviews"]
     assert [(r["decision"], r["text"]) for r in history] == [
         ("corrected", GOOD.replace("Lisbon", "Porto"))]
-    assert data_dir.is_dir()
+    corrections = with_db(data_dir, lambda s: s.reviews.latest_corrections())
+    assert {k: (c.original_reply, c.reviewer) for k, c in corrections.items()} == {
+        q.ann.id: (BAD, actor()), q.bob.id: ("Porto is rainy.", actor())}
 
 
 def test_review_correct_opens_the_editor_and_keeps_the_text_above_the_scissors(

@@ -142,7 +142,7 @@ async def _truncate(store: Store) -> None:
 
     async with store.db.engine.begin() as conn:
         await conn.execute(text(
-            "TRUNCATE job_events, training_jobs, datasets, ratings, exchanges,"
+            "TRUNCATE job_events, training_jobs, datasets, reviews, ratings, exchanges,"
             " experiment_history, experiments, deployments,"
             " accounts, feedbacks, elements, steps, threads, users, app_processes, job_leases"
             " CASCADE"))

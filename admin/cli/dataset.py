@@ -290,7 +290,9 @@ def _show(result: BuildResult) -> None:
                   + (f"; weight-0-only examples {c.weight_zero_examples}"
                      if c.weight_zero_examples else "")
                   + (f"; up-rated turns lost to history trimming {c.rated_turns_trimmed}"
-                     if c.rated_turns_trimmed else ""), highlight=False)
+                     if c.rated_turns_trimmed else "")
+                  + ("; reviewed: " + ", ".join(f"{k}={n}" for k, n in sorted(c.reviewed.items()))
+                     if c.reviewed else ""), highlight=False)
     for f in result.files:
         console.print(f"{f.kind}: " + _brief(f.report), highlight=False)
         for p in [p for p in f.report.problems if p.severity == "error"][:10]:

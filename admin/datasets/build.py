@@ -2,7 +2,9 @@
 
 Pipeline (streaming; memory holds keys and offsets, not examples):
 1. candidates: the seed set (optional), then exchanges from the store in batches (see
-   `Selection`), turned into examples by `admin.datasets.examples`;
+   `Selection`; replies a reviewer corrected or accepted count as rated up, a correction
+   replacing its reply; travellers who opted out of training are never read), turned into
+   examples by `admin.datasets.examples`;
 2. PII scrubbed in user and assistant text (or the example dropped) before anything is written,
    even the spool;
 3. exact and near duplicates removed (first seen wins: the seed set, then older threads);
@@ -30,8 +32,8 @@ from typing import Any, Literal, Protocol
 from admin.datasets import examples as ex
 from admin.datasets.files import JsonlWriter, Spool, dumps_line, read_seed, sha256_file
 from admin.datasets.manifest import Manifests
-from admin.datasets.pii import ScrubResult, scrub
 from admin.datasets.validate import Kind, ValidationReport, validate_file
+from chatapp.pii import ScrubResult, scrub
 from chatapp.settings import Settings
 from chatapp.store import ExchangeScope, RatedExchange, RatedFilter, Store
 
@@ -115,6 +117,7 @@ class Counts:
     pii_examples: int = 0  # examples that held any
     weight_zero_examples: int = 0  # written, but every assistant turn has weight 0
     rated_turns_trimmed: int = 0  # whole mode: up-rated turns the chat had trimmed away
+    reviewed: Counter[str] = field(default_factory=Counter)  # decision -> exchanges read
     kept: int = 0
     examples: Counter[str] = field(default_factory=Counter)  # kind -> examples
     conversations: Counter[str] = field(default_factory=Counter)  # kind -> groups
@@ -219,6 +222,8 @@ class Builder:
         async for batch in self.store.exchanges.rated(which, self.opts.batch):
             for row in batch:
                 self.counts.exchanges_read += 1
+                if row.review is not None:
+                    self.counts.reviewed[row.review] += 1
                 if sel.multi_turn == "prefix":
                     if (c := self._prefix(row)) is not None:
                         yield c

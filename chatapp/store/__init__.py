@@ -10,6 +10,7 @@
     store.jobs          jobs.py          fine-tuning jobs and their events
     store.datasets      datasets.py      built training files and their manifests
     store.chainlit      chainlit.py      Chainlit's tables: DDL, and the access guard's lookups
+    store.reviews       reviews.py       human reviews of replies (corrections), the review queue
     store.privacy       privacy.py       the SQL of retention, export and erasure
     store.processes     processes.py     app process heartbeats and leases of periodic jobs
     store.db            database.py      engines, pools, `write()`, migrations (migrations.py)
@@ -36,8 +37,18 @@ from chatapp.store.experiments import Experiments
 from chatapp.store.jobs import Jobs
 from chatapp.store.privacy import Privacy
 from chatapp.store.processes import Processes
+from chatapp.store.reviews import (
+    Correction,
+    QueueFilter,
+    QueueItem,
+    QueuePage,
+    Review,
+    Reviews,
+    Subject,
+)
 
-__all__ = ["ExchangeScope", "PoolOptions", "RatedExchange", "RatedFilter", "Store", "StoreError",
+__all__ = ["Correction", "ExchangeScope", "PoolOptions", "QueueFilter", "QueueItem", "QueuePage",
+           "RatedExchange", "RatedFilter", "Review", "Store", "StoreError", "Subject",
            "async_url", "now"]
 
 
@@ -54,6 +65,7 @@ class Store:
         self.jobs = Jobs(db)
         self.datasets = Datasets(db)
         self.chainlit = ChainlitTables(db)
+        self.reviews = Reviews(db)
         self.privacy = Privacy(db)
         self.processes = Processes(db)
 

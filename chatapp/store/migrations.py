@@ -50,6 +50,17 @@ async def _m4_turn_owners(conn: AsyncConnection) -> None:
     await conn.run_sync(apply)
 
 
+async def _m5_reviews(conn: AsyncConnection) -> None:
+    def apply(sync: sa.Connection) -> None:
+        # As in migration 4: a fresh database got the column from today's `accounts`.
+        if "training_opt_out" not in {c["name"] for c in sa.inspect(sync).get_columns("accounts")}:
+            sync.execute(sa.text("ALTER TABLE accounts ADD COLUMN training_opt_out BOOLEAN"
+                                 " NOT NULL DEFAULT false"))
+        t.metadata.create_all(sync, tables=[t.reviews])
+
+    await conn.run_sync(apply)
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial: chainlit tables, accounts, deployments, experiments, exchanges, ratings",
      _m1_initial),
@@ -57,6 +68,7 @@ MIGRATIONS: list[Migration] = [
     (3, "indexes on Chainlit tables for retention and erasure", _m3_privacy_indexes),
     (4, "owners of pending turns, app process heartbeats, leases of periodic jobs",
      _m4_turn_owners),
+    (5, "reviews of replies (corrections), travellers' opt-out of training", _m5_reviews),
 ]
 
 

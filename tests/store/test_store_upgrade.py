@@ -22,7 +22,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from chatapp.domain import Arm, Deployment, Exchange, Experiment, Outcome, Provider, Source
+from chatapp.domain import (
+    Arm,
+    Decision,
+    Deployment,
+    Exchange,
+    Experiment,
+    Outcome,
+    Provider,
+    Source,
+)
 from chatapp.privacy import export_user
 from chatapp.store import RatedFilter, Store, async_url
 from chatapp.store import chainlit as cl
@@ -251,6 +260,42 @@ async def _read_back(store: Store) -> None:
     await store.exchanges.rate("ex-1", 0, user_id="alice")
     assert await store.experiments.start(name="new", base="base-1", fine_tuned="ft-1",
                                          fine_tuned_weight=0.2, actor="ops")
+
+
+async def _write_as_v4(conn: AsyncConnection) -> None:
+    """The v3 rows, then migration 4 as released: a database as main left it before 5."""
+    await _write_as_v3(conn)
+    [(version, name, step)] = [m for m in MIGRATIONS if m[0] == 4]
+    await step(conn)
+    await conn.execute(v3.schema_migrations.insert().values(
+        version=version, name=name, applied_at=T0))
+
+
+async def test_a_v4_database_gains_reviews_and_the_training_opt_out_in_place(
+        new_database: NewDatabase) -> None:
+    url = await new_database()
+    await _on(url, _write_as_v4)
+    store = await Store.open(url)
+    try:
+        await _read_back(store)  # everything of before reads as it did
+        # Migration 5: the existing account has the flag, off; old exchanges take reviews.
+        assert await store.accounts.training_opt_out("alice") is False
+        correction = "Lisbon's tiles tell stories. Which quarter will you wander first?"
+        await store.reviews.add("ex-0", reviewer="ops", decision=Decision.CORRECTED,
+                                text=correction)
+        [(exchange_id, fixed)] = (await store.reviews.latest_corrections()).items()
+        assert (exchange_id, fixed.original_reply, fixed.text) == (
+            "ex-0", "Lisbon! Trams or tiles?", correction)
+        # ex-0 and ex-1 are rated down (by then), but a correction makes ex-0 a training
+        # example; the opt-out then leaves all of alice's conversations out.
+        up = RatedFilter()
+        assert [(r.id, r.rating, r.final_reply) async for batch in store.exchanges.rated(up)
+                for r in batch] == [("ex-0", 0, correction)]
+        await store.accounts.set_training_opt_out("alice", True)
+        assert await store.exchanges.count_rated(up) == 0
+        assert (await export_user(store, "alice"))["reviews"][0]["text"] == correction
+    finally:
+        await store.close()
 
 
 def _squeeze(ddl: str) -> str:

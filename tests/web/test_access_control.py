@@ -10,6 +10,8 @@ request's key in its 401 (harness/fakes/echo_upstream.py). Checked:
   (DELETE /feedback) or delete alice's thread; nothing of hers is written or removed;
 - only admins get the arm override (chat settings) and the routing footer; a traveller who sends
   the settings event with an arm anyway is served by the normal routing;
+- a traveller's settings panel holds her training choice, and switching it is kept on her
+  account (and on nobody else's);
 - the app's log holds no piece of the keys, though the upstream echoed them.
 """
 
@@ -26,6 +28,7 @@ import pytest_asyncio
 import sqlalchemy as sa
 
 from chatapp import policy
+from chatapp.chat.preferences import TRAINING_SWITCH
 from chatapp.domain import Deployment
 from chatapp.store import Store
 from harness.browser_support import (
@@ -250,8 +253,9 @@ def _event_text(reply: Reply) -> str:
 
 
 async def test_a_traveller_cannot_force_an_arm_or_see_routing(world: World) -> None:
-    connected = [e.name for e in world.alice.events]
-    assert "chat_settings" not in connected  # no settings panel was sent to her
+    panels = [e.data for e in world.alice.events if e.name == "chat_settings"]
+    # Her settings panel holds her own training choice only: no arm override.
+    assert [[w["id"] for w in panel] for panel in panels] == [[TRAINING_SWITCH]]
     # Nor does anything she can fetch name the deployments, models or upstreams.
     for path in ("/project/settings", "/user", "/auth/config"):
         resp = await world.alice.request("GET", path)
@@ -271,12 +275,30 @@ async def test_a_traveller_cannot_force_an_arm_or_see_routing(world: World) -> N
     assert (exchange.forced, exchange.arm_served, exchange.outcome) == (False, "base", "ok")
 
 
+async def test_a_traveller_switches_training_off_and_on_for_her_account_only(
+        world: World) -> None:
+    [panel] = [e.data for e in world.alice.events if e.name == "chat_settings"]
+    assert [(w["type"], w["initial"]) for w in panel] == [("switch", True)]
+    sio = world.alice._sio
+    assert sio is not None
+    store, name = world.store, TRAVELLER.username
+    await sio.emit("chat_settings_change", {TRAINING_SWITCH: False})
+    assert await poll(lambda: _opted_out(store, name, True)), "the opt-out was not kept"
+    assert await store.accounts.opted_out() == {name}
+    await sio.emit("chat_settings_change", {TRAINING_SWITCH: True})
+    assert await poll(lambda: _opted_out(store, name, False)), "the opt-in was not kept"
+
+
+async def _opted_out(store: Store, name: str, expected: bool) -> bool:
+    return await store.accounts.training_opt_out(name) is expected
+
+
 async def test_an_admin_forces_an_arm_and_sees_the_routing_footer(world: World) -> None:
     async with ChainlitClient(world.app.url) as boss:
         await boss.login(ADMIN.username, ADMIN.password)
         await boss.connect()
         settings = await boss.wait_for(("chat_settings",))
-        assert "arm" in json.dumps(settings.data)
+        assert [w["id"] for w in settings.data] == ["arm", TRAINING_SWITCH]
         assert boss._sio is not None
         await boss._sio.emit("chat_settings_change", {"arm": "fine_tuned"})
         await asyncio.sleep(0.3)

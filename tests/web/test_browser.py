@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from chatapp.chat.preferences import TRAINING_LABEL
 from chatapp.domain import Deployment
 from chatapp.runtime import LOCAL_BASE
 from chatapp.starters import STARTERS
@@ -132,7 +133,12 @@ async def _traveller_flow(page: Page, base_url: str, store: Store, boss_thread: 
     assert not ROUTING_FOOTER.search(text), text
     for secret in ("admin note", LOCAL_BASE, "smollm2"):
         assert secret not in text.lower(), f"traveller sees {secret!r}"
-    await expect(page.locator(SETTINGS_BUTTON)).to_have_count(0)
+    # Her settings panel holds her training choice only (its widgets are checked in
+    # test_access_control.py); the arm override stays the admins'.
+    await page.locator(SETTINGS_BUTTON).click()
+    await expect(page.get_by_text(TRAINING_LABEL)).to_be_visible()
+    await expect(page.get_by_text("Arm for my chat")).to_have_count(0)
+    await page.keyboard.press("Escape")
 
     # Thumbs up with a comment.
     comment = "Clear answer, thank you"

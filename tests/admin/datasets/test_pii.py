@@ -1,4 +1,4 @@
-"""admin.datasets.pii: personal data becomes typed placeholders; ordinary travel text stays
+"""chatapp.pii: personal data becomes typed placeholders; ordinary travel text stays
 as written."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from admin.datasets.pii import iban_ok, luhn_ok, scrub
+from chatapp.pii import iban_ok, luhn_ok, scrub
 from tests.conftest import REPO, SEED_LAB
 
 

@@ -73,3 +73,36 @@ async def test_zero_interval_sends_every_token() -> None:
         await sink.token(w)
     await sink.aclose()
     assert target.events == [("token", "a"), ("token", "b"), ("token", "c")]
+
+
+class SlowTarget(Recorder):
+    """A busy event loop: each socket send takes longer than the interval."""
+
+    async def token(self, text: str) -> None:
+        await asyncio.sleep(0.02)
+        await super().token(text)
+
+
+async def test_on_a_busy_loop_tokens_gather_while_a_send_is_under_way() -> None:
+    target = SlowTarget()
+    sink = BatchingSink(target, interval_s=0.01)
+    words = [f" w{i}" for i in range(200)]
+    for w in words:
+        await sink.token(w)
+        await asyncio.sleep(0.001)  # the model's next token arrives (the turn reads on)
+    await sink.aclose()
+    assert target.text == "".join(words)
+    # Awaiting each send would have sent every token alone (each one past the interval).
+    assert len(target.events) <= 40, len(target.events)
+
+
+async def test_reset_while_a_background_send_is_due_drops_the_gathered_text() -> None:
+    target = SlowTarget()
+    sink = BatchingSink(target, interval_s=0.001)
+    await sink.token("First.")
+    await asyncio.sleep(0.01)
+    await sink.token(" from the arm that failed")  # due: sent in the background
+    await sink.reset()
+    await sink.token("Fallback reply.")
+    await sink.aclose()
+    assert target.text == "Fallback reply."

@@ -13,7 +13,13 @@ from admin.cli.common import JsonOpt, console, fail, settings, with_store
 from admin.evaluation.compare import to_markdown, write_report
 from admin.evaluation.judge import judge_reply
 from admin.evaluation.run import EvalReport, run_eval
-from admin.evaluation.simulate import Rater, SimulationResult, rules_rater, simulate
+from admin.evaluation.simulate import (
+    SIMULATE_QUESTIONS,
+    Rater,
+    SimulationResult,
+    rules_rater,
+    simulate,
+)
 from chatapp.chat.conversation import ChatService
 from chatapp.policy.checks import DEFAULT_QUESTIONS, Question, Verdict, load_questions
 from chatapp.store import Store
@@ -21,6 +27,9 @@ from chatapp.store import Store
 # Module-level option objects (ruff B008).
 _Questions = typer.Option(DEFAULT_QUESTIONS, "--questions", dir_okay=False,
                           help="JSONL with id, question, category per line.")
+_SimQuestions = typer.Option(SIMULATE_QUESTIONS, "--questions", dir_okay=False,
+                             help="JSONL with id, question, category per line (default: the"
+                             " simulated travellers' own file; never the evaluation set).")
 _Out = typer.Option(None, "--out", dir_okay=False, help="report.md or report.html")
 
 
@@ -41,11 +50,15 @@ def simulate_cmd(
     judge: str | None = typer.Option(None, "--judge", help="Deployment that grades replies."),
     seed: int = typer.Option(0, "--seed"),
     concurrency: int = typer.Option(4, "--concurrency", min=1),
-    questions: Path = _Questions,
+    questions: Path = _SimQuestions,
     as_json: bool = JsonOpt,
 ) -> None:
     """Simulated travellers chat through the real routing; each reply is rated by the policy
     checks (thumbs up if compliant, down with the failed checks as comment)."""
+    if questions.is_file() and questions.resolve() == DEFAULT_QUESTIONS.resolve():
+        fail(f"--questions {questions}: that is the evaluation set; simulated replies become"
+             " training data, so simulate asks its own questions"
+             f" ({SIMULATE_QUESTIONS})", 2)
     qs = _questions(questions)
     if rater not in ("rules", "judge"):
         fail("--rater must be rules or judge", 2)

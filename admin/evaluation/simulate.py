@@ -14,7 +14,9 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import admin
 from chatapp.chat.conversation import ChatService
 from chatapp.chat.request import TurnRequest
 from chatapp.domain import ANSWERED_OUTCOMES, Source
@@ -22,6 +24,11 @@ from chatapp.policy.checks import Question, Verdict, check_reply
 from chatapp.providers.base import Message
 
 Rater = Callable[[Question, str], Awaitable[Verdict]]
+# Simulated travellers ask questions written for training, never the evaluation set
+# (chatapp/data/questions.jsonl): replies to evaluation questions that became training data would
+# let `eval` measure memory instead of the policy.
+SIMULATE_QUESTIONS = (Path(admin.__file__).resolve().parents[1] / "training_data" / "simulate"
+                      / "questions.jsonl")
 
 
 async def rules_rater(question: Question, reply: str) -> Verdict:

@@ -120,7 +120,7 @@ def start(
     method: str = typer.Option(
         "sft", "--method", help="sft: supervised, from chat examples. dpo: preference pairs"
         " (Azure/OpenAI DPO JSONL: input.messages, preferred_output, non_preferred_output),"
-        " starting from --from-job; local only for now."),
+        " local: from --from-job; azure: a model the model table marks DPO-capable."),
     beta: float | None = typer.Option(
         None, "--beta",
         help="DPO: how strongly the reference anchors the policy (default 0.1)."),

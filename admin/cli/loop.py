@@ -50,6 +50,10 @@ def simulate_cmd(
     judge: str | None = typer.Option(None, "--judge", help="Deployment that grades replies."),
     seed: int = typer.Option(0, "--seed"),
     concurrency: int = typer.Option(4, "--concurrency", min=1),
+    candidates: int = typer.Option(
+        1, "--candidates", min=1, max=16, help="Replies sampled per turn (the shown one"
+        " included), each scored by the policy checks and stored: compliant vs non-compliant"
+        " replies to one prompt become preference pairs (dataset build --format preference)."),
     questions: Path = _SimQuestions,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -80,7 +84,8 @@ def simulate_cmd(
                 task = bar.add_task("simulating", total=users * turns)
                 return await simulate(service, qs, users=users, turns=turns, rater=rate_fn,
                                       seed=seed, concurrency=concurrency,
-                                      on_turn=lambda: bar.advance(task))
+                                      on_turn=lambda: bar.advance(task),
+                                      candidates=candidates)
         finally:
             await service.registry.aclose()
 
@@ -93,6 +98,12 @@ def simulate_cmd(
                   f" unrated {result.unrated}; outcomes {dict(result.outcomes)}")
     if result.failed_checks:
         console.print(f"failed checks: {dict(result.failed_checks)}")
+    if candidates > 1:
+        console.print(f"candidates: {result.candidates} stored ({candidates} per answered turn),"
+                      f" {result.candidates_compliant} compliant; {result.contrasting_turns}"
+                      " turn(s) with compliant and non-compliant replies"
+                      + (f"; samples lost {dict(result.candidate_errors)}"
+                         if result.candidate_errors else ""))
 
 
 def compare_cmd(

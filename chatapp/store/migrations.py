@@ -50,6 +50,12 @@ async def _m4_turn_owners(conn: AsyncConnection) -> None:
     await conn.run_sync(apply)
 
 
+async def _m6_reply_candidates(conn: AsyncConnection) -> None:
+    await conn.run_sync(lambda c: t.metadata.create_all(c, tables=[t.reply_candidates]))
+
+
+# 5 is the review queue's (corrections, opt-out), built on another branch: numbers are never
+# reused, and each migration here is independent of it, so either order of arrival works.
 MIGRATIONS: list[Migration] = [
     (1, "initial: chainlit tables, accounts, deployments, experiments, exchanges, ratings",
      _m1_initial),
@@ -57,6 +63,8 @@ MIGRATIONS: list[Migration] = [
     (3, "indexes on Chainlit tables for retention and erasure", _m3_privacy_indexes),
     (4, "owners of pending turns, app process heartbeats, leases of periodic jobs",
      _m4_turn_owners),
+    (6, "reply candidates sampled for simulated turns, with their policy verdicts",
+     _m6_reply_candidates),
 ]
 
 

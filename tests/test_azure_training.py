@@ -6,6 +6,7 @@ the new deployment. Fake jobs advance per poll, so nothing here waits on wall ti
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -280,7 +281,7 @@ async def test_a_models_file_can_mark_a_model_dpo_capable(
     trainer = make_trainer(settings, credential)
     try:
         trainer.check(spec(base_model="gpt-4.1-mini-2025-04-14", method="dpo"))  # no error
-        with pytest.raises(TrainingError, match="gpt-4.1-mini, gpt-4o-2024-08-06"):
+        with pytest.raises(TrainingError, match=re.escape("gpt-4.1-mini, gpt-4o-2024-08-06")):
             trainer.check(spec(base_model=BASE_MODEL, method="dpo"))
     finally:
         await trainer.aclose()

@@ -43,7 +43,9 @@ ModelOpt = typer.Option(DEFAULT_MODEL, "--model", help="Model the files are for:
                         " smollm2-135m-instruct).")
 KindOpt = typer.Option("auto", "--kind", help="train, validation, or auto (validation when the"
                        " file name contains 'valid').")
-FilesArg = typer.Argument(..., help="JSONL files in the OpenAI chat format.")
+FilesArg = typer.Argument(..., help="JSONL files: chat examples (`messages`) or preference pairs"
+                          " (`input`, `preferred_output`, `non_preferred_output`), told apart by"
+                          " their first valid line.")
 _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 
 
@@ -74,8 +76,15 @@ def _num(value: float) -> str:
 
 def _brief(r: ValidationReport) -> str:
     s = r.stats
-    text = (f"{s.n} examples counted with {s.tokenizer}: {sum(s.total):,} tokens"
-            f" ({sum(s.assistant):,} assistant), over the {s.limit:,}-token limit: {s.over_limit}")
+    if r.format == "preference":
+        text = (f"{s.n} pairs counted with {s.tokenizer}: prompts {sum(s.prompt):,} tokens,"
+                f" preferred {sum(s.preferred):,}, non-preferred {sum(s.non_preferred):,};"
+                f" {sum(s.total):,} per pass (the prompt with each reply), over the"
+                f" {s.limit:,}-token limit: {s.over_limit}")
+    else:
+        text = (f"{s.n} examples counted with {s.tokenizer}: {sum(s.total):,} tokens"
+                f" ({sum(s.assistant):,} assistant), over the {s.limit:,}-token limit:"
+                f" {s.over_limit}")
     if r.cost is not None:
         c = r.cost
         price = (f" ≈ ${c.cost_usd:,.2f} at ${c.price_per_1m}/1M" if c.cost_usd is not None
@@ -87,7 +96,8 @@ def _brief(r: ValidationReport) -> str:
 
 def _header(r: ValidationReport) -> str:
     verdict = "[green]OK[/green]" if r.ok else "[red]REJECTED[/red]"
-    return (f"{verdict} {r.path} ({r.kind}, {r.model}): {r.n_examples} examples,"
+    unit = "pairs" if r.format == "preference" else "examples"
+    return (f"{verdict} {r.path} ({r.kind}, {r.format}, {r.model}): {r.n_examples} {unit},"
             f" {r.n_errors} error(s), {r.n_warnings} warning(s)" + (" [BOM]" if r.bom else ""))
 
 
@@ -130,11 +140,16 @@ def stats(files: list[Path] = FilesArg, model: str = ModelOpt, kind: str = KindO
         return
     for r in reports:
         s = r.stats
-        table = Table("per example", "min", "max", "mean", "median", "p10", "p90",
+        table = Table("per pair" if r.format == "preference" else "per example",
+                      "min", "max", "mean", "median", "p10", "p90",
                       title=f"{r.path} ({r.kind}, {s.tokenizer}" + (
                           "" if s.exact else ", estimate") + ")")
-        for label, values in (("messages", s.messages), ("total tokens", s.total),
-                              ("assistant tokens", s.assistant)):
+        rows = (("prompt messages", s.messages), ("prompt tokens", s.prompt),
+                ("preferred tokens", s.preferred), ("non-preferred tokens", s.non_preferred),
+                ("tokens per pass", s.total)) if r.format == "preference" else (
+            ("messages", s.messages), ("total tokens", s.total),
+            ("assistant tokens", s.assistant))
+        for label, values in rows:
             d = Distribution.of(values)
             table.add_row(label, *(_num(v) for v in (d.min, d.max, d.mean, d.median, d.p10,
                                                      d.p90)))

@@ -32,12 +32,14 @@ WORD_THRESHOLD = 0.6
 CHAR_THRESHOLD = 0.55
 NGRAM = 4
 _WORD = re.compile(r"[a-z0-9']+")
-# Words that say nothing about which question it is: without them, "What is the best time to
-# visit Kyoto?" and "When should I go to Kyoto?" are both {time?, kyoto}.
-STOP_WORDS = frozenset(
-    "a an the i im i'm we you me my our your to of in on for and or is are be it its what which"
-    " where when how do does can could should would will there any about with at from this that"
-    " these those some good best go get visit visiting trip travel please tell".split())
+# Words that say nothing about which question it is: kept, "What is the best time to visit
+# Kyoto?" and "What is the best food in Lima?" would share half their words.
+STOP_WORDS = frozenset((
+    "a", "an", "the", "i", "im", "i'm", "we", "you", "me", "my", "our", "your", "to", "of", "in",
+    "on", "for", "and", "or", "is", "are", "be", "it", "its", "what", "which", "where", "when",
+    "how", "do", "does", "can", "could", "should", "would", "will", "there", "any", "about",
+    "with", "at", "from", "this", "that", "these", "those", "some", "good", "best", "go", "get",
+    "visit", "visiting", "trip", "travel", "please", "tell"))
 
 
 def words(text: str) -> list[str]:

@@ -85,7 +85,8 @@ async def sample_candidates(service: ChatService, ex: Exchange, question: Questi
     rows = [scored(0, ex.reply, ex.finish_reason, ex.completion_tokens)]
     for position in range(1, n):
         try:
-            sampled = await service.sample(ex.deployment, ex.messages)
+            sampled = await service.sample(ex.deployment, [
+                Message(role=m["role"], content=m["content"]) for m in ex.messages])
         except ProviderError as err:
             result.candidate_errors[err.kind] += 1
             continue

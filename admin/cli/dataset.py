@@ -21,6 +21,7 @@ from admin.datasets.build import (
     BuildError,
     BuildOptions,
     BuildResult,
+    DatasetFormat,
     MultiTurn,
     PiiMode,
     RatingMode,
@@ -198,7 +199,8 @@ _USER = typer.Option([], "--user", help="Only these users (repeatable).")
 _SINCE = typer.Option(None, "--since", formats=_DATE_FORMATS, help="From (inclusive, UTC).")
 _UNTIL = typer.Option(None, "--until", formats=_DATE_FORMATS, help="Until (exclusive, UTC).")
 _SOURCE = typer.Option([Source.WEB.value], "--source",
-                       help="web (default), simulated, eval (repeatable).")
+                       help="web (default), simulated (repeatable). Never eval: evaluation"
+                       " replies measure the model and never enter a dataset.")
 _SEED_FILE = typer.Option([], "--seed-file", help="Seed JSONL to merge (repeatable; implies"
                           " --with-seed; 'valid' in the name: validation).")
 
@@ -206,6 +208,11 @@ _SEED_FILE = typer.Option([], "--seed-file", help="Seed JSONL to merge (repeatab
 @app.command("build")
 def build(
     out_dir: Path | None = _OUT_DIR,
+    fmt: str = typer.Option("sft", "--format", help="sft: chat examples (supervised). preference:"
+                            " DPO pairs (input, preferred_output, non_preferred_output) from"
+                            " replies to one prompt rated both ways and from `simulate"
+                            " --candidates`; reads rated and unrated exchanges (--ratings does"
+                            " not apply)."),
     name: str | None = typer.Option(None, "--name", help="Files <name>.train.jsonl and"
                                     " <name>.validation.jsonl (default: travel-<UTC time>)."),
     ratings: str = typer.Option("up", "--ratings", help="up: replies rated up; up+down: also"
@@ -235,15 +242,21 @@ def build(
     """Build train/validation JSONL from rated exchanges (scrubbed, deduplicated, validated)."""
     choices: dict[str, tuple[str, ...]] = {
         "--ratings": ("up", "up+down"), "--multi-turn": ("prefix", "whole"),
-        "--pii": ("scrub", "drop"), "--arm": tuple(Arm), "--source": tuple(Source)}
+        "--pii": ("scrub", "drop"), "--arm": tuple(Arm),
+        "--source": (Source.WEB.value, Source.SIMULATED.value), "--format": ("sft", "preference")}
+    if Source.EVAL.value in source:
+        fail("--source eval: evaluation replies never enter a dataset or a pair (they measure"
+             " the model on questions it must not train on)", 2)
     for opt, values in (("--ratings", [ratings]), ("--multi-turn", [multi_turn]),
-                        ("--pii", [pii]), ("--arm", arm), ("--source", source)):
+                        ("--pii", [pii]), ("--arm", arm), ("--source", source),
+                        ("--format", [fmt])):
         bad = [v for v in values if v not in choices[opt]]
         if bad:
             fail(f"{opt}: {bad[0]!r} is not one of {', '.join(choices[opt])}", 2)
     rating_mode: RatingMode = "up+down" if ratings == "up+down" else "up"
     turn_mode: MultiTurn = "whole" if multi_turn == "whole" else "prefix"
     pii_mode: PiiMode = "drop" if pii == "drop" else "scrub"
+    dataset_format: DatasetFormat = "preference" if fmt == "preference" else "sft"
     seeds = tuple(seed_file) or (_default_seed_files() if with_seed else ())
     for f in seeds:
         if not f.is_file():
@@ -256,7 +269,7 @@ def build(
             deployments=tuple(deployment), models=tuple(served_model), users=tuple(user),
             since=since, until=until, min_turns=min_turns),
         model=model, seed=seed, validation_ratio=validation_ratio, seed_files=seeds,
-        pii=pii_mode, near_dedupe=near_dedupe, overwrite=overwrite)
+        pii=pii_mode, near_dedupe=near_dedupe, overwrite=overwrite, format=dataset_format)
 
     async def run(store: Store) -> BuildResult:
         with RichBar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -306,6 +319,10 @@ def _show(result: BuildResult) -> None:
                      if c.weight_zero_examples else "")
                   + (f"; up-rated turns lost to history trimming {c.rated_turns_trimmed}"
                      if c.rated_turns_trimmed else ""), highlight=False)
+    if c.pairs_found:
+        found = ", ".join(f"{k}={n}" for k, n in sorted(c.pairs_found.items()))
+        kept = ", ".join(f"{k}={n}" for k, n in sorted(c.pairs_kept.items())) or "none"
+        console.print(f"pairs by source: found {found}; kept {kept}", highlight=False)
     for f in result.files:
         console.print(f"{f.kind}: " + _brief(f.report), highlight=False)
         for p in [p for p in f.report.problems if p.severity == "error"][:10]:

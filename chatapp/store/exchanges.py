@@ -57,15 +57,17 @@ class ExchangeScope:
 class RatedFilter:
     """Which exchanges a training set reads (`travel-admin dataset build`).
 
-    whole_threads=False: the exchanges in scope whose current rating is in `ratings`; True:
-    every exchange in scope, rated or not, of the threads holding at least one of those. Only
-    answered outcomes by default: canned error replies are nothing to learn from.
+    whole_threads=False: the exchanges in scope whose current rating is in `ratings` (and the
+    unrated ones too with `unrated`); True: every exchange in scope, rated or not, of the
+    threads holding at least one of those. Only answered outcomes by default: canned error
+    replies are nothing to learn from.
     """
 
     scope: ExchangeScope = field(default_factory=ExchangeScope)
     ratings: tuple[int, ...] = (1,)
     outcomes: tuple[str, ...] = (Outcome.OK.value, Outcome.FALLBACK.value)
     whole_threads: bool = False
+    unrated: bool = False
 
 
 class Exchanges:
@@ -225,7 +227,9 @@ def _rated_query(which: RatedFilter) -> sa.Select[Any]:
         conds.append(ex.c.created_at >= utc(scope.since))
     if scope.until is not None:
         conds.append(ex.c.created_at < utc(scope.until))
-    rated = rating.c.value.in_(list(which.ratings))
+    rated: sa.ColumnElement[bool] = rating.c.value.in_(list(which.ratings))
+    if which.unrated:
+        rated = sa.or_(rated, rating.c.value.is_(None))
     joined = ex.outerjoin(rating, rating.c.exchange_id == ex.c.id)
     query = sa.select(ex, rating.c.value.label("rating")).select_from(joined).where(*conds)
     if which.whole_threads:

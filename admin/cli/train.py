@@ -139,6 +139,8 @@ def start(
         fail("--beta and --from-job go with --method dpo", 2)
     if beta is not None and beta <= 0:
         fail(f"--beta {beta}: must be positive", 2)
+    if method == "dpo" and backend == "foundry":
+        fail(jobs.FOUNDRY_DPO, 2)
     if method == "dpo" and backend == "local" and from_job is None:
         fail("--method dpo needs --from-job JOB: the supervised job to start from", 2)
     if model is None:

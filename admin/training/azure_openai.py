@@ -189,10 +189,6 @@ class AzureTrainer:
         if spec.from_job is not None:
             raise TrainingError("--from-job is for local DPO; on Azure, continue a supervised"
                                 " job by passing its fine-tuned model as --model")
-        if self.api_version[:10] < METHOD_API_VERSION:
-            raise TrainingError(f"--method dpo: api-version {self.api_version} has no fine-tuning"
-                                f" `method`; use {METHOD_API_VERSION}-preview or later"
-                                " (AZURE_OPENAI_API_VERSION)")
         info = model_info(spec.base_model, self.settings)
         if "dpo" not in info.methods:
             capable = sorted(k for k, v in load_model_table(self.settings).entries.items()
@@ -204,6 +200,10 @@ class AzureTrainer:
                 f" {', '.join(capable) or 'no model in the table'} (or a model fine-tuned from"
                 " one). Add `methods = [\"sft\", \"dpo\"]` to its entry in your models_file"
                 " if Azure now offers it")
+        if self.api_version[:10] < METHOD_API_VERSION:
+            raise TrainingError(f"--method dpo: api-version {self.api_version} has no fine-tuning"
+                                f" `method`; use {METHOD_API_VERSION}-preview or later"
+                                " (AZURE_OPENAI_API_VERSION)")
 
     async def upload(self, path: Path) -> str:
         doing = f"uploading {path}"

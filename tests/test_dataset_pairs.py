@@ -250,3 +250,18 @@ def test_cli_simulate_uses_its_own_questions_and_refuses_the_evaluation_set(
     default = inspect.signature(simulate_cmd).parameters["questions"].default.default
     assert default == SIMULATE_QUESTIONS != DEFAULT_QUESTIONS and default.is_file()
     assert "--candidates" in CliRunner().invoke(app, ["simulate", "--help"]).output
+
+
+async def test_erasing_a_user_removes_the_candidates_of_their_exchanges(
+        store: Store, settings: Settings) -> None:
+    from chatapp import privacy
+
+    ann = await with_candidates(store, "Where should I wander in Lisbon?", [GOOD, BAD])
+    (zed,) = await converse(store, [("Bergen?", GOOD, 0)], user="zed", source="simulated")
+    await store.candidates.add([ReplyCandidate(zed.id, 0, True, GOOD, True),
+                                ReplyCandidate(zed.id, 1, False, BAD, False)])
+    # a foreign key ties candidates to their exchange: erasure must delete them first
+    counts = await privacy.erase_user(store, "zed", actor="ops")
+    assert counts["reply_candidates"] == 2 and counts["exchanges"] == 1
+    left = await store.candidates.of_exchanges([ann.id, zed.id])
+    assert set(left) == {ann.id} and len(left[ann.id]) == 2

@@ -265,3 +265,35 @@ async def test_erasing_a_user_removes_the_candidates_of_their_exchanges(
     assert counts["reply_candidates"] == 2 and counts["exchanges"] == 1
     left = await store.candidates.of_exchanges([ann.id, zed.id])
     assert set(left) == {ann.id} and len(left[ann.id]) == 2
+
+
+def test_model_table_methods_default_to_sft_and_are_checked() -> None:
+    from chatapp.model_table import _packaged_text, parse_table
+    from chatapp.settings import ConfigError
+
+    table = parse_table(_packaged_text())
+    assert table.lookup("gpt-4o-2024-08-06").methods == ("sft", "dpo")
+    assert table.lookup("gpt-4o-2024-08-06.ft-0123abcd-travel").methods == ("sft", "dpo")
+    assert table.lookup("gpt-4o-2024-11-20").methods == ("sft",)
+    assert table.lookup("gpt-4o-mini-2024-07-18").methods == ("sft",)
+    assert table.lookup("smollm2-135m-instruct.q4_1.gguf").methods == ("sft", "dpo")
+    assert table.lookup("prod-chat").methods == ("sft",)
+    entry = '[models."x"]\nencoding = "o200k_base"\ncontext_window = 10\n' \
+            'training_example_limit = 10\n'
+    for bad in ('methods = ["rlhf"]', "methods = []", 'methods = "dpo"'):
+        with pytest.raises(ConfigError, match=r"models_file \[models.'x'\].methods: must be a"
+                                              r" non-empty list of 'sft', 'dpo'"):
+            parse_table(_packaged_text(), entry + bad + "\n")
+
+
+async def test_a_failed_preference_build_leaves_no_file_and_no_record(
+        store: Store, settings: Settings, tmp_path: Path) -> None:
+    from tests.test_dataset_build import FailingWriter, dataset_rows
+
+    for i in range(10):
+        await two_arms(store, f"What is Porto like in month {i}?", GOOD, BAD)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="injected"):
+        await build_dataset(store, opts(out, selection=PREFERENCE, format="preference"),
+                            settings=settings, actor="t", writer=FailingWriter)
+    assert list(out.iterdir()) == [] and await dataset_rows(store) == 0

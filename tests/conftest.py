@@ -30,7 +30,7 @@ from chatapp.settings import (  # noqa: E402
     test_postgres_url,
 )
 from chatapp.store import Store  # noqa: E402
-from tests.fakes.openai_server import FakeOpenAIServer  # noqa: E402
+from harness.fakes.openai_server import FakeOpenAIServer  # noqa: E402
 
 
 @pytest.fixture

@@ -1,1 +1,2 @@
-"""datasets."""
+"""Training sets from stored exchanges and the seed files: build, validate, stats, PII scrub,
+manifests and atomic writes."""

@@ -24,7 +24,7 @@ from chatapp.chat.metrics import ChatMetrics
 from chatapp.chat.ratelimit import limiter_for
 from chatapp.chat.request import TurnRequest
 from chatapp.chat.routing import ExperimentWatcher, Route, choose
-from chatapp.domain import Arm, Deployment, Exchange, Outcome, Provider
+from chatapp.domain import Arm, Deployment, Exchange, Outcome
 from chatapp.providers import build_chat_model
 from chatapp.providers.base import (
     ChatModel,
@@ -34,6 +34,7 @@ from chatapp.providers.base import (
     RateLimited,
 )
 from chatapp.providers.redact import redact, settings_secrets
+from chatapp.providers.registry import backend
 from chatapp.settings import Settings
 from chatapp.shared.alarms import SharedFallbackMonitor
 from chatapp.shared.limits import SharedRateLimiter
@@ -400,7 +401,7 @@ class ChatService:
                     messages,
                     max_tokens=self.settings.max_reply_tokens,
                     temperature=self.settings.temperature,
-                    stop=policy.LOCAL_STOP if dep.provider == Provider.LOCAL else None,
+                    stop=backend(dep.provider).stop,
                 ):
                     if chunk.text:
                         if out.ttft_ms is None:

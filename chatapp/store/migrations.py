@@ -3,7 +3,7 @@
 Numbered, run once each in order, and recorded in `schema_migrations`; running them again is a
 no-op, so every start (the app, each admin command) may call `migrate`. A migration never
 changes once released: a database made by an older version is upgraded by the ones it lacks
-(tests/test_store_upgrade.py opens one made by a frozen copy of the schema of migration 3).
+(tests/store/test_store_upgrade.py opens one made by a frozen copy of the schema of migration 3).
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ def start(
     method: str = typer.Option(
         "sft", "--method", help="sft: supervised, from chat examples. dpo: preference pairs"
         " (Azure/OpenAI DPO JSONL: input.messages, preferred_output, non_preferred_output),"
-        " starting from --from-job; local only for now."),
+        " local: from --from-job; azure: a model the model table marks DPO-capable."),
     beta: float | None = typer.Option(
         None, "--beta",
         help="DPO: how strongly the reference anchors the policy (default 0.1)."),
@@ -140,6 +140,8 @@ def start(
         fail("--beta and --from-job go with --method dpo", 2)
     if beta is not None and beta <= 0:
         fail(f"--beta {beta}: must be positive", 2)
+    if method == "dpo" and backend == "foundry":
+        fail(jobs.FOUNDRY_DPO, 2)
     if method == "dpo" and backend == "local" and from_job is None:
         fail("--method dpo needs --from-job JOB: the supervised job to start from", 2)
     if model is None:

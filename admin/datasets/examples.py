@@ -49,7 +49,7 @@ class Skip(Exception):
         self.reason, self.detail = reason, detail
 
 
-def _sent_messages(row: RatedExchange) -> list[Message]:
+def sent_messages(row: RatedExchange) -> list[Message]:
     """The stored prompt of an exchange, checked: bad rows are skipped with the field named."""
     messages = row.messages
     if not isinstance(messages, list) or not messages:
@@ -89,7 +89,7 @@ def _turns(messages: Sequence[Message]) -> int:
 def from_exchange(row: RatedExchange, *, min_turns: int) -> Candidate:
     """The prefix example of one exchange: what the model saw, then its (rated) reply."""
     history = [({**m, "weight": 0} if m["role"] == "assistant" else m)
-               for m in _sent_messages(row)]
+               for m in sent_messages(row)]
     messages = [*history, _reply(row)]
     if _turns(messages) < min_turns:
         raise Skip("min_turns")
@@ -109,7 +109,7 @@ def from_thread(rows: Sequence[RatedExchange], *,
         if r.trainable:
             pending.setdefault(r.reply, []).append(r.final_reply)
     messages: list[Message] = []
-    for m in _sent_messages(last):
+    for m in sent_messages(last):
         if m["role"] == "assistant":
             if pending.get(m["content"]):
                 m = {**m, "content": pending[m["content"]].pop(0)}

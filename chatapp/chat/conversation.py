@@ -109,6 +109,13 @@ class _Attempt:
     messages: list[Message] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Sampled:
+    text: str
+    finish_reason: str | None
+    completion_tokens: int | None
+
+
 class ModelRegistry:
     """Deployments by name and one ChatModel per deployment, built on first use.
 
@@ -354,6 +361,17 @@ class ChatService:
                       request.thread_id, type(err).__name__, err)
         self.metrics.record(refused)
         return refused
+
+    async def sample(self, deployment: str, messages: Sequence[Message]) -> Sampled:
+        """Another reply to a recorded prompt (system, history, user), sampled exactly as the
+        chat samples (same deployment, temperature, limits and 429 retries); nothing is
+        recorded or shown. `travel-admin simulate --candidates` compares such replies."""
+        if len(messages) < 2 or messages[0]["role"] != "system" or messages[-1]["role"] != "user":
+            raise ValueError("a prompt is system, history..., user")
+        attempt = await self._attempt(deployment, messages[0], list(messages[1:-1]),
+                                      messages[-1], NullSink())
+        return Sampled(clean_text(attempt.text), attempt.finish_reason,
+                       attempt.completion_tokens)
 
     async def _count_input(self, route: Route, text: str) -> Count:
         try:

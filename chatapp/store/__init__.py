@@ -7,6 +7,7 @@
     store.experiments   experiments.py   the A/B split and the audit trail of routing changes
     store.exchanges     exchanges.py     chat turns (pending -> finished), ratings, the readers
                                          of `ab report`, `eval` and `dataset build`
+    store.candidates    candidates.py    replies sampled for an exchange's prompt, with verdicts
     store.jobs          jobs.py          fine-tuning jobs and their events
     store.datasets      datasets.py      built training files and their manifests
     store.chainlit      chainlit.py      Chainlit's tables: DDL, and the access guard's lookups
@@ -28,6 +29,7 @@ from collections.abc import Awaitable, Callable
 
 from chatapp.settings import Settings
 from chatapp.store.accounts import Accounts
+from chatapp.store.candidates import Candidates, ReplyCandidate
 from chatapp.store.chainlit import ChainlitTables
 from chatapp.store.database import Database, PoolOptions, StoreError, async_url, now
 from chatapp.store.datasets import Datasets
@@ -48,8 +50,8 @@ from chatapp.store.reviews import (
 )
 
 __all__ = ["Correction", "ExchangeScope", "PoolOptions", "QueueFilter", "QueueItem", "QueuePage",
-           "RatedExchange", "RatedFilter", "Review", "Store", "StoreError", "Subject",
-           "async_url", "now"]
+           "RatedExchange", "RatedFilter", "ReplyCandidate", "Review", "Store", "StoreError",
+           "Subject", "async_url", "now"]
 
 
 class Store:
@@ -62,6 +64,7 @@ class Store:
         self.experiments = Experiments(db)
         self.deployments = Deployments(db, self.experiments)
         self.exchanges = Exchanges(db)
+        self.candidates = Candidates(db)
         self.jobs = Jobs(db)
         self.datasets = Datasets(db)
         self.chainlit = ChainlitTables(db)

@@ -86,15 +86,17 @@ class ExchangeScope:
 class RatedFilter:
     """Which exchanges a training set reads (`travel-admin dataset build`).
 
-    whole_threads=False: the exchanges in scope whose current rating is in `ratings`; True:
-    every exchange in scope, rated or not, of the threads holding at least one of those. Only
-    answered outcomes by default: canned error replies are nothing to learn from.
+    whole_threads=False: the exchanges in scope whose current rating is in `ratings` (and the
+    unrated ones too with `unrated`); True: every exchange in scope, rated or not, of the
+    threads holding at least one of those. Only answered outcomes by default: canned error
+    replies are nothing to learn from.
     """
 
     scope: ExchangeScope = field(default_factory=ExchangeScope)
     ratings: tuple[int, ...] = (1,)
     outcomes: tuple[str, ...] = (Outcome.OK.value, Outcome.FALLBACK.value)
     whole_threads: bool = False
+    unrated: bool = False
 
 
 class Exchanges:
@@ -269,8 +271,10 @@ def _rated_query(which: RatedFilter) -> sa.Select[Any]:
     rating, review = _latest_rating(), latest_review()
     conds = [*scope_conditions(which.scope), ex.c.outcome.in_(list(which.outcomes)),
              trainable_user(ex.c.user_id)]
-    rated = sa.or_(rating.c.value.in_(list(which.ratings)),
-                   review.c.decision.in_(sorted(GOOD_DECISIONS)))
+    rated: sa.ColumnElement[bool] = sa.or_(rating.c.value.in_(list(which.ratings)),
+                                           review.c.decision.in_(sorted(GOOD_DECISIONS)))
+    if which.unrated:
+        rated = sa.or_(rated, rating.c.value.is_(None))
     joined = (ex.outerjoin(rating, rating.c.exchange_id == ex.c.id)
               .outerjoin(review, review.c.exchange_id == ex.c.id))
     query = (sa.select(ex, rating.c.value.label("rating"), review.c.decision.label("review"),

@@ -61,6 +61,10 @@ async def _m5_reviews(conn: AsyncConnection) -> None:
     await conn.run_sync(apply)
 
 
+async def _m6_reply_candidates(conn: AsyncConnection) -> None:
+    await conn.run_sync(lambda c: t.metadata.create_all(c, tables=[t.reply_candidates]))
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial: chainlit tables, accounts, deployments, experiments, exchanges, ratings",
      _m1_initial),
@@ -69,6 +73,8 @@ MIGRATIONS: list[Migration] = [
     (4, "owners of pending turns, app process heartbeats, leases of periodic jobs",
      _m4_turn_owners),
     (5, "reviews of replies (corrections), travellers' opt-out of training", _m5_reviews),
+    (6, "reply candidates sampled for simulated turns, with their policy verdicts",
+     _m6_reply_candidates),
 ]
 
 

@@ -28,8 +28,8 @@ from chatapp.store.datasets import decode_manifest
 from chatapp.store.experiments import audit
 
 # Tables in deletion order (children first), as counted in purge and erasure results.
-TABLE_ORDER = ("reviews", "ratings", "exchanges", "feedbacks", "elements", "steps", "threads",
-               "users", "accounts")
+TABLE_ORDER = ("reviews", "ratings", "reply_candidates", "exchanges", "feedbacks", "elements",
+               "steps", "threads", "users", "accounts")
 ERASE_ORDER = (*TABLE_ORDER, "dataset_manifests")
 # Chainlit keeps a user's `user_env` (keys a user may paste in) in thread metadata: a secret.
 _SECRET_METADATA = {"env"}
@@ -103,6 +103,8 @@ class Privacy:
                     t.ratings.c.user_id == username,
                     t.ratings.c.exchange_id.in_(sa.select(ex.c.id).where(mine)
                                                 .scalar_subquery()))),
+                ("reply_candidates", t.reply_candidates, t.reply_candidates.c.exchange_id.in_(
+                    sa.select(ex.c.id).where(mine).scalar_subquery())),
                 ("exchanges", ex, mine),
                 *_chainlit_targets(thread_ids),
                 ("users", cl.users, cl.users.c.identifier == username),
@@ -219,6 +221,8 @@ async def _thread_rows(conn: AsyncConnection, ids: Sequence[str], chainlit_ids: 
     ex_ids = sa.select(ex.c.id).where(web).scalar_subquery()
     targets: list[Target] = [("reviews", t.reviews, t.reviews.c.exchange_id.in_(ex_ids)),
                              ("ratings", t.ratings, t.ratings.c.exchange_id.in_(ex_ids)),
+                             ("reply_candidates", t.reply_candidates,
+                              t.reply_candidates.c.exchange_id.in_(ex_ids)),
                              ("exchanges", ex, web), *_chainlit_targets(chainlit_ids)]
     return await _apply(conn, targets, delete=delete)
 

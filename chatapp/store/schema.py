@@ -143,6 +143,27 @@ reviews = sa.Table(
     sa.Index("ix_reviews_exchange", "exchange_id", "id"),
 )
 
+# Replies sampled for the same prompt as an exchange (`simulate --candidates N`), each scored by
+# the policy checks; `shown` marks the one the traveller saw (the exchange's own reply). A table
+# of their own rather than a JSON column on `exchanges`: the chat writes that row on every turn
+# and never reads candidates, erasure and retention delete them by exchange like ratings, and
+# dataset builds read them for a batch of exchanges at once.
+reply_candidates = sa.Table(
+    "reply_candidates",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("exchange_id", sa.String(36), sa.ForeignKey("exchanges.id"), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),  # sampling order; the shown one is 0
+    sa.Column("shown", sa.Boolean, nullable=False),
+    sa.Column("reply", sa.Text, nullable=False),
+    sa.Column("finish_reason", sa.String(40)),
+    sa.Column("completion_tokens", sa.Integer),
+    sa.Column("compliant", sa.Boolean, nullable=False),
+    sa.Column("failed_checks", sa.JSON, nullable=False),  # names of the checks it failed
+    _ts("created_at", nullable=False),
+    sa.Index("ix_reply_candidates_exchange", "exchange_id", "position"),
+)
+
 # One row per built JSONL file, keyed by its sha256, so a training job given a file can find
 # exactly which data (query, counts, tokenizer) it holds.
 datasets = sa.Table(

@@ -4,7 +4,10 @@ What it checks, like Azure: api-version and auth on every call (an Entra token i
 `forbidden_tokens` is valid but lacks the "Cognitive Services OpenAI Contributor" role: 403
 PermissionDenied), multipart upload with `purpose=fine-tune`, a processed training file and a
 fine-tunable model (a base model or the result of a succeeded job: continued training) at job
-creation, suffix <= 18 characters.
+creation, suffix <= 18 characters. A file holds chat examples (`messages`) or preference pairs
+(`input`, `preferred_output`, `non_preferred_output`), one format per file; a job's `method`
+must match it, and `{"type": "dpo"}` takes only a DPO-capable model (`DPO_MODELS`, as Azure
+documents it) or a model fine-tuned from one.
 
 How it moves: everything advances on *polls*, never on wall time, so tests are fast and exact.
 An uploaded file is `pending` until `file_polls` retrieves, then `processed` (or `error` with
@@ -34,6 +37,7 @@ FINE_TUNABLE = frozenset({
     "gpt-4o-mini-2024-07-18", "gpt-4o-2024-08-06", "gpt-4.1-mini-2025-04-14",
     "gpt-4.1-2025-04-14", "gpt-35-turbo-0125",
 })
+DPO_MODELS = frozenset({"gpt-4o-2024-08-06"})
 MIN_EXAMPLES = 10
 MAX_SUFFIX = 18
 
@@ -49,6 +53,7 @@ class FakeFile:
     status_details: str | None = None
     polls: int = 0
     problem: str | None = None  # decided at upload, revealed when processing ends
+    format: str = "chat"  # chat | preference, decided at upload
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "object": "file", "bytes": len(self.content),
@@ -149,17 +154,35 @@ def _file_problem(name: str, content: bytes, state: FineTuneState) -> str | None
         return state.bad_files[name]
     text = content.decode("utf-8-sig", "replace")
     lines = [ln for ln in text.splitlines() if ln.strip()]
+    first = _format_of(lines[0]) if lines else "chat"
     for n, line in enumerate(lines, 1):
         try:
             obj = json.loads(line)
         except ValueError:
             return f"Invalid file format. Line {n} is not valid JSON."
-        if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
+        if first == "preference":
+            if not isinstance(obj, dict) or not all(
+                    isinstance(obj.get(k), want) for k, want in (
+                        ("input", dict), ("preferred_output", list),
+                        ("non_preferred_output", list))):
+                return (f"Invalid file format. Line {n}: 'input', 'preferred_output' and"
+                        " 'non_preferred_output' are required properties.")
+        elif not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
             return f"Invalid file format. Line {n}: 'messages' is a required property."
     if len(lines) < MIN_EXAMPLES:
         return (f"Training file has {len(lines)} example(s), but must have at least"
                 f" {MIN_EXAMPLES} examples.")
     return None
+
+
+def _format_of(line: str) -> str:
+    import json
+
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return "chat"
+    return "preference" if isinstance(obj, dict) and "preferred_output" in obj else "chat"
 
 
 def _event(job: FakeJob, message: str, *, kind: str = "message", level: str = "info",
@@ -238,7 +261,8 @@ def _hyperparameters(body: dict[str, Any], n_examples: int) -> dict[str, Any]:
     given = dict(body.get("hyperparameters") or {})
     method = body.get("method")
     if isinstance(method, dict):
-        given.update((method.get("supervised") or {}).get("hyperparameters") or {})
+        kind = str(method.get("type"))
+        given.update((method.get(kind) or {}).get("hyperparameters") or {})
     epochs = given.get("n_epochs", "auto")
     if epochs == "auto":
         # The documented default: 3 epochs, raised so that a small file sees ~100 examples.
@@ -247,8 +271,12 @@ def _hyperparameters(body: dict[str, Any], n_examples: int) -> dict[str, Any]:
     if batch == "auto":
         batch = max(1, min(256, round(0.002 * n_examples)))
     lr = given.get("learning_rate_multiplier", "auto")
-    return {"n_epochs": int(epochs), "batch_size": int(batch),
-            "learning_rate_multiplier": 1.0 if lr == "auto" else float(lr)}
+    out = {"n_epochs": int(epochs), "batch_size": int(batch),
+           "learning_rate_multiplier": 1.0 if lr == "auto" else float(lr)}
+    if isinstance(method, dict) and method.get("type") == "dpo":
+        beta = given.get("beta", "auto")
+        out["beta"] = 0.1 if beta == "auto" else float(beta)
+    return out
 
 
 def _guard(state: FakeState, rec: RecordedRequest, operation: str) -> Response | None:
@@ -296,8 +324,11 @@ def finetune_routes(state: FakeState) -> list[Route]:
             return _invalid("'file' is a required property.", "file")
         content = await upload.read()
         name = upload.filename or "upload.jsonl"
+        first = next((ln for ln in content.decode("utf-8-sig", "replace").splitlines()
+                      if ln.strip()), "")
         f = FakeFile(f"file-{uuid.uuid4().hex}", name, "fine-tune", content, _now(),
-                     problem=_file_problem(name, content, ft_state()))
+                     problem=_file_problem(name, content, ft_state()),
+                     format=_format_of(first))
         with state.lock:
             ft_state().files[f.id] = f
         return JSONResponse(f.public(), 201)
@@ -396,6 +427,19 @@ def _create_job(state: FakeState, body: dict[str, Any]) -> Response:
                 return _invalid(f"The {param.replace('_', ' ')} '{file_id}' is not a"
                                 " processed file.", param)
         f = ft.files[str(train_id)]
+        method = body.get("method")
+        kind = method.get("type") if isinstance(method, dict) else "supervised"
+        if kind not in ("supervised", "dpo"):
+            return _invalid(f"Unsupported fine-tuning method type {kind!r}.", "method")
+        want = "preference" if kind == "dpo" else "chat"
+        for file_id in (train_id, val_id):
+            if file_id is not None and ft.files[str(file_id)].format != want:
+                return _invalid(f"The file '{file_id}' is not in the {want} format the"
+                                f" {kind} method takes.", "training_file")
+        root = ft.fine_tuned_models().get(model, model)
+        if kind == "dpo" and root not in DPO_MODELS:
+            return _invalid(f"The model '{model}' does not support the dpo fine-tuning"
+                            " method.", "model")
         n = sum(1 for ln in f.content.decode("utf-8-sig").splitlines() if ln.strip())
         job = FakeJob(
             id=f"ftjob-{uuid.uuid4().hex}", model=model, training_file=str(train_id),

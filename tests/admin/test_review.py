@@ -234,6 +234,31 @@ async def test_a_corrected_reply_replaces_the_one_it_corrects_in_a_built_dataset
     assert BAD not in json.dumps(whole)
 
 
+async def test_a_correction_makes_a_preference_pair_over_the_reply_it_corrects(
+        store: Store, settings: Settings, tmp_path: Path) -> None:
+    cities = ["Lisbon", "Porto", "Seville", "Kyoto", "Hanoi", "Quito", "Oslo", "Tbilisi",
+              "Fes", "Cusco"]
+    corrected = {}
+    for i, city in enumerate(cities):
+        [ex] = await converse(store, [(f"What is {city} like in spring?", f"{city} is fine.", 0)],
+                              user=f"u{i}")
+        corrected[city] = (f"{city} in spring is mild and lively, with markets and long evening"
+                           " walks. Which part of the city will you explore first?")
+        await review.correct(store, ex.id, "rita", corrected[city])
+    result = await build_dataset(store, BuildOptions(
+        out_dir=tmp_path, name="prefs", validation_ratio=0.0, format="preference",
+        selection=Selection(sources=("web",))), settings=settings, actor="tester")
+    assert result.ok, [str(p) for f in result.files for p in f.report.problems]
+    assert dict(result.counts.pairs_kept) == {"correction": 10}
+    rows = [r for f in result.files for r in read(f.path)]
+    by_city = {r["input"]["messages"][-1]["content"].split()[2]: r for r in rows}
+    assert set(by_city) == set(cities)
+    for city, row in by_city.items():
+        assert row["preferred_output"] == [{"role": "assistant", "content": corrected[city]}]
+        assert row["non_preferred_output"] == [{"role": "assistant",
+                                                "content": f"{city} is fine."}]
+
+
 async def test_reviews_leave_ratings_and_the_ab_figures_as_they_were(store: Store) -> None:
     [a, b] = await converse(store, [("Lisbon?", BAD, 0), ("Porto?", "Porto.", 0)])
     before = await store.exchanges.experiment_rows("exp-1", ["web"])

@@ -124,8 +124,9 @@ async def test_erase_leaves_nothing_of_the_user_and_touches_no_one_else(store: S
     assert await dump(store) == before  # a dry run deletes nothing
     done = await privacy.erase_user(store, "alice-7f3e", actor="ops")
     assert done == counts
-    assert dict(done) == {"reviews": 0, "ratings": 2, "exchanges": 2, "feedbacks": 1,
-                          "elements": 1, "steps": 6, "threads": 1, "users": 1, "accounts": 1,
+    assert dict(done) == {"reviews": 0, "ratings": 2, "reply_candidates": 0, "exchanges": 2,
+                          "feedbacks": 1, "elements": 1, "steps": 6, "threads": 1, "users": 1,
+                          "accounts": 1,
                           "dataset_manifests": 1}
     after = await dump(store)
     for table, rows in after.items():
@@ -186,8 +187,9 @@ async def test_retention_purges_only_conversations_idle_past_the_cutoff(store: S
     assert await dump(store) == before
     # sim-user's Chainlit thread is old too, but its exchanges are simulated: only they stay.
     assert preview.threads == 3
-    assert dict(preview.counts) == {"reviews": 0, "ratings": 4, "exchanges": 4, "feedbacks": 3,
-                                    "elements": 3, "steps": 18, "threads": 3}
+    assert dict(preview.counts) == {"reviews": 0, "ratings": 4, "reply_candidates": 0,
+                                    "exchanges": 4, "feedbacks": 3, "elements": 3, "steps": 18,
+                                    "threads": 3}
 
     result = await privacy.purge(store, 30, batch_size=2)
     assert (result.threads, result.batches) == (3, 2)
@@ -308,6 +310,7 @@ def test_admin_commands(cli_env: Path, tmp_path: Path) -> None:
     # rich wraps at the terminal's width: compare words, not line breaks
     erased = " ".join(_cli("users", "erase", "bob", "--yes").split())
     assert "erased bob:" in erased and "exchanges 2" in erased and "accounts 1" in erased
+    erased = " ".join(erased.split())  # the console wraps long lines
     assert "dataset_manifests 1" in erased and "manifest files rewritten 1" in erased
     assert json.loads(sidecar.read_text()) == {"query": {"users": [privacy.erased_name("bob")]},
                                                "n_examples": 1}

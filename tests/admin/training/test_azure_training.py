@@ -6,6 +6,7 @@ the new deployment. Fake jobs advance per poll, so nothing here waits on wall ti
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,154 @@ async def test_method_is_sent_from_api_versions_that_know_it(
     assert "hyperparameters" not in create.json
     assert create.json["method"] == {"type": "supervised", "supervised": {"hyperparameters": {
         "n_epochs": 1, "batch_size": 10, "learning_rate_multiplier": 0.5}}}
+
+
+DPO_MODEL = "gpt-4o-2024-08-06"  # the version Azure documents for DPO (chatapp/data/models.toml)
+
+
+def write_pairs(path: Path, source: Path = TRAIN) -> Path:
+    """Preference pairs from chat examples: the seed reply preferred, the same reply without
+    its closing question not (what the ends_with_question check fails)."""
+    rows = []
+    for line in source.read_text(encoding="utf-8").splitlines():
+        messages = json.loads(line)["messages"]
+        reply = messages[-1]["content"]
+        flat = reply.rsplit(".", 1)[0].rstrip() + "." if "." in reply else reply + " Enjoy."
+        rows.append({"input": {"messages": messages[:-1]},
+                     "preferred_output": [{"role": "assistant", "content": reply}],
+                     "non_preferred_output": [{"role": "assistant", "content": flat}]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+async def test_dpo_sends_the_dpo_method_and_runs_to_a_model(
+        fake: FakeOpenAIServer, data_dir: Path, credential: ScopedCredential,
+        db: Store) -> None:
+    settings = azure_settings(fake, data_dir, azure_openai_api_version="2025-04-01-preview")
+    trainer = make_trainer(settings, credential)
+    pairs = write_pairs(data_dir / "pairs.jsonl")
+    try:
+        job, files = await jobs.start_job(
+            db, trainer, spec(base_model=DPO_MODEL, train_path=pairs, validation_path=None,
+                              method="dpo", beta=0.25), settings=settings, actor="al")
+        statuses = await run_to_end(db, trainer, job)
+    finally:
+        await trainer.aclose()
+    (create,) = posts(fake, "/openai/fine_tuning/jobs")
+    assert "hyperparameters" not in create.json
+    assert create.json["method"] == {"type": "dpo", "dpo": {"hyperparameters": {
+        "n_epochs": 1, "batch_size": 10, "beta": 0.25}}}
+    assert create.json["model"] == DPO_MODEL and statuses[-1] == "succeeded"
+    done = await db.jobs.get(job.id)
+    assert done is not None and done.hyperparameters["method"] == "dpo"
+    assert done.hyperparameters["beta"] == 0.25 and done.fine_tuned_model
+    assert files[0].report.n_examples == 50
+
+
+async def test_dpo_without_beta_leaves_it_to_the_service(
+        fake: FakeOpenAIServer, data_dir: Path, credential: ScopedCredential) -> None:
+    settings = azure_settings(fake, data_dir, azure_openai_api_version="2025-04-01-preview")
+    trainer = make_trainer(settings, credential)
+    try:
+        file_id = await trainer.upload(write_pairs(data_dir / "pairs.jsonl"))
+        await trainer.start(spec(base_model=DPO_MODEL, method="dpo", epochs=None,
+                                 batch_size=None), file_id, None)
+    finally:
+        await trainer.aclose()
+    (create,) = posts(fake, "/openai/fine_tuning/jobs")
+    assert create.json["method"] == {"type": "dpo", "dpo": {"hyperparameters": {}}}
+
+
+async def test_dpo_on_a_model_not_marked_capable_is_refused_before_any_upload(
+        fake: FakeOpenAIServer, data_dir: Path, credential: ScopedCredential,
+        db: Store) -> None:
+    settings = azure_settings(fake, data_dir, azure_openai_api_version="2025-04-01-preview")
+    trainer = make_trainer(settings, credential)
+    pairs = write_pairs(data_dir / "pairs.jsonl")
+    try:
+        for model, entry in ((BASE_MODEL, "entry 'gpt-4o-mini'"),
+                             ("gpt-4o-2024-11-20", "entry 'gpt-4o'"),
+                             ("prod-chat", "no entry (unknown model)")):
+            with pytest.raises(TrainingError) as info:
+                await jobs.start_job(db, trainer, spec(base_model=model, train_path=pairs,
+                                                       validation_path=None, method="dpo"),
+                                     settings=settings, actor="al")
+            text = one_line(info.value)
+            assert f"{model} is not marked DPO-capable in the model table ({entry}" in text
+            assert "documents DPO for gpt-4o-2024-08-06" in text and "models_file" in text
+    finally:
+        await trainer.aclose()
+    assert fake.requests == [] and await db.jobs.recent() == []
+
+
+async def test_a_models_file_can_mark_a_model_dpo_capable(
+        fake: FakeOpenAIServer, data_dir: Path, credential: ScopedCredential) -> None:
+    table = data_dir / "models.toml"
+    table.write_text('[models."gpt-4.1-mini"]\nencoding = "o200k_base"\ncontext_window = 128000'
+                     '\ntraining_example_limit = 65536\nmethods = ["sft", "dpo"]\n',
+                     encoding="utf-8")
+    settings = azure_settings(fake, data_dir, azure_openai_api_version="2025-04-01-preview",
+                              models_file=table)
+    trainer = make_trainer(settings, credential)
+    try:
+        trainer.check(spec(base_model="gpt-4.1-mini-2025-04-14", method="dpo"))  # no error
+        with pytest.raises(TrainingError, match=re.escape("gpt-4.1-mini, gpt-4o-2024-08-06")):
+            trainer.check(spec(base_model=BASE_MODEL, method="dpo"))
+    finally:
+        await trainer.aclose()
+
+
+async def test_dpo_needs_an_api_version_with_method(
+        fake: FakeOpenAIServer, trainer: AzureTrainer, db: Store, settings: Settings,
+        data_dir: Path) -> None:
+    assert settings.connection("azure").api_version == "2024-10-21"
+    with pytest.raises(TrainingError) as info:
+        await jobs.start_job(db, trainer, spec(base_model=DPO_MODEL, method="dpo",
+                                               train_path=write_pairs(data_dir / "p.jsonl"),
+                                               validation_path=None),
+                             settings=settings, actor="al")
+    assert "api-version 2024-10-21 has no fine-tuning `method`; use 2024-12-01-preview" \
+        in one_line(info.value)
+    assert fake.requests == []
+
+
+async def test_dpo_continues_a_supervised_model_of_a_capable_version(
+        fake: FakeOpenAIServer, data_dir: Path, credential: ScopedCredential,
+        db: Store) -> None:
+    """Azure: DPO on a model already fine-tuned (supervised) from a supported version."""
+    settings = azure_settings(fake, data_dir, azure_openai_api_version="2025-04-01-preview")
+    trainer = make_trainer(settings, credential)
+    try:
+        sft, _ = await jobs.start_job(db, trainer, spec(base_model=DPO_MODEL),
+                                      settings=settings, actor="al")
+        await run_to_end(db, trainer, sft)
+        tuned = (await db.jobs.get(sft.id)).fine_tuned_model  # type: ignore[union-attr]
+        assert tuned and tuned.startswith(f"{DPO_MODEL}.ft-")
+        dpo, _ = await jobs.start_job(
+            db, trainer, spec(base_model=tuned, method="dpo", beta=0.1, validation_path=None,
+                              train_path=write_pairs(data_dir / "pairs.jsonl")),
+            settings=settings, actor="al")
+        assert (await run_to_end(db, trainer, dpo))[-1] == "succeeded"
+    finally:
+        await trainer.aclose()
+    assert posts(fake, "/openai/fine_tuning/jobs")[-1].json["model"] == tuned
+
+
+async def test_a_chat_file_is_refused_for_dpo_with_its_line_and_field(
+        fake: FakeOpenAIServer, data_dir: Path, credential: ScopedCredential,
+        db: Store) -> None:
+    settings = azure_settings(fake, data_dir, azure_openai_api_version="2025-04-01-preview")
+    trainer = make_trainer(settings, credential)
+    try:
+        with pytest.raises(jobs.InvalidTrainingFiles) as info:
+            await jobs.start_job(db, trainer, spec(base_model=DPO_MODEL, method="dpo",
+                                                   validation_path=None),
+                                 settings=settings, actor="al")
+    finally:
+        await trainer.aclose()
+    assert info.value.lines()[0].startswith(f"{TRAIN}:1 ")
+    assert "input" in info.value.lines()[0]
+    assert fake.requests == []
 
 
 async def test_old_api_version_is_refused(fake: FakeOpenAIServer, data_dir: Path) -> None:

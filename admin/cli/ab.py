@@ -222,3 +222,7 @@ def rollback() -> None:
     exp = with_store(lambda s: s.experiments.rollback(actor()))
     console.print(f"rolled back: everyone is now served by {exp.base_deployment}")
     _show(exp)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="ab")

@@ -11,6 +11,7 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from chatapp.runtime import ensure_routing
@@ -24,8 +25,19 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    """One `error:` line, never wrapped (logs and grep see it whole) and never read as markup
+    (messages quote things like `[train]`)."""
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def say(message: str, *, err: bool = False) -> None:
+    (err_console if err else console).print(escape(message), highlight=False, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,
+                      soft_wrap=True)
 
 
 def actor() -> str:
@@ -43,8 +55,10 @@ def settings() -> Settings:
         fail(str(err), 2)
 
 
-def with_store(fn: Callable[[Store], Awaitable[T]]) -> T:
-    """Open the store (creating/migrating the schema), run `fn`, close; errors become messages."""
+def with_store(fn: Callable[[Store], Awaitable[T]],
+               expected: tuple[type[Exception], ...] = ()) -> T:
+    """Open the store (creating/migrating the schema, bootstrapping routing), run `fn`, close.
+    A store or configuration error, or one of `expected`, becomes one `error:` line."""
 
     async def run() -> T:
         store = await open_store(settings())
@@ -54,9 +68,10 @@ def with_store(fn: Callable[[Store], Awaitable[T]]) -> T:
         finally:
             await store.close()
 
+    errors: tuple[type[Exception], ...] = (StoreError, ConfigError, *expected)
     try:
         return asyncio.run(run())
-    except StoreError as err:
+    except errors as err:
         fail(str(err))
 
 

@@ -332,3 +332,7 @@ def _show(result: BuildResult) -> None:
         console.print(f"  manifest: {f.manifest_path}", highlight=False)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="dataset")

@@ -62,3 +62,7 @@ def remove(name: str) -> None:
     """Retire a deployment no arm uses (it stays in the records of past exchanges)."""
     with_store(lambda s: s.deployments.remove(name))
     console.print(f"removed deployment {name}")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="deployments")

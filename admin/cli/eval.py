@@ -102,3 +102,7 @@ def _print_summary(report: EvalReport) -> None:
         table.add_row("not scored", *(str(a["not_judged"] + sum(a["errors"].values()))
                                       for a in stats.values()))
         console.print(table)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="eval")

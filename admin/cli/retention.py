@@ -49,3 +49,7 @@ def purge_cmd(
         console.print(f"kept {result.undated} conversations with no readable time")
     if result.came_back:
         console.print(f"kept {result.came_back} conversations that became active during the purge")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="retention")

@@ -210,3 +210,7 @@ def skip(exchange_id: str) -> None:
     saved = _run(lambda s: review.skip(s, exchange_id, actor()))
     console.print(f"skipped {saved.review.exchange_id} (review {saved.review.id})",
                   highlight=False)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="review")

@@ -11,22 +11,32 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from admin.cli.common import JsonOpt, actor, console, emit, err_console, settings
+from admin.cli.common import (
+    JsonOpt,
+    actor,
+    console,
+    emit,
+    err_console,
+    fail,
+    say,
+    settings,
+    warn,
+    with_store,
+)
 from admin.training import cleanup as cleaning
 from admin.training import jobs
 from admin.training.base import METHODS, JobSpec, TrainingError
 from admin.training.metrics import MissingExtra, is_step_event, metric_rows, plot
 from chatapp.domain import SMOLLM2, JobEvent, Provider, TrainingJob
 from chatapp.settings import ConfigError, Settings
-from chatapp.shared.feed import open_store
-from chatapp.store import Store, StoreError
+from chatapp.store import Store
 
 T = TypeVar("T")
 app = typer.Typer(help="Fine-tuning jobs: Azure OpenAI, Azure AI Foundry serverless (foundry),"
@@ -37,22 +47,6 @@ JobArg = typer.Argument(None, help="Job id or a unique prefix (default: the newe
 TrainOpt = typer.Option(..., "--train", help="Training JSONL (OpenAI chat format).")
 ValidationOpt = typer.Option(None, "--validation", help="Validation JSONL.")
 PlotOpt = typer.Option(None, "--plot", help="Write a PNG plot here.")
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    """One `error:` line, never wrapped (logs and grep see it whole) and never read as markup
-    (messages quote things like `[train]`)."""
-    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def say(message: str, *, err: bool = False) -> None:
-    (err_console if err else console).print(escape(message), highlight=False, soft_wrap=True)
-
-
-def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,
-                      soft_wrap=True)
 
 
 def register(root: typer.Typer) -> None:
@@ -67,21 +61,15 @@ def _run(fn: Callable[[Store, Settings], Awaitable[T]]) -> T:
     """Run `fn` with an open store; every expected failure becomes one `error:` line."""
     conf = settings()
 
-    async def main() -> T:
-        store = await open_store(conf)
+    async def call(store: Store) -> T:
         try:
             return await fn(store, conf)
-        finally:
-            await store.close()
+        except jobs.InvalidTrainingFiles as err:
+            for line in err.lines():
+                say(line, err=True)
+            fail(str(err))
 
-    try:
-        return asyncio.run(main())
-    except jobs.InvalidTrainingFiles as err:
-        for line in err.lines():
-            say(line, err=True)
-        fail(str(err))
-    except (TrainingError, ConfigError, StoreError, MissingExtra, ValueError) as err:
-        fail(str(err))
+    return with_store(call, (TrainingError, MissingExtra, ValueError))
 
 
 def _progress_text(job: TrainingJob) -> str:

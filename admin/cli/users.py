@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from admin.cli.common import JsonOpt, actor, console, emit, fail, with_store
+from admin.datasets import erasure
 from admin.datasets.files import AtomicFile
-from admin.datasets.manifest import manifest_path
 from chatapp.auth import hash_password, random_password
-from chatapp.privacy import erase_user, export_user, scrub_manifest, scrubbed_dataset_paths
+from chatapp.privacy import export_user
 from chatapp.store import Store
 from chatapp.store.privacy import ERASE_ORDER
 
@@ -132,54 +131,26 @@ def erase(
     username: str,
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
 ) -> None:
-    """Erase a user: exchanges, ratings, reviews of their replies, Chainlit's
-    threads/steps/elements/feedbacks/user, and the account, in one transaction. The audit trail
-    records that it happened (not what)."""
-
-    async def count(store: Store) -> Counter[str]:
-        return await erase_user(store, username, actor=actor(), dry_run=True)
-
-    found = with_store(count)
-    if not sum(found.values()):
-        # An erasure stopped between its transaction and the manifest files: finish it.
-        if rewritten := _scrub_manifest_files(
-                with_store(lambda s: scrubbed_dataset_paths(s, username)), username):
-            console.print(f"{username} was erased before; manifest files rewritten {rewritten}")
-            return
-        fail(f"nothing is held about user {username!r}")
-    summary = ", ".join(f"{name} {found.get(name, 0)}" for name in ERASE_ORDER)
-    if not yes and not typer.confirm(f"Erase {username} for good ({summary})?"):
-        fail("nothing erased", 1)
-
-    async def run(store: Store) -> Counter[str]:
-        return await erase_user(store, username, actor=actor())
-
-    done = with_store(run)
-    # The database is done (one transaction); the manifests beside built files follow. Run
-    # again if this stops half-way: it finds the same records by their placeholder.
-    rewritten = _scrub_manifest_files(
-        with_store(lambda s: scrubbed_dataset_paths(s, username)), username)
+    """Erase a user: reviews, ratings, exchanges, Chainlit's threads/steps/elements/feedbacks/
+    user, and the account, in one transaction, then the dataset manifests that name them. The
+    audit trail records that it happened (not what). Run it again if it stops half-way."""
+    found = with_store(lambda s: erasure.held(s, username))
+    if sum(found.values()):
+        summary = ", ".join(f"{name} {found.get(name, 0)}" for name in ERASE_ORDER)
+        if not yes and not typer.confirm(f"Erase {username} for good ({summary})?"):
+            fail("nothing erased", 1)
+    done = with_store(lambda s: erasure.erase(s, username, actor=actor()),
+                      (erasure.NothingHeld,))
+    if done.resumed:
+        console.print(f"{username} was erased before; manifest files rewritten"
+                      f" {done.manifests_rewritten}")
+        return
     console.print(f"erased {username}: "
-                  + ", ".join(f"{name} {done.get(name, 0)}" for name in ERASE_ORDER)
-                  + f" ({sum(done.values())} rows); manifest files rewritten {rewritten}."
-                  " Built training files are not touched (scrubbed of personal data).")
+                  + ", ".join(f"{name} {done.rows.get(name, 0)}" for name in ERASE_ORDER)
+                  + f" ({sum(done.rows.values())} rows); manifest files rewritten"
+                  f" {done.manifests_rewritten}. Built training files are not touched"
+                  " (scrubbed of personal data).")
 
 
-def _scrub_manifest_files(data_files: list[str], username: str) -> int:
-    n = 0
-    for data_file in data_files:
-        path = manifest_path(Path(data_file))
-        if not path.is_file():
-            continue
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if not scrub_manifest(doc, username):
-            continue
-        out = AtomicFile(path)
-        try:
-            out.write((json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode())
-            out.commit()
-        except BaseException:
-            out.discard()
-            raise
-        n += 1
-    return n
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="users")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import chainlit as cl
+from chainlit.config import config
 from chainlit.input_widget import InputWidget, Select
 from chainlit.server import app as chainlit_server
 from chainlit.types import Feedback, ThreadDict
@@ -16,6 +17,7 @@ from chatapp.chat.batching import BatchingSink
 from chatapp.chat.conversation import ChatService
 from chatapp.chat.input_guard import clean_text
 from chatapp.chat.request import TurnRequest
+from chatapp.console import routes as console
 from chatapp.domain import ANSWERED_OUTCOMES, Arm, Outcome
 from chatapp.providers.base import Message
 from chatapp.providers.redact import redact_logs, settings_secrets
@@ -33,14 +35,18 @@ settings = get_settings()
 # SDKs log on their own; every record of this process is masked.
 redact_logs(settings_secrets(settings))
 runtime = Runtime(settings)
+health = HealthChecker(settings, runtime.service)
 # GET /healthz without login: database and deployments, for load balancers and operators.
-mount_health(chainlit_server, HealthChecker(settings, runtime.service))
+mount_health(chainlit_server, health)
 # GET /metrics (Prometheus): counts and timings only, no user (see chatapp/web/metrics.py).
 metrics.mount(chainlit_server, runtime.service, settings.metrics_token)
 # Chainlit does not check that a rated (or un-rated) step is the caller's: we do, first.
 access.install(chainlit_server, runtime.store)
 # The agency's name, logos and colour; a page that loads nothing from another origin.
 branding.install(chainlit_server, settings)
+# /admin: the console, for admins only, on the chat's login (chatapp/console).
+console.install(chainlit_server, console.Console(
+    runtime.store, settings, console.auth_secret, config.run.root_path or "", health.report))
 
 ARM_CHOICES = ["auto", *Arm]
 

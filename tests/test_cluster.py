@@ -26,8 +26,8 @@ from bench.fake_upstream import Upstream, paced_upstream
 from chatapp.store import Store
 from tests.browser_support import poll
 from tests.chainlit_client import ChainlitClient, ChainlitError, Reply
-from tests.fakes.openai_chat import paced_text
 from tests.cluster_support import COOKIE, PASSWORD, SERVERS, Cluster, cluster
+from tests.fakes.openai_chat import paced_text
 from tests.redis_support import new_prefix, shared_redis_or_skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.asyncio(loop_scope="module")]

@@ -10,8 +10,9 @@ from rich.table import Table
 
 from admin.cli.common import JsonOpt, actor, console, emit, fail, settings, with_store
 from chatapp.domain import Experiment, Source
-from chatapp.experiments.operations import PromotionRefused, experiment_report
+from chatapp.experiments.operations import PromotionRefused, experiment_report, report_json
 from chatapp.experiments.operations import promote as promote_experiment
+from chatapp.experiments.operations import stop as stop_experiment
 from chatapp.experiments.report import DEFAULT_MIN_USERS, Report
 from chatapp.store import Store
 
@@ -59,17 +60,7 @@ def set_(fine_tuned: float = typer.Option(..., "--fine-tuned", min=0.0, max=1.0)
 @app.command("stop")
 def stop() -> None:
     """Send everyone to base (a new experiment with weight 0 on the fine-tuned arm)."""
-
-    async def run(store: Store) -> Experiment:
-        current = await store.experiments.active()
-        if current is None:
-            fail("no running experiment")
-        return await store.experiments.start(
-            name="stopped", base=current.base_deployment,
-            fine_tuned=current.fine_tuned_deployment, fine_tuned_weight=0.0, actor=actor(),
-            action="stop")
-
-    _show(with_store(run))
+    _show(with_store(lambda s: stop_experiment(s, actor())))
 
 
 @app.command("status")
@@ -181,7 +172,7 @@ def report(
 
     r = with_store(run)
     if as_json:
-        sys.stdout.write(json.dumps(r.as_dict(), indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(report_json(r), indent=2) + "\n")
     else:
         _print_report(r)
 

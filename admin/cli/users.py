@@ -13,9 +13,9 @@ import typer
 
 from admin.cli.common import JsonOpt, actor, console, emit, fail, with_store
 from admin.datasets.files import AtomicFile
-from admin.datasets.manifest import manifest_path
+from admin.datasets.manifest import scrub_manifest_files
 from chatapp.auth import hash_password, random_password
-from chatapp.privacy import erase_user, export_user, scrub_manifest, scrubbed_dataset_paths
+from chatapp.privacy import erase_user, export_user, scrubbed_dataset_paths
 from chatapp.store import Store
 from chatapp.store.privacy import ERASE_ORDER
 
@@ -139,7 +139,7 @@ def erase(
     found = with_store(count)
     if not sum(found.values()):
         # An erasure stopped between its transaction and the manifest files: finish it.
-        if rewritten := _scrub_manifest_files(
+        if rewritten := scrub_manifest_files(
                 with_store(lambda s: scrubbed_dataset_paths(s, username)), username):
             console.print(f"{username} was erased before; manifest files rewritten {rewritten}")
             return
@@ -154,29 +154,9 @@ def erase(
     done = with_store(run)
     # The database is done (one transaction); the manifests beside built files follow. Run
     # again if this stops half-way: it finds the same records by their placeholder.
-    rewritten = _scrub_manifest_files(
+    rewritten = scrub_manifest_files(
         with_store(lambda s: scrubbed_dataset_paths(s, username)), username)
     console.print(f"erased {username}: "
                   + ", ".join(f"{name} {done.get(name, 0)}" for name in ERASE_ORDER)
                   + f" ({sum(done.values())} rows); manifest files rewritten {rewritten}."
                   " Built training files are not touched (scrubbed of personal data).")
-
-
-def _scrub_manifest_files(data_files: list[str], username: str) -> int:
-    n = 0
-    for data_file in data_files:
-        path = manifest_path(Path(data_file))
-        if not path.is_file():
-            continue
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if not scrub_manifest(doc, username):
-            continue
-        out = AtomicFile(path)
-        try:
-            out.write((json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode())
-            out.commit()
-        except BaseException:
-            out.discard()
-            raise
-        n += 1
-    return n

@@ -1,5 +1,5 @@
-"""What `travel-admin ab` and the admin console both do to an experiment: read its report and
-promote its fine-tuned arm behind the eval-adherence gate.
+"""What `travel-admin ab` and the admin console both do to an experiment: read its report,
+promote its fine-tuned arm behind the eval-adherence gate, stop it.
 
 One implementation for both faces, so the console's chart and verdict never disagree with
 `ab report --json`, and a promotion the CLI refuses is refused in the browser for the same
@@ -9,8 +9,10 @@ reason.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from chatapp.domain import Experiment, Source
 from chatapp.experiments.report import DEFAULT_MIN_USERS, Report, summarize
@@ -41,8 +43,20 @@ async def experiment_report(store: Store, settings: Settings, experiment_id: str
     """`ab report` of an experiment (default: the running one) over the given traffic."""
     exp = await find_experiment(store, experiment_id)
     rows = await store.exchanges.experiment_rows(exp.id, list(sources))
-    return summarize(exp.id, rows, min_users,
+    return report_of_rows(exp.id, rows, settings, min_users)
+
+
+def report_of_rows(experiment_id: str, rows: Sequence[Mapping[str, Any]], settings: Settings,
+                   min_users: int = DEFAULT_MIN_USERS) -> Report:
+    """The report of rows already read (the console reads them once for several figures)."""
+    return summarize(experiment_id, rows, min_users,
                      price=functools.partial(serving_price, settings=settings))
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    """The report as `ab report --json` prints it (dates and other values as strings)."""
+    parsed: dict[str, Any] = json.loads(json.dumps(report.as_dict(), default=str))
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -67,7 +81,8 @@ async def promotion_refusal(store: Store) -> str | None:
         return "nothing to promote: the running experiment has no fine-tuned arm"
     ft = Adherence(exp.fine_tuned_deployment,
                    *await store.exchanges.eval_adherence(exp.fine_tuned_deployment))
-    base = Adherence(exp.base_deployment, *await store.exchanges.eval_adherence(exp.base_deployment))
+    base = Adherence(exp.base_deployment,
+                     *await store.exchanges.eval_adherence(exp.base_deployment))
     if not ft.rated or not base.rated:
         return "no eval results for both deployments: run `travel-admin eval` first"
     if ft.compliant / ft.rated < base.compliant / base.rated:
@@ -85,3 +100,13 @@ async def promote(store: Store, actor: str, *, force: bool = False) -> Experimen
     if not force and (reason := await promotion_refusal(store)) is not None:
         raise PromotionRefused(reason)
     return await store.experiments.promote(actor)
+
+
+async def stop(store: Store, actor: str) -> Experiment:
+    """Send everyone to base: a new experiment with weight 0 on the fine-tuned arm."""
+    current = await store.experiments.active()
+    if current is None:
+        raise StoreError("no running experiment")
+    return await store.experiments.start(
+        name="stopped", base=current.base_deployment, fine_tuned=current.fine_tuned_deployment,
+        fine_tuned_weight=0.0, actor=actor, action="stop")

@@ -50,6 +50,17 @@ async def _m4_turn_owners(conn: AsyncConnection) -> None:
     await conn.run_sync(apply)
 
 
+async def _m5_console_indexes(conn: AsyncConnection) -> None:
+    # Migrations 1 and 2 create these tables from today's schema module, so a fresh database
+    # has the indexes already (checkfirst); an older one gets them here.
+    def apply(sync: sa.Connection) -> None:
+        for table in (t.experiment_history, t.datasets, t.training_jobs):
+            for index in table.indexes:
+                index.create(sync, checkfirst=True)
+
+    await conn.run_sync(apply)
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial: chainlit tables, accounts, deployments, experiments, exchanges, ratings",
      _m1_initial),
@@ -57,6 +68,8 @@ MIGRATIONS: list[Migration] = [
     (3, "indexes on Chainlit tables for retention and erasure", _m3_privacy_indexes),
     (4, "owners of pending turns, app process heartbeats, leases of periodic jobs",
      _m4_turn_owners),
+    (5, "indexes for the admin console's pages: audit by action/actor, jobs and datasets by time",
+     _m5_console_indexes),
 ]
 
 

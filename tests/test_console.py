@@ -1,0 +1,209 @@
+"""The admin console (/admin) in-process, over httpx's ASGI transport and a real SQLite store.
+
+Who gets in (a visitor is sent to login, a traveller gets 403, an admin sees every page), the
+overview's JSON against `travel-admin ab report --json`, CSRF on every POST route found in the
+router, the promotion gate's refusal shown with its reason, and an account added from the
+browser landing in the store and the audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import chainlit as cl
+import httpx
+import pytest
+from chainlit.auth import create_jwt
+from fastapi import FastAPI
+from starlette.routing import Route
+from typer.testing import CliRunner
+
+from admin.cli import app as admin_cli
+from chatapp.console import routes
+from chatapp.domain import Deployment, Exchange
+from chatapp.settings import Settings, load_settings
+from chatapp.store import Store
+from tests.browser_support import ADMIN, TRAVELLER, add_accounts
+
+SECRET = "test-console-secret-" + "x" * 32
+PAGES = ["/admin", "/admin/review", "/admin/training", "/admin/experiments",
+         "/admin/travellers"]
+
+
+@pytest.fixture(autouse=True)
+def jwt_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAINLIT_AUTH_SECRET", SECRET)
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Store]:
+    store = await Store.open(settings.db_url)
+    await add_accounts(store, ADMIN, TRAVELLER)
+    for name in ("base", "ft"):
+        await store.deployments.add(Deployment(name, "c", "openai_compat", "gpt-4o-mini"))
+    await store.experiments.start(name="t", base="base", fine_tuned="ft", fine_tuned_weight=0.5,
+                                 actor="test")
+    yield store
+    await store.close()
+
+
+def console_app(store: Store, settings: Settings) -> FastAPI:
+    app = FastAPI()
+
+    async def get_store() -> Store:
+        return store
+
+    routes.install(app, routes.Console(get_store, settings, routes.auth_secret))
+    return app
+
+
+def client(app: FastAPI, user: str | None = None) -> httpx.AsyncClient:
+    cookies = {}
+    if user is not None:
+        cookies["access_token"] = create_jwt(cl.User(identifier=user, metadata={"role": "user"}))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://console",
+                             cookies=cookies)
+
+
+def post_routes(app: FastAPI) -> list[str]:
+    return [r.path for r in app.router.routes
+            if isinstance(r, Route) and r.methods and "POST" in r.methods]
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert match, "no CSRF field in the page"
+    return match.group(1)
+
+
+def exchange(exp_id: str | None, user: str, arm: str, *, source: str = "web",
+             deployment: str | None = None, day: int = 0) -> Exchange:
+    return Exchange(
+        thread_id=str(uuid.uuid4()), turn_index=0, user_id=user, source=source,  # type: ignore[arg-type]
+        experiment_id=exp_id, arm_assigned=arm, arm_served=arm, forced=False,  # type: ignore[arg-type]
+        deployment=deployment or ("base" if arm == "base" else "ft"), model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Kyoto in autumn?"}], reply="Maples. When?",
+        finish_reason="stop", prompt_tokens=20, completion_tokens=8, latency_ms=40.0,
+        ttft_ms=5.0, outcome="ok",  # type: ignore[arg-type]
+        created_at=datetime(2026, 11, 1, 12, tzinfo=UTC) + timedelta(days=day))
+
+
+async def test_visitor_is_sent_to_login_and_traveller_refused(db: Store,
+                                                              settings: Settings) -> None:
+    app = console_app(db, settings)
+    async with client(app) as anon, client(app, TRAVELLER.username) as alice:
+        for path in PAGES:
+            r = await anon.get(path)
+            assert r.status_code == 303 and r.headers["location"] == "/login", path
+            assert (await alice.get(path)).status_code == 403, path
+        assert (await anon.get("/admin/api/report")).status_code == 401
+        for path in post_routes(app):
+            assert (await alice.post(path, data={"csrf": "x"})).status_code == 403, path
+        forged = {"access_token": create_jwt(cl.User(identifier=ADMIN.username)) + "x"}
+        assert (await anon.get("/admin", cookies=forged)).status_code == 303
+
+
+async def test_header_mode_without_header_is_401(db: Store, data_dir: Path) -> None:
+    header = load_settings(data_dir=data_dir, _env_file=None, auth_mode="header")
+    app = console_app(db, header)
+    async with client(app) as anon:
+        assert (await anon.get("/admin")).status_code == 401
+        ok = await anon.get("/admin", headers={header.auth_header: ADMIN.username})
+        assert ok.status_code == 200
+        refused = await anon.get("/admin", headers={header.auth_header: TRAVELLER.username})
+        assert refused.status_code == 403
+
+
+async def test_admin_sees_every_page_with_strict_origin_policy(db: Store,
+                                                                settings: Settings) -> None:
+    app = console_app(db, settings)
+    async with client(app, ADMIN.username) as boss:
+        for path in PAGES:
+            r = await boss.get(path)
+            assert r.status_code == 200, (path, r.text[:500])
+            assert "default-src 'self'" in r.headers["content-security-policy"]
+            assert "https://" not in r.text and "http://" not in r.text, path
+        assert "Review queue" in (await boss.get("/admin/review")).text
+        js = await boss.get("/admin/static/console.js")
+        assert js.status_code == 200 and "window.confirm" in js.text
+
+
+async def test_overview_json_equals_ab_report_json(db: Store, settings: Settings,
+                                                   cli_env: Path) -> None:
+    exp = await db.experiments.active()
+    assert exp is not None
+    for i in range(12):
+        arm = "base" if i % 2 else "fine_tuned"
+        ex = await db.exchanges.add(exchange(exp.id, f"u{i}", arm, day=i % 3))
+        await db.exchanges.rate(ex.id, int(i % 3 != 0), user_id=f"u{i}")
+    app = console_app(db, settings)
+    async with client(app, ADMIN.username) as boss:
+        served = (await boss.get("/admin/api/report")).json()
+        page = (await boss.get("/admin")).text
+        named = (await boss.get(f"/admin/api/report?experiment={exp.id}")).json()
+    # The command runs its own event loop: in a thread, as from a terminal beside the app.
+    result = await asyncio.to_thread(CliRunner().invoke, admin_cli, ["ab", "report", "--json"])
+    assert result.exit_code == 0, result.output
+    assert served == json.loads(result.output) == named
+    assert served["user_level"]["users"] == {"base": 6, "fine_tuned": 6}
+    assert served["decision"] in page and "2026-11-02" in page  # the verdict, a day's activity
+
+
+async def test_every_post_route_refuses_a_missing_or_foreign_csrf_token(
+        db: Store, settings: Settings) -> None:
+    app = console_app(db, settings)
+    posts = post_routes(app)
+    assert len(posts) >= 10 and "/admin/experiments/promote" in posts
+    audit_before = await db.experiments.audit_page(limit=1000)
+    async with client(app, ADMIN.username) as boss, client(app, "admin") as other:
+        foreign = csrf_of((await other.get("/admin/travellers")).text)
+        for path in posts:
+            form = {"username": TRAVELLER.username, "weight": "1", "name": "x", "job": "j",
+                    "base": "base"}
+            assert (await boss.post(path, data=form)).status_code == 403, path
+            stolen = await boss.post(path, data={**form, "csrf": foreign})
+            assert stolen.status_code == 403, path
+    assert await db.experiments.audit_page(limit=1000) == audit_before
+    assert await db.accounts.get(TRAVELLER.username) is not None
+
+
+async def test_promote_refused_with_the_gates_reason(db: Store, settings: Settings) -> None:
+    for dep, compliant in (("base", 1), ("ft", 0)):
+        ex = await db.exchanges.add(exchange(None, "eval", "base", source="eval", deployment=dep))
+        await db.exchanges.rate(ex.id, compliant, user_id="eval")
+    before = await db.experiments.active()
+    app = console_app(db, settings)
+    async with client(app, ADMIN.username) as boss:
+        page = (await boss.get("/admin/experiments")).text
+        assert "eval adherence of ft (0/1) is below base&#39;s (1/1)" in page  # shown up front
+        r = await boss.post("/admin/experiments/promote", data={"csrf": csrf_of(page)})
+    assert r.status_code == 409
+    assert 'role="alert">eval adherence of ft (0/1) is below base&#39;s (1/1)' in r.text
+    assert await db.experiments.active() == before
+
+
+async def test_user_added_in_console_is_stored_and_audited(db: Store, settings: Settings) -> None:
+    app = console_app(db, settings)
+    async with client(app, ADMIN.username) as boss:
+        token = csrf_of((await boss.get("/admin/travellers")).text)
+        r = await boss.post("/admin/travellers/add",
+                            data={"csrf": token, "username": "carol", "is_admin": "on"})
+        assert r.status_code == 200, r.text
+        password = re.search(r'<code class="secret">([^<]+)</code>', r.text)
+        assert password and "carol" in r.text
+        dup = await boss.post("/admin/travellers/add", data={"csrf": token, "username": "carol"})
+        assert dup.status_code == 409 and "already exists" in dup.text
+    account = await db.accounts.get("carol")
+    assert account is not None and account["is_admin"]
+    from chatapp.auth import verify_password
+
+    assert verify_password(password.group(1), account["password_hash"])
+    lines = await db.experiments.audit_page(action="user_add")
+    assert [(h["actor"], h["details"]) for h in lines] == [
+        (ADMIN.username, {"username": "carol", "is_admin": True})]

@@ -1,0 +1,152 @@
+"""The admin console in Chromium: `travel-chat` as a subprocess, logged in through the chat's
+own login page. The overview's chart plots what `travel-admin ab report --json` says for the
+same experiment, promotion is refused with the gate's reason after the confirmation dialog,
+and every request of every console page (failed ones and websockets included) stays on the
+app's origin. Screenshots in test-output/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Dialog, async_playwright, expect
+from typer.testing import CliRunner
+
+from admin.cli import app as admin_cli
+from chatapp.domain import Deployment
+from chatapp.settings import get_settings
+from chatapp.store import Store
+from tests.browser_support import (
+    ADMIN,
+    add_accounts,
+    launch_chromium,
+    login,
+    new_page,
+    running_app,
+    screenshot,
+    sqlite_url,
+)
+from tests.fakes.openai_server import FakeOpenAIServer
+from tests.test_console import exchange
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+MODEL = "gpt-4o-mini"
+CONSOLE_PAGES = ["/admin", "/admin/review", "/admin/training", "/admin/experiments",
+                 "/admin/travellers"]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        browser = await launch_chromium(pw)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(deployments={MODEL: MODEL}) as server:
+        yield server
+
+
+async def fill(store: Store) -> str:
+    """An experiment with rated web replies on both arms over three days, and eval results in
+    which the candidate adheres less than base (so the gate refuses)."""
+    await add_accounts(store, ADMIN)
+    for name in ("fake-base", "fake-ft"):
+        await store.deployments.add(Deployment(name, "fake", "openai_compat", MODEL))
+    exp = await store.experiments.start(name="autumn", base="fake-base", fine_tuned="fake-ft",
+                                       fine_tuned_weight=0.5, actor="test")
+    for i in range(40):
+        arm = "base" if i % 2 else "fine_tuned"
+        ex = await store.exchanges.add(exchange(exp.id, f"t{i % 16}", arm, day=i % 3))
+        up = i % 5 != 0 if arm == "fine_tuned" else i % 3 != 0
+        await store.exchanges.rate(ex.id, int(up), user_id=f"t{i % 16}")
+    for dep, compliant in (("fake-base", 1), ("fake-ft", 0)):
+        ex = await store.exchanges.add(exchange(None, "eval", "base", source="eval",
+                                                deployment=dep))
+        await store.exchanges.rate(ex.id, compliant, user_id="eval")
+    return exp.id
+
+
+async def test_admin_console_overview_chart_promote_refusal_and_origin(
+    tmp_path: Path, browser: Browser, upstream: FakeOpenAIServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data_dir = tmp_path / "data"
+    store = await Store.open(sqlite_url(data_dir))
+    try:
+        exp_id = await fill(store)
+    finally:
+        await store.close()
+    env = {"TRAVEL_CONNECTIONS__FAKE__PROVIDER": "openai_compat",
+           "TRAVEL_CONNECTIONS__FAKE__ENDPOINT": upstream.openai_base_url,
+           "TRAVEL_CONNECTIONS__FAKE__API_KEY": upstream.api_key}
+    async with running_app(data_dir, tmp_path / "travel-chat.log", env) as app:
+        page = await new_page(browser)
+        seen: list[str] = []
+        page.on("request", lambda r: seen.append(r.url))
+        page.on("requestfailed", lambda r: seen.append(r.url))
+        page.on("websocket", lambda ws: seen.append(ws.url))
+        await login(page, app.url, ADMIN)
+
+        await page.goto(f"{app.url}/admin")
+        chart = page.locator("[data-report-chart][data-plotted]")
+        await expect(chart).to_have_count(1)
+        await expect(page.locator("[data-report-chart] circle")).to_have_count(4)
+        await screenshot(page, "console-overview")
+        plotted = json.loads(await chart.get_attribute("data-plotted") or "[]")
+
+        # `ab report --json` from a terminal beside the running app, on the same database.
+        monkeypatch.setenv("TRAVEL_DATA_DIR", str(data_dir))
+        get_settings.cache_clear()
+        try:
+            result = await asyncio.to_thread(CliRunner().invoke, admin_cli,
+                                             ["ab", "report", "--json"])
+        finally:
+            get_settings.cache_clear()
+        assert result.exit_code == 0, result.output
+        cli = json.loads(result.output)
+        assert cli["experiment_id"] == exp_id == await chart.get_attribute("data-experiment")
+        u = cli["user_level"]
+        for p in plotted:
+            if p["level"] == "per traveller":
+                assert p["rate"] == u["rate"][p["arm"]]
+                assert [p["low"], p["high"]] == u["rate_ci95"][p["arm"]]
+            else:
+                a = cli["arms"][p["arm"]]
+                assert [p["rate"], p["low"], p["high"]] == [a["up_rate"], a["ci95_low"],
+                                                            a["ci95_high"]]
+        await expect(page.locator(".decision")).to_have_text(cli["decision"])
+
+        await page.goto(f"{app.url}/admin/experiments")
+        asked: list[str] = []
+
+        async def accept(dialog: Dialog) -> None:
+            asked.append(dialog.message)
+            await dialog.accept()
+
+        page.on("dialog", accept)
+        await page.get_by_role("button", name="Promote").click()
+        await expect(page.locator(".error")).to_contain_text(
+            "eval adherence of fake-ft (0/1) is below fake-base's (1/1)")
+        assert asked and "Promote fake-ft" in asked[0]
+        await screenshot(page, "console-promote-refused")
+
+        for path in CONSOLE_PAGES:
+            await page.goto(f"{app.url}{path}")
+            await expect(page.locator("main h1")).to_be_visible()
+    origin = app.url.rstrip("/")
+    ws_origin = origin.replace("http://", "ws://")
+    foreign = [u for u in seen if not (u.startswith(origin + "/") or u == origin
+                                       or u.startswith(ws_origin + "/")
+                                       or u.startswith(("data:", "blob:")))]
+    assert seen and not foreign, foreign
+    assert any("/admin/api/report" in u for u in seen)

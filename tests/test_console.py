@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from admin.cli import app as admin_cli
 from chatapp.console import routes
-from chatapp.domain import Deployment, Exchange
+from chatapp.domain import Deployment, Exchange, TrainingJob
 from chatapp.settings import Settings, load_settings
 from chatapp.store import Store
 from tests.browser_support import ADMIN, TRAVELLER, add_accounts
@@ -207,3 +207,86 @@ async def test_user_added_in_console_is_stored_and_audited(db: Store, settings: 
     lines = await db.experiments.audit_page(action="user_add")
     assert [(h["actor"], h["details"]) for h in lines] == [
         (ADMIN.username, {"username": "carol", "is_admin": True})]
+
+
+async def test_training_page_metrics_json_and_deploy_refusal(db: Store,
+                                                             settings: Settings) -> None:
+    await db.jobs.add(TrainingJob(id="ftjob-local-1", backend="local", base_model="smol",
+                                  status="running", progress={"step": 2, "total_steps": 4}))
+    for step, loss in ((1, 2.5), (2, 2.1)):
+        await db.jobs.add_event("ftjob-local-1", f"step {step}",
+                                data={"kind": "step", "step": step, "train_loss": loss})
+    await db.jobs.add_event("ftjob-local-1", "epoch 1 done",
+                            data={"kind": "epoch", "step": 2, "epoch": 1, "valid_loss": 2.3})
+    app = console_app(db, settings)
+    async with client(app, ADMIN.username) as boss:
+        page = (await boss.get("/admin/training")).text
+        assert "ftjob-local-1" in page and "step 2/4" in page
+        assert "Deploy" not in page.split("ftjob-local-1")[-1].split("</tr>")[0]  # running
+        job = (await boss.get("/admin/training/jobs/ftjob-local-1")).text
+        assert "data-loss-chart" in job
+        metrics = (await boss.get("/admin/api/jobs/ftjob-local-1/metrics")).json()
+        assert [(r["step"], r["train_loss"], r["valid_loss"]) for r in metrics["rows"]] == [
+            (1, 2.5, None), (2, 2.1, 2.3)]
+        assert metrics["finished"] is False
+        assert [e["message"] for e in metrics["events"]] == ["epoch 1 done"]
+        refused = await boss.post("/admin/training/deploy", data={
+            # The token is the session's, whichever page carries it (no form here: no
+            # succeeded job).
+            "csrf": csrf_of((await boss.get("/admin/travellers")).text), "job": "ftjob-local-1",
+            "name": "ft-new"})
+        assert refused.status_code == 409
+        assert "job ftjob-local-1 is running: only a succeeded job can be deployed" in refused.text
+        assert (await boss.get("/admin/datasets/" + "0" * 64 + "/download")).status_code == 404
+    assert await db.deployments.get("ft-new") is None
+
+
+async def test_audit_trail_filters_and_pages(db: Store, settings: Settings) -> None:
+    for i in range(60):
+        await db.experiments.set_weights(0.5 if i % 2 else 0.25, "ops" if i % 3 else "lead")
+    app = console_app(db, settings)
+    async with client(app, ADMIN.username) as boss:
+        first = (await boss.get("/admin/experiments?action=set_weights&actor=ops")).text
+        rows = re.findall(r"<tr><td>(\d+)</td>", first)
+        assert len(rows) == 40 and all(a == "ops" for a in re.findall(
+            r"<td>(ops|lead)</td><td>set_weights", first))
+        everything = (await boss.get("/admin/experiments")).text
+        more = re.search(r'before=(\d+)">older', everything)
+        assert more and len(re.findall(r"<tr><td>(\d+)</td>", everything)) == 50
+        older = (await boss.get(f"/admin/experiments?before={more.group(1)}")).text
+        ids = [int(x) for x in re.findall(r"<tr><td>(\d+)</td>", older)]
+        assert ids and max(ids) < int(more.group(1)) and "older →" not in older
+
+
+async def test_traveller_actions_are_audited_under_the_admin(db: Store,
+                                                             settings: Settings) -> None:
+    exp = await db.experiments.active()
+    assert exp is not None
+    ex = await db.exchanges.add(exchange(exp.id, TRAVELLER.username, "base"))
+    await db.exchanges.rate(ex.id, 1, user_id=TRAVELLER.username)
+    app = console_app(db, settings)
+    async with client(app, ADMIN.username) as boss:
+        token = csrf_of((await boss.get("/admin/travellers")).text)
+        form = {"csrf": token, "username": TRAVELLER.username}
+        reset = await boss.post("/admin/travellers/password", data=form)
+        assert reset.status_code == 200 and 'class="secret"' in reset.text
+        grant = await boss.post("/admin/travellers/admin", data={**form, "is_admin": "true"})
+        assert grant.status_code == 200
+        self_revoke = await boss.post("/admin/travellers/admin", data={
+            **form, "username": ADMIN.username, "is_admin": "false"})
+        assert self_revoke.status_code == 409
+        export = await boss.post("/admin/travellers/export", data=form)
+        assert export.status_code == 200
+        assert "attachment" in export.headers["content-disposition"]
+        doc = export.json()
+        assert doc["user"] == TRAVELLER.username and len(doc["exchanges"]) == 1
+        assert "password_hash" not in export.text
+        erased = await boss.post("/admin/travellers/erase", data=form)
+        assert erased.status_code == 200 and "erased alice" in erased.text
+        again = await boss.post("/admin/travellers/erase", data=form)
+        assert again.status_code == 409 and "nothing is held" in again.text
+    assert await db.accounts.get(TRAVELLER.username) is None
+    trail = await db.experiments.audit_page(actor=ADMIN.username)
+    assert [h["action"] for h in trail] == ["erase_user", "user_export", "user_update",
+                                           "user_update"]
+    assert TRAVELLER.username not in json.dumps(trail[0]["details"])  # erasure keeps a hash

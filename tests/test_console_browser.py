@@ -17,7 +17,7 @@ from playwright.async_api import Browser, Dialog, async_playwright, expect
 from typer.testing import CliRunner
 
 from admin.cli import app as admin_cli
-from chatapp.domain import Deployment
+from chatapp.domain import Deployment, TrainingJob
 from chatapp.settings import get_settings
 from chatapp.store import Store
 from tests.browser_support import (
@@ -139,6 +139,31 @@ async def test_admin_console_overview_chart_promote_refusal_and_origin(
             "eval adherence of fake-ft (0/1) is below fake-base's (1/1)")
         assert asked and "Promote fake-ft" in asked[0]
         await screenshot(page, "console-promote-refused")
+
+        # A running job's loss chart gains points as the worker writes events, without a reload.
+        store = await Store.open(sqlite_url(data_dir))
+        try:
+            await store.jobs.add(TrainingJob(id="ftjob-live", backend="local",
+                                             base_model="smol", status="running"))
+            await store.jobs.add_event("ftjob-live", "step 1",
+                                       data={"kind": "step", "step": 1, "train_loss": 2.4})
+            await page.goto(f"{app.url}/admin/training/jobs/ftjob-live")
+            chart = page.locator("[data-loss-chart]")
+            await expect(chart).to_have_attribute("data-points", "1")
+            await page.evaluate("window.__samePage = true")
+            for step, loss in ((2, 2.0), (3, 1.7)):
+                await store.jobs.add_event("ftjob-live", f"step {step}",
+                                           data={"kind": "step", "step": step,
+                                                 "train_loss": loss})
+            await store.jobs.add_event("ftjob-live", "epoch 1", data={
+                "kind": "epoch", "step": 3, "epoch": 1, "valid_loss": 1.9})
+            await store.jobs.update("ftjob-live", status="succeeded", result={"best_epoch": 1})
+            await expect(chart).to_have_attribute("data-points", "4", timeout=15_000)
+            await expect(page.locator("[data-job-status]")).to_have_text("succeeded")
+            assert await page.evaluate("window.__samePage === true")
+            await screenshot(page, "console-training-loss")
+        finally:
+            await store.close()
 
         for path in CONSOLE_PAGES:
             await page.goto(f"{app.url}{path}")

@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ class Console:
         self._env = Environment(loader=FileSystemLoader(HERE / "templates"),
                                 autoescape=select_autoescape(default=True))
         self._env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, default=str)
+        self._env.filters["when"] = when
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -324,6 +326,16 @@ class Console:
         return ([Route(f"{b}/static/{{name}}", self.static, methods=["GET"])]
                 + [Route(b + path, g(h), methods=["GET"]) for path, h in get]
                 + [Route(b + path, g(h), methods=["POST"]) for path, h in post])
+
+
+def when(value: object) -> str:
+    """A stored time as operators read it: to the second, in UTC (SQLite hands back naive
+    datetimes that are UTC, PostgreSQL aware ones)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "–" if value is None else str(value)
 
 
 def _offset(text: str | None) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from admin.training import jobs
-from admin.training.metrics import metric_rows, progress_text
+from admin.training.metrics import is_step_event, metric_rows, progress_text
 from chatapp.settings import Settings
 from chatapp.store import Store
 
@@ -44,7 +44,7 @@ async def datasets_page(store: Store, offset: int = 0, limit: int = PAGE) -> Pag
 
 async def job_metrics(store: Store, job_id: str) -> dict[str, Any] | None:
     """What the loss chart plots and polls: status, one row per step, the kept epoch, and
-    the job's messages (per-step metric events are the rows, not messages)."""
+    the job's latest messages (per-step metric events are rows, too many to list)."""
     job = await store.jobs.get(job_id)
     if job is None:
         return None
@@ -54,7 +54,7 @@ async def job_metrics(store: Store, job_id: str) -> dict[str, Any] | None:
         "progress": progress_text(job), "best_epoch": job.result.get("best_epoch"),
         "rows": [r.as_dict() for r in metric_rows(events)],
         "events": [{"at": e.at.isoformat(), "level": e.level, "message": e.message}
-                   for e in events if not (e.data or {}).get("step")][-50:],
+                   for e in events if not is_step_event(e)][-50:],
     }
 
 

@@ -120,7 +120,9 @@ function drawLoss(figure, data) {
   for (const r of rows) {
     if (typeof r.epoch === "number" && Number.isInteger(r.epoch) && r.epoch > 0 && typeof r.valid_loss === "number") {
       svg.appendChild(el("line", { x1: x(r.step), x2: x(r.step), y1: box.y, y2: box.y + box.h, class: "epoch" }));
-      svg.appendChild(el("text", { x: x(r.step) + 3, y: box.y + 10, class: "tick" }, `epoch ${r.epoch}`));
+      // Labelled on the left of the line near the right edge, where the right would be cut off.
+      const right = x(r.step) > box.x + box.w - 60;
+      svg.appendChild(el("text", { x: x(r.step) + (right ? -3 : 3), y: box.y + 10, "text-anchor": right ? "end" : "start", class: "tick" }, `epoch ${r.epoch}`));
     }
   }
   series.forEach((s, i) => {
@@ -130,7 +132,7 @@ function drawLoss(figure, data) {
     for (const p of s.points.length < 60 ? s.points : []) {
       svg.appendChild(el("circle", { cx: x(p[0]), cy: y(p[1]), r: 2.5, fill: COLOURS[s.name] }));
     }
-    svg.appendChild(el("text", { x: box.x + box.w - 120, y: box.y + 16 + 16 * i, fill: COLOURS[s.name], class: "label" }, `${s.name} loss`));
+    svg.appendChild(el("text", { x: box.x + box.w - 160, y: box.y + 28 + 16 * i, fill: COLOURS[s.name], class: "legend" }, `${s.name} loss`));
   });
 }
 

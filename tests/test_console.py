@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -29,7 +32,7 @@ from chatapp.console import routes
 from chatapp.domain import Deployment, Exchange, TrainingJob
 from chatapp.settings import Settings, load_settings
 from chatapp.store import Store
-from tests.browser_support import ADMIN, TRAVELLER, add_accounts
+from tests.browser_support import ADMIN, REPO, TRAVELLER, add_accounts
 
 SECRET = "test-console-secret-" + "x" * 32
 PAGES = ["/admin", "/admin/review", "/admin/training", "/admin/experiments",
@@ -290,3 +293,30 @@ async def test_traveller_actions_are_audited_under_the_admin(db: Store,
     assert [h["action"] for h in trail] == ["erase_user", "user_export", "user_update",
                                            "user_update"]
     assert TRAVELLER.username not in json.dumps(trail[0]["details"])  # erasure keeps a hash
+
+
+def test_the_app_mounts_exactly_the_console_routes_under_test(data_dir: Path,
+                                                               settings: Settings) -> None:
+    """The CSRF test above enumerates the router of an app the console is installed into; the
+    real chat app (imported in a child process: importing it registers Chainlit callbacks and
+    builds the runtime) must mount the same POST routes, and no other POST under /admin."""
+    script = ("import chatapp.app\n"
+              "from chainlit.server import app\n"
+              "print('\\n'.join(sorted(r.path for r in app.router.routes"
+              " if getattr(r, 'path', '').startswith('/admin')"
+              " and 'POST' in (getattr(r, 'methods', None)"
+              " or ()))))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAVEL_", "CHAINLIT_"))}
+    env.update(TRAVEL_DATA_DIR=str(data_dir), CHAINLIT_AUTH_SECRET=SECRET,
+               CHAINLIT_APP_ROOT=str(REPO))
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=data_dir,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    mounted = done.stdout.split()
+
+    async def get_store() -> Store:
+        raise AssertionError("not called")
+
+    app = FastAPI()
+    routes.install(app, routes.Console(get_store, settings, routes.auth_secret))
+    assert mounted == sorted(post_routes(app)) and len(mounted) >= 10

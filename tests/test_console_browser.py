@@ -22,6 +22,7 @@ from chatapp.settings import get_settings
 from chatapp.store import Store
 from tests.browser_support import (
     ADMIN,
+    TRAVELLER,
     add_accounts,
     launch_chromium,
     login,
@@ -59,7 +60,7 @@ def upstream() -> Iterator[FakeOpenAIServer]:
 async def fill(store: Store) -> str:
     """An experiment with rated web replies on both arms over three days, and eval results in
     which the candidate adheres less than base (so the gate refuses)."""
-    await add_accounts(store, ADMIN)
+    await add_accounts(store, ADMIN, TRAVELLER)
     for name in ("fake-base", "fake-ft"):
         await store.deployments.add(Deployment(name, "fake", "openai_compat", MODEL))
     exp = await store.experiments.start(name="autumn", base="fake-base", fine_tuned="fake-ft",
@@ -168,6 +169,16 @@ async def test_admin_console_overview_chart_promote_refusal_and_origin(
         for path in CONSOLE_PAGES:
             await page.goto(f"{app.url}{path}")
             await expect(page.locator("main h1")).to_be_visible()
+
+        # A visitor without a session lands on the login page; a traveller is refused.
+        visitor = await new_page(browser)
+        await visitor.goto(f"{app.url}/admin/experiments")
+        await expect(visitor).to_have_url(f"{app.url}/login")
+        await expect(visitor.locator("#password")).to_be_visible()
+        traveller = await new_page(browser)
+        await login(traveller, app.url, TRAVELLER)
+        answer = await traveller.goto(f"{app.url}/admin")
+        assert answer is not None and answer.status == 403
     origin = app.url.rstrip("/")
     ws_origin = origin.replace("http://", "ws://")
     foreign = [u for u in seen if not (u.startswith(origin + "/") or u == origin

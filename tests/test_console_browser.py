@@ -22,6 +22,7 @@ from chatapp.settings import get_settings
 from chatapp.store import Store
 from tests.browser_support import (
     ADMIN,
+    SCREENSHOTS,
     TRAVELLER,
     add_accounts,
     launch_chromium,
@@ -103,6 +104,7 @@ async def test_admin_console_overview_chart_promote_refusal_and_origin(
         await expect(chart).to_have_count(1)
         await expect(page.locator("[data-report-chart] circle")).to_have_count(4)
         await screenshot(page, "console-overview")
+        await page.screenshot(path=str(SCREENSHOTS / "console-overview-full.png"), full_page=True)
         plotted = json.loads(await chart.get_attribute("data-plotted") or "[]")
 
         # `ab report --json` from a terminal beside the running app, on the same database.
@@ -169,6 +171,8 @@ async def test_admin_console_overview_chart_promote_refusal_and_origin(
         for path in CONSOLE_PAGES:
             await page.goto(f"{app.url}{path}")
             await expect(page.locator("main h1")).to_be_visible()
+            if path != "/admin":
+                await screenshot(page, "console-" + path.rsplit("/", 1)[-1])
 
         # A visitor without a session lands on the login page; a traveller is refused.
         visitor = await new_page(browser)

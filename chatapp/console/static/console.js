@@ -93,6 +93,35 @@ async function reportChart(figure) {
   drawRates(figure, await answer.json());
 }
 
+// -- replies and thumbs up per arm per day -----------------------------------------------------
+
+function drawActivity(figure) {
+  const rows = JSON.parse(figure.dataset.activity || "[]");
+  const svg = figure.querySelector("svg");
+  clear(svg);
+  const days = [...new Set(rows.map((r) => r.day))];
+  const box = { x: 48, y: 10, w: 570, h: 150 };
+  const top = Math.max(1, ...rows.map((r) => r.replies));
+  const y = (v) => box.y + box.h - (box.h * v) / top;
+  axisY(svg, box, 0, top, 4, (v) => String(Math.round(v)));
+  const slot = box.w / Math.max(1, days.length);
+  const bar = Math.min(24, slot / 3);
+  days.forEach((day, i) => {
+    ["base", "fine_tuned"].forEach((arm, j) => {
+      const r = rows.find((row) => row.day === day && row.arm === arm);
+      if (!r) return;
+      const x = box.x + slot * i + slot / 2 + (j - 1) * (bar + 2);
+      const outline = el("rect", { x, y: y(r.replies), width: bar, height: box.y + box.h - y(r.replies), fill: "white", stroke: COLOURS[arm] });
+      outline.appendChild(el("title", {}, `${day} ${arm}: ${r.replies} replies, ${r.rated} rated, ${r.thumbs_up} thumbs up`));
+      svg.appendChild(outline);
+      svg.appendChild(el("rect", { x, y: y(r.thumbs_up), width: bar, height: box.y + box.h - y(r.thumbs_up), fill: COLOURS[arm] }));
+    });
+    if (days.length <= 14 || i % Math.ceil(days.length / 14) === 0) {
+      svg.appendChild(el("text", { x: box.x + slot * i + slot / 2, y: box.y + box.h + 16, "text-anchor": "middle", class: "tick" }, day.slice(5)));
+    }
+  });
+}
+
 // -- loss per step ----------------------------------------------------------------------------
 
 function drawLoss(figure, data) {
@@ -161,4 +190,5 @@ async function lossChart(figure) {
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-report-chart]").forEach(reportChart);
   document.querySelectorAll("[data-loss-chart]").forEach(lossChart);
+  document.querySelectorAll("[data-activity-chart]").forEach(drawActivity);
 });

@@ -66,12 +66,17 @@ class Ctx:
     error: str | None = None
     secret: str | None = field(default=None, repr=False)  # a password shown once
 
-    def field(self, name: str) -> str:
+    def value(self, name: str) -> str:
         value = self.form.get(name) if self.form is not None else None
         return value.strip() if isinstance(value, str) else ""
 
 
 Handler = Callable[[Request, Ctx], Awaitable[Response]]
+
+
+def _message(err: Exception) -> str:
+    # str() of a KeyError quotes its message; the first argument is the sentence itself.
+    return str(err.args[0]) if err.args else type(err).__name__
 
 
 def _number(text: str, what: str) -> float:
@@ -137,7 +142,7 @@ class Console:
         try:
             ctx.notice = await action()
         except REFUSALS as err:
-            ctx.error = str(err).strip("'\"") if isinstance(err, LookupError) else str(err)
+            ctx.error = _message(err)
             return 409
         return 200
 
@@ -148,7 +153,7 @@ class Console:
         try:
             data = await overview.overview(ctx.store, self._settings, exp_id, self._health)
         except LookupError as err:
-            ctx.error = str(err).strip("'\"")
+            ctx.error = _message(err)
             return self.render("overview", ctx, 404, data=None)
         return self.render("overview", ctx, data=data)
 
@@ -157,7 +162,7 @@ class Console:
             doc = await overview.report_document(
                 ctx.store, self._settings, request.query_params.get("experiment") or None)
         except LookupError as err:
-            return JSONResponse({"error": str(err).strip("'\"")}, status_code=404)
+            return JSONResponse({"error": _message(err)}, status_code=404)
         return JSONResponse(doc)
 
     async def review_page(self, request: Request, ctx: Ctx) -> Response:
@@ -192,9 +197,9 @@ class Console:
 
     async def deploy(self, request: Request, ctx: Ctx) -> Response:
         async def run() -> str:
-            weight = ctx.field("weight")
+            weight = ctx.value("weight")
             done = await training.deploy(
-                ctx.store, self._settings, ctx.field("job"), name=ctx.field("name"),
+                ctx.store, self._settings, ctx.value("job"), name=ctx.value("name"),
                 weight=_number(weight, "weight") if weight else None, actor=ctx.who.name)
             notes = " ".join(done.notes)
             return (f"deployed {done.deployment.name} from job {done.deployment.source_job};"
@@ -223,14 +228,14 @@ class Console:
 
     async def _start(self, ctx: Ctx) -> str:
         exp = await experiments.start(
-            ctx.store, ctx.who.name, name=ctx.field("name"), base=ctx.field("base"),
-            fine_tuned=ctx.field("fine_tuned") or None,
-            weight=_number(ctx.field("weight") or "0", "fine-tuned weight"))
+            ctx.store, ctx.who.name, name=ctx.value("name"), base=ctx.value("base"),
+            fine_tuned=ctx.value("fine_tuned") or None,
+            weight=_number(ctx.value("weight") or "0", "fine-tuned weight"))
         return f"started experiment {exp.id}"
 
     async def _set_weights(self, ctx: Ctx) -> str:
         exp = await experiments.set_weights(
-            ctx.store, ctx.who.name, _number(ctx.field("weight"), "fine-tuned weight"))
+            ctx.store, ctx.who.name, _number(ctx.value("weight"), "fine-tuned weight"))
         return f"experiment {exp.id} now has weights {exp.weights}"
 
     async def _stop(self, ctx: Ctx) -> str:
@@ -259,33 +264,33 @@ class Console:
         return handler
 
     async def _add(self, ctx: Ctx) -> str:
-        name = ctx.field("username")
+        name = ctx.value("username")
         ctx.secret = await travellers.add(ctx.store, ctx.who.name, name,
-                                          is_admin=ctx.field("is_admin") == "on")
+                                          is_admin=ctx.value("is_admin") == "on")
         return f"created {name}: give them this password (shown once)"
 
     async def _password(self, ctx: Ctx) -> str:
-        name = ctx.field("username")
+        name = ctx.value("username")
         ctx.secret = await travellers.reset_password(ctx.store, ctx.who.name, name)
         return f"new password for {name} (shown once)"
 
     async def _admin_flag(self, ctx: Ctx) -> str:
-        name, grant = ctx.field("username"), ctx.field("is_admin") == "true"
+        name, grant = ctx.value("username"), ctx.value("is_admin") == "true"
         await travellers.set_admin(ctx.store, ctx.who.name, name, grant)
         return f"{name}: admin={grant}"
 
     async def _erase(self, ctx: Ctx) -> str:
-        name = ctx.field("username")
+        name = ctx.value("username")
         done, rewritten = await travellers.erase(ctx.store, ctx.who.name, name)
         rows = ", ".join(f"{k} {v}" for k, v in sorted(done.items()) if v)
         return f"erased {name}: {rows or 'no rows left'}; manifest files rewritten {rewritten}"
 
     async def export(self, request: Request, ctx: Ctx) -> Response:
-        name = ctx.field("username")
+        name = ctx.value("username")
         try:
             doc = await travellers.export(ctx.store, ctx.who.name, name)
         except LookupError as err:
-            ctx.error = str(err).strip("'\"")
+            ctx.error = _message(err)
             return await self.travellers_page(request, ctx, 404)
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:60] or "user"
         body = json.dumps(doc, ensure_ascii=False, indent=2, default=str) + "\n"

@@ -58,7 +58,7 @@ def upstream() -> Iterator[FakeOpenAIServer]:
         yield server
 
 
-async def fill(store: Store) -> str:
+async def fill(store: Store) -> tuple[str, str]:
     """An experiment with rated web replies on both arms over three days, and eval results in
     which the candidate adheres less than base (so the gate refuses)."""
     await add_accounts(store, ADMIN, TRAVELLER)
@@ -75,7 +75,7 @@ async def fill(store: Store) -> str:
         ex = await store.exchanges.add(exchange(None, "eval", "base", source="eval",
                                                 deployment=dep))
         await store.exchanges.rate(ex.id, compliant, user_id="eval")
-    return exp.id
+    return exp.id, ex.id  # the candidate's eval reply
 
 
 async def test_admin_console_overview_chart_promote_refusal_and_origin(
@@ -85,7 +85,7 @@ async def test_admin_console_overview_chart_promote_refusal_and_origin(
     data_dir = tmp_path / "data"
     store = await Store.open(sqlite_url(data_dir))
     try:
-        exp_id = await fill(store)
+        exp_id, ft_eval = await fill(store)
     finally:
         await store.close()
     env = {"TRAVEL_CONNECTIONS__FAKE__PROVIDER": "openai_compat",
@@ -142,6 +142,20 @@ async def test_admin_console_overview_chart_promote_refusal_and_origin(
             "eval adherence of fake-ft (0/1) is below fake-base's (1/1)")
         assert asked and "Promote fake-ft" in asked[0]
         await screenshot(page, "console-promote-refused")
+
+        # Re-scored compliant (the latest rating counts): adherence ties base, the gate passes.
+        store = await Store.open(sqlite_url(data_dir))
+        try:
+            await store.exchanges.rate(ft_eval, 1, user_id="eval")
+        finally:
+            await store.close()
+        await page.goto(f"{app.url}/admin/experiments")
+        await page.get_by_role("button", name="Promote").click()
+        await expect(page.locator(".notice")).to_have_text(
+            "promoted: everyone is now served by fake-ft")
+        first_line = page.locator("table.audit tr").nth(1)
+        await expect(first_line).to_contain_text(f"{ADMIN.username}promote")
+        await screenshot(page, "console-promoted")
 
         # A running job's loss chart gains points as the worker writes events, without a reload.
         store = await Store.open(sqlite_url(data_dir))

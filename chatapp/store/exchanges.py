@@ -172,12 +172,17 @@ class Exchanges:
 
     async def eval_adherence(self, deployment: str) -> tuple[int, int]:
         """(compliant, rated) over the `eval` replies of a deployment (rated by `eval`)."""
-        latest = _latest_rating()
-        ex = t.exchanges
+        ex, r = t.exchanges, t.ratings
+        r2 = r.alias("newer")
+        # The newest rating of each eval reply, found per reply through the (exchange_id, id)
+        # index rather than by grouping every rating: the console shows this gate on each load.
+        newest = (sa.select(sa.func.max(r2.c.id)).where(r2.c.exchange_id == ex.c.id)
+                  .scalar_subquery())
         query = (
-            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(latest.c.value), 0))
-            .select_from(ex.join(latest, latest.c.exchange_id == ex.c.id))
-            .where(ex.c.deployment == deployment, ex.c.source == Source.EVAL))
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(r.c.value), 0))
+            .select_from(ex.join(r, r.c.exchange_id == ex.c.id))
+            .where(ex.c.deployment == deployment, ex.c.source == Source.EVAL,
+                   r.c.id == newest))
         async with self._db.read() as conn:
             n, up = (await conn.execute(query)).one()
         return int(up), int(n)

@@ -57,6 +57,9 @@ async def _m5_console_indexes(conn: AsyncConnection) -> None:
         for table in (t.experiment_history, t.datasets, t.training_jobs):
             for index in table.indexes:
                 index.create(sync, checkfirst=True)
+        for index in t.exchanges.indexes:
+            if index.name == "ix_exchanges_source_deployment":
+                index.create(sync, checkfirst=True)
 
     await conn.run_sync(apply)
 
@@ -68,7 +71,8 @@ MIGRATIONS: list[Migration] = [
     (3, "indexes on Chainlit tables for retention and erasure", _m3_privacy_indexes),
     (4, "owners of pending turns, app process heartbeats, leases of periodic jobs",
      _m4_turn_owners),
-    (5, "indexes for the admin console's pages: audit by action/actor, jobs and datasets by time",
+    (5, "indexes for the admin console's pages: audit by action/actor, jobs and datasets by"
+        " time, eval replies by deployment",
      _m5_console_indexes),
 ]
 

@@ -111,6 +111,9 @@ exchanges = sa.Table(
     sa.Column("owner", sa.String(100)),
     # Finding pending turns (at start, and the reaper's sweep) without a scan of all turns.
     sa.Index("ix_exchanges_outcome", "outcome"),
+    # The promotion gate's eval adherence per deployment (`ab promote`, the console's
+    # experiments page) without a scan of every turn.
+    sa.Index("ix_exchanges_source_deployment", "source", "deployment"),
 )
 
 # Append-only: the latest row per exchange is the rating; earlier rows are its history.

@@ -9,6 +9,7 @@ browser landing in the store and the audit trail.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -321,3 +322,29 @@ def test_the_app_mounts_exactly_the_console_routes_under_test(data_dir: Path,
     app = FastAPI()
     routes.install(app, routes.Console(get_store, settings, routes.auth_secret))
     assert mounted == sorted(post_routes(app)) and len(mounted) >= 10
+
+
+async def test_deploy_a_succeeded_local_job(db: Store, settings: Settings) -> None:
+    adapter = settings.data_dir / "jobs" / "ftjob-done" / "adapter.gguf"
+    adapter.parent.mkdir(parents=True)
+    adapter.write_bytes(b"GGUF not really, but the bytes are what deploy checks")
+    await db.jobs.add(TrainingJob(
+        id="ftjob-done", backend="local", base_model="smol", status="succeeded",
+        result={"adapter_path": "jobs/ftjob-done/adapter.gguf",
+                "adapter_sha256": hashlib.sha256(adapter.read_bytes()).hexdigest(),
+                "best_epoch": 2}))
+    app = console_app(db, settings)
+    async with client(app, ADMIN.username) as boss:
+        page = (await boss.get("/admin/training")).text
+        assert 'action="/admin/training/deploy"' in page
+        r = await boss.post("/admin/training/deploy", data={
+            "csrf": csrf_of(page), "job": "ftjob-done", "name": "ft-console", "weight": "0.2"})
+    assert r.status_code == 200, r.text
+    assert "deployed ft-console from job ftjob-done" in r.text
+    dep = await db.deployments.get("ft-console")
+    exp = await db.experiments.active()
+    assert dep is not None and dep.source_job == "ftjob-done" and dep.created_by == ADMIN.username
+    assert exp is not None and exp.fine_tuned_deployment == "ft-console"
+    assert exp.weights["fine_tuned"] == 0.2
+    [line] = await db.experiments.audit_page(action="deploy")
+    assert line["actor"] == ADMIN.username and line["experiment_id"] == exp.id

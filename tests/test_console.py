@@ -348,3 +348,44 @@ async def test_deploy_a_succeeded_local_job(db: Store, settings: Settings) -> No
     assert exp.weights["fine_tuned"] == 0.2
     [line] = await db.experiments.audit_page(action="deploy")
     assert line["actor"] == ADMIN.username and line["experiment_id"] == exp.id
+
+
+async def test_routing_actions_and_every_post_form_confirms(db: Store, settings: Settings) -> None:
+    built = settings.data_dir / "datasets" / "train.jsonl"
+    built.parent.mkdir(parents=True)
+    built.write_text('{"messages": []}\n')
+    sha = hashlib.sha256(built.read_bytes()).hexdigest()
+    await db.datasets.add(sha256=sha, path=str(built), kind="train", n_examples=1,
+                          manifest={"counts": {"examples": 1}}, tokenizer=None, created_by="t")
+    await db.jobs.add(TrainingJob(id="ftjob-ok", backend="local", base_model="smol",
+                                  status="succeeded"))
+    app = console_app(db, settings)
+    async with client(app, ADMIN.username) as boss:
+        pages = {path: (await boss.get(path)).text for path in PAGES}
+        forms = [f for html in pages.values()
+                 for f in re.findall(r"<form [^>]*method=\"post\"[^>]*>.*?</form>", html, re.S)]
+        assert len(forms) >= 10
+        for form in forms:
+            assert "data-confirm=" in form and 'name="csrf"' in form, form[:200]
+        download = await boss.get(f"/admin/datasets/{sha}/download")
+        assert download.status_code == 200 and download.text == '{"messages": []}\n'
+        assert "counts" in pages["/admin/training"] and sha[:16] in pages["/admin/training"]
+
+        token = csrf_of(pages["/admin/experiments"])
+        weights = await boss.post("/admin/experiments/weights", data={"csrf": token,
+                                                                      "weight": "0.3"})
+        assert weights.status_code == 200 and "fine_tuned&#39;: 0.3" in weights.text
+        bad = await boss.post("/admin/experiments/weights", data={"csrf": token, "weight": "2"})
+        assert bad.status_code == 409 and "between 0 and 1" in bad.text
+        stop = await boss.post("/admin/experiments/stop", data={"csrf": token})
+        assert stop.status_code == 200 and "everyone is served by base" in stop.text
+        back = await boss.post("/admin/experiments/rollback", data={"csrf": token})
+        assert back.status_code == 409 and "nothing to roll back" in back.text
+        start = await boss.post("/admin/experiments/start", data={
+            "csrf": token, "name": "spring", "base": "base", "fine_tuned": "ft",
+            "weight": "0.1"})
+        assert start.status_code == 200 and "started experiment" in start.text
+    exp = await db.experiments.active()
+    assert exp is not None and exp.name == "spring" and exp.weights["fine_tuned"] == 0.1
+    trail = await db.experiments.audit_page(actor=ADMIN.username)
+    assert [h["action"] for h in trail] == ["start", "stop", "set_weights"]

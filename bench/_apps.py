@@ -1,7 +1,7 @@
 """Apps under benchmark, as subprocesses on 127.0.0.1: our `travel-chat` and the bare Chainlit app.
 
 Both are started with tests/browser_support.ChatApp (the tests' own launcher), pointed at the
-same paced fake upstream (bench/fake_upstream.py), and driven by tests/chainlit_client.py.
+same paced fake upstream (bench/fake_upstream.py), and driven by harness/chainlit_client.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.fake_upstream import Upstream
 from chatapp.domain import Deployment
 from chatapp.store import Store
-from tests.browser_support import (
+from harness.browser_support import (
     Account,
     ChatApp,
     add_accounts,

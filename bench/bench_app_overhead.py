@@ -9,7 +9,7 @@ the request, then one every 5 ms. Three apps run at once, each its own process o
 - `bare`: bench/bare_app.py, one `on_message` streaming the same SDK call, no data layer;
 - `bare_db`: the same with Chainlit's SQLAlchemy data layer on SQLite, as our app has it.
 `bare` is the issue's "bare Chainlit app"; `bare_db` separates what Chainlit's own persistence
-costs from what our code adds. One client per app (tests/chainlit_client.py, the browser's
+costs from what our code adds. One client per app (harness/chainlit_client.py, the browser's
 protocol), one turn at a time, the apps' turns interleaved in a shuffled order each round so
 machine load hits all alike; a new conversation every 5 turns (our app trims and sends the
 history, as it would). Time to first token: message sent -> first streamed token of the reply;
@@ -29,8 +29,8 @@ from typing import Any
 from bench._apps import PASSWORD, accounts, bare_chainlit, cpu_s, travel_chat
 from bench._common import summary, write
 from bench.fake_upstream import paced_upstream
-from tests.chainlit_client import ChainlitClient, Reply
-from tests.fakes.openai_chat import paced_text
+from harness.chainlit_client import ChainlitClient, Reply
+from harness.fakes.openai_chat import paced_text
 
 TURNS_PER_CONVERSATION = 5
 QUESTIONS = ["What is there to see in Kyoto?", "When is the best season to visit Peru?",

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_cluster [--changes 10]
 
-The reference deployment of tests/test_cluster.py (3 travel-chat processes behind haproxy,
+The reference deployment of tests/shared/test_cluster.py (3 travel-chat processes behind haproxy,
 PostgreSQL, Redis) with TRAVEL_ROUTING_POLL_S=600, so only the push can explain a change seen
 within seconds. Each change is `Experiments.set_weights` through a store opened as travel-admin
 opens it (it publishes after the commit); the clock starts when that call returns, and each
@@ -22,9 +22,9 @@ from typing import Any
 from bench._common import summary, write
 from bench.fake_upstream import paced_upstream
 from chatapp.settings import load_settings
-from chatapp.store import Store
-from tests.cluster_support import SERVERS, Cluster, cluster
-from tests.redis_support import SHARED_URL, new_prefix
+from chatapp.shared.feed import open_store
+from harness.cluster_support import SERVERS, Cluster, cluster
+from harness.redis_support import SHARED_URL, new_prefix
 
 
 async def _follow_time(c: Cluster, weight: float, t0: float) -> dict[str, float]:
@@ -46,7 +46,7 @@ async def main(changes: int) -> None:
     with paced_upstream(tokens=5) as up:
         async with cluster(work, up.connection_env("up"), up.model, [], SHARED_URL,
                            new_prefix(), TRAVEL_ROUTING_POLL_S="600") as c:
-            admin = await Store.from_settings(load_settings(
+            admin = await open_store(load_settings(
                 _env_file=None, data_dir=work / "admin", database_url=c.db_url,
                 redis_url=c.redis_url, redis_prefix=c.prefix))
             per_change: list[dict[str, float]] = []

@@ -27,9 +27,9 @@ from typing import Any
 from bench._apps import PASSWORD, accounts, cpu_s, rss_kib, travel_chat
 from bench._common import fresh_postgres, summary, write
 from bench.fake_upstream import paced_upstream
-from tests.browser_support import ChatApp
-from tests.chainlit_client import ChainlitClient, Reply
-from tests.fakes.openai_chat import paced_text
+from harness.browser_support import ChatApp
+from harness.chainlit_client import ChainlitClient, Reply
+from harness.fakes.openai_chat import paced_text
 
 QUESTION = "What is there to see in Kyoto in autumn?"
 

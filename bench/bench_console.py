@@ -34,10 +34,10 @@ from chainlit.auth import create_jwt
 from fastapi import FastAPI
 
 from bench._common import fresh_postgres, summary, write
-from chatapp.console import routes
 from chatapp.settings import load_settings
 from chatapp.store import Store
 from chatapp.store import schema as t
+from chatapp.web.console import routes
 
 NOW = datetime.now(UTC)
 ACTIONS = ("start", "set_weights", "stop", "promote", "rollback")

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.bench_local_chat [--runs 8] [--max-tokens 120]
 
 Through the app: `travel-chat` as a subprocess on its zero-configuration local deployment
-(SmolLM2-135M-Instruct in llama.cpp), driven by tests/chainlit_client.py as the browser would
+(SmolLM2-135M-Instruct in llama.cpp), driven by harness/chainlit_client.py as the browser would
 (login, socket.io, `client_message`); times are taken at the client, so they include Chainlit,
 the socket and our chat turn. Directly: `llama_cpp.Llama` in this process, loaded as the app
 loads it (same model file, n_ctx and n_threads), given for each run exactly the messages the
@@ -32,8 +32,8 @@ from chatapp.domain import SMOLLM2
 from chatapp.settings import LOCAL_CONNECTION, load_settings
 from chatapp.store import Store
 from chatapp.tokens import resolve_local_model_path
-from tests.browser_support import add_accounts, running_app, sqlite_url
-from tests.chainlit_client import ChainlitClient
+from harness.browser_support import add_accounts, running_app, sqlite_url
+from harness.chainlit_client import ChainlitClient
 
 QUESTIONS = ["What is there to see in Kyoto?", "When is the best season to visit Peru?",
              "What dishes should I try in Lisbon?", "Do I need a visa for Japan?"]

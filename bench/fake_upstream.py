@@ -1,6 +1,6 @@
 """The benchmarks' upstream: the tests' fake OpenAI-compatible service with fixed timing.
 
-It is `tests/fakes/openai_server.FakeOpenAIServer` with `Pacing` set (first content chunk
+It is `harness/fakes/openai_server.FakeOpenAIServer` with `Pacing` set (first content chunk
 20 ms after the request, then one chunk every 5 ms, 200 chunks by default), run in its own
 process so that its timers do not share a GIL with the app or with the benchmark's clients.
 
@@ -68,7 +68,7 @@ def paced_upstream(first_token_ms: float = 20, token_ms: float = 5,
 
 def main() -> None:
     sys.path.insert(0, str(REPO))
-    from tests.fakes.openai_server import FakeOpenAIServer, Pacing
+    from harness.fakes.openai_server import FakeOpenAIServer, Pacing
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--first-token-ms", type=float, default=20.0)

@@ -9,15 +9,20 @@ from typing import Any, cast
 
 import chainlit as cl
 from chainlit.config import config
-from chainlit.input_widget import InputWidget, Select
+from chainlit.input_widget import InputWidget, Select, Switch
 from chainlit.server import app as chainlit_server
 from chainlit.types import Feedback, ThreadDict
 
 from chatapp.chat.batching import BatchingSink
 from chatapp.chat.conversation import ChatService
 from chatapp.chat.input_guard import clean_text
+from chatapp.chat.preferences import (
+    TRAINING_LABEL,
+    TRAINING_SWITCH,
+    apply_settings,
+    training_allowed,
+)
 from chatapp.chat.request import TurnRequest
-from chatapp.console import routes as console
 from chatapp.domain import ANSWERED_OUTCOMES, Arm, Outcome
 from chatapp.providers.base import Message
 from chatapp.providers.redact import redact_logs, settings_secrets
@@ -27,6 +32,7 @@ from chatapp.starters import STARTERS
 from chatapp.store import async_url
 from chatapp.store.chainlit_layer import DataLayer
 from chatapp.web import access, branding, metrics
+from chatapp.web.console import routes as console
 from chatapp.web.health import HealthChecker
 from chatapp.web.health import mount as mount_health
 
@@ -44,7 +50,7 @@ metrics.mount(chainlit_server, runtime.service, settings.metrics_token)
 access.install(chainlit_server, runtime.store)
 # The agency's name, logos and colour; a page that loads nothing from another origin.
 branding.install(chainlit_server, settings)
-# /admin: the console, for admins only, on the chat's login (chatapp/console).
+# /admin: the console, for admins only, on the chat's login (chatapp/web/console).
 console.install(chainlit_server, console.Console(
     runtime.store, settings, console.auth_secret, config.run.root_path or "", health.report))
 
@@ -107,28 +113,34 @@ def _is_admin() -> bool:
     return _user().metadata.get("role") == "admin"
 
 
-async def _admin_setup() -> None:
-    """Admins may force an arm for their own chat and see how routing stands."""
-    if not _is_admin():
-        return
-    widgets: list[InputWidget] = [
-        Select(id="arm", label="Arm for my chat (admin)", values=ARM_CHOICES,
-               initial_value=cl.user_session.get("arm_choice") or "auto")
-    ]
-    await cl.ChatSettings(widgets).send()
+async def _settings_setup() -> None:
+    """Everyone with an account chooses whether their chats may train the assistant; admins
+    may also force an arm for their own chat."""
+    widgets: list[InputWidget] = []
+    if _is_admin():
+        widgets.append(Select(id="arm", label="Arm for my chat (admin)", values=ARM_CHOICES,
+                              initial_value=cl.user_session.get("arm_choice") or "auto"))
+    allowed = await training_allowed(await runtime.store(), _user().identifier)
+    if allowed is not None:
+        widgets.append(Switch(id=TRAINING_SWITCH, label=TRAINING_LABEL, initial=allowed,
+                              description="Off: none of your conversations, past or future,"
+                              " is used for training."))
+    if widgets:
+        await cl.ChatSettings(widgets).send()
 
 
 @cl.on_chat_start
 async def on_chat_start() -> None:
     cl.user_session.set("history", [])
     cl.user_session.set("turn", 0)
-    await _admin_setup()
+    await _settings_setup()
 
 
 @cl.on_settings_update
 async def on_settings_update(values: dict[str, Any]) -> None:
     if _is_admin():
         cl.user_session.set("arm_choice", values.get("arm", "auto"))
+    await apply_settings(await runtime.store(), _user().identifier, values)
 
 
 @cl.on_chat_resume
@@ -144,7 +156,7 @@ async def on_chat_resume(thread: ThreadDict) -> None:
                         {"role": "assistant", "content": ex.reply}]
     cl.user_session.set("history", history)
     cl.user_session.set("turn", len(exchanges))
-    await _admin_setup()
+    await _settings_setup()
 
 
 class _MessageSink:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from chatapp.runtime import bootstrap
 from chatapp.settings import ConfigError, Settings, load_settings
-from chatapp.store import Store
+from chatapp.shared.feed import open_store
 
 APP_FILE = Path(__file__).with_name("app.py")
 # chainlit.md, public/ and .chainlit/config.toml live at the project root.
@@ -18,7 +18,7 @@ APP_ROOT = Path(__file__).resolve().parent.parent
 
 
 async def _bootstrap(settings: Settings) -> tuple[str, str | None]:
-    store = await Store.from_settings(settings)
+    store = await open_store(settings)
     try:
         result = await bootstrap(settings, store)
     finally:

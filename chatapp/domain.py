@@ -69,6 +69,18 @@ class Source(_Name):
     EVAL = "eval"
 
 
+class Decision(_Name):
+    """What a reviewer decided about a reply (`travel-admin review`, the `reviews` table)."""
+
+    CORRECTED = "corrected"  # a better reply was written: it replaces this one in datasets
+    ACCEPTED = "accepted"  # the reply was fine after all: it counts as good
+    SKIPPED = "skipped"  # looked at, nothing decided: the reply stays as rated
+
+
+# Decisions that make a reply something to learn from, whatever its rating.
+GOOD_DECISIONS = frozenset({Decision.CORRECTED, Decision.ACCEPTED})
+
+
 # The packaged local model; a local deployment's `model` may name it instead of a path.
 SMOLLM2 = "smollm2-135m-instruct"
 

@@ -30,7 +30,12 @@ from chatapp.tokens import (
 
 Tokenizer = Literal["tiktoken", "gguf"]
 _FIELDS = {"tokenizer", "encoding", "context_window", "training_example_limit",
-           "training_price_per_1m", "input_price_per_1m", "output_price_per_1m", "source"}
+           "training_price_per_1m", "input_price_per_1m", "output_price_per_1m", "methods",
+           "source"}
+TRAINING_METHODS = ("sft", "dpo")
+# An entry without `methods` is trained supervised only: DPO is offered for a few model versions,
+# and a model wrongly marked would fail at the service after the upload.
+DEFAULT_METHODS = ("sft",)
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class ModelInfo:
     # USD per 1M prompt / completion tokens served (A/B cost per day); None when not known
     input_price_per_1m: float | None = None
     output_price_per_1m: float | None = None
+    methods: tuple[str, ...] = DEFAULT_METHODS  # fine-tuning methods the service offers
 
     @property
     def known(self) -> bool:
@@ -63,6 +69,7 @@ class _Entry:
     source: str
     input_price_per_1m: float | None = None
     output_price_per_1m: float | None = None
+    methods: tuple[str, ...] = DEFAULT_METHODS
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ class ModelTable:
         return ModelInfo(model, best, tokenizer, encoding, entry.context_window,
                          entry.training_example_limit, entry.training_price_per_1m,
                          entry.source, self.as_of, entry.input_price_per_1m,
-                         entry.output_price_per_1m)
+                         entry.output_price_per_1m, entry.methods)
 
 
 def _normalise(model: str) -> str:
@@ -126,10 +133,15 @@ def _entry(raw: object, where: str, base: _Entry | None = None, *,
     source = got.get("source", "")
     if not isinstance(source, str):
         raise ConfigError(f"{where}.source: must be a string")
+    methods = got.get("methods", list(DEFAULT_METHODS))
+    if (not isinstance(methods, list | tuple) or not methods
+            or any(m not in TRAINING_METHODS for m in methods)):
+        raise ConfigError(f"{where}.methods: must be a non-empty list of"
+                          f" {', '.join(repr(m) for m in TRAINING_METHODS)}, got {methods!r}")
     return _Entry(tokenizer, encoding if tokenizer == "tiktoken" else None,
                   need_int("context_window"), need_int("training_example_limit"),
                   prices["training_price_per_1m"], source, prices["input_price_per_1m"],
-                  prices["output_price_per_1m"])
+                  prices["output_price_per_1m"], tuple(dict.fromkeys(methods)))
 
 
 def _read(text: str, where: str) -> dict[str, Any]:

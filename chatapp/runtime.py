@@ -21,6 +21,7 @@ from chatapp.domain import SMOLLM2, Deployment, Provider
 from chatapp.privacy import RETENTION_INTERVAL_S, retention_once
 from chatapp.settings import LOCAL_CONNECTION, Settings
 from chatapp.shared import feed
+from chatapp.shared.feed import open_store
 from chatapp.shared.members import STALE_BEATS, Member, Membership, gone_here
 from chatapp.shared.once import RunOnce
 from chatapp.shared.redis_state import SharedRedis
@@ -107,7 +108,7 @@ class Runtime:
         if self._service is None:
             async with self._lock:
                 if self._service is None:
-                    store = await Store.from_settings(self.settings)
+                    store = await open_store(self.settings)
                     service = ChatService(self.settings, store, shared=self.shared,
                                           owner=self.member.owner)
                     if self.shared is not None:

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import tiktoken
 
-from chatapp.domain import SMOLLM2, Deployment, Provider
+from chatapp.domain import SMOLLM2, Deployment
 from chatapp.providers.base import Message
 from chatapp.settings import ConfigError, Settings
 
@@ -320,7 +320,9 @@ def counter_for_model(model: str) -> TokenCounter:
 
 
 def counter_for_deployment(dep: Deployment, settings: Settings) -> TokenCounter:
-    if dep.provider == Provider.LOCAL:
+    from chatapp.providers.registry import backend  # registry modules import this one
+
+    if backend(dep.provider).own_tokenizer:
         path = resolve_local_model_path(dep.model, settings)
         with _local_lock:
             return _local_counter(path)  # a LoRA adapter never changes the tokenizer

@@ -30,7 +30,7 @@ from chatapp.settings import (  # noqa: E402
     test_postgres_url,
 )
 from chatapp.store import Store  # noqa: E402
-from tests.fakes.openai_server import FakeOpenAIServer  # noqa: E402
+from harness.fakes.openai_server import FakeOpenAIServer  # noqa: E402
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ async def _truncate(store: Store) -> None:
 
     async with store.db.engine.begin() as conn:
         await conn.execute(text(
-            "TRUNCATE job_events, training_jobs, datasets, ratings, exchanges,"
+            "TRUNCATE job_events, training_jobs, datasets, reviews, ratings, exchanges,"
             " experiment_history, experiments, deployments,"
             " accounts, feedbacks, elements, steps, threads, users, app_processes, job_leases"
             " CASCADE"))

@@ -6,7 +6,7 @@ import typer
 
 from admin.cli import ab as experiments
 from admin.cli import dataset as dataset_cli
-from admin.cli import deployments, retention, users
+from admin.cli import deployments, retention, review, users
 from admin.cli import eval as eval_cli
 from admin.cli import loop as loop_cli
 from admin.cli import train as train_cli
@@ -18,6 +18,7 @@ app.add_typer(retention.app, name="retention")
 app.add_typer(deployments.app, name="deployments")
 app.add_typer(experiments.app, name="ab")
 app.add_typer(dataset_cli.app, name="dataset")
+app.add_typer(review.app, name="review")
 train_cli.register(app)  # train ..., deploy, cleanup
 app.add_typer(eval_cli.app, name="eval")
 loop_cli.register(app)  # simulate, compare

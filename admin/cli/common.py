@@ -15,6 +15,7 @@ from rich.table import Table
 
 from chatapp.runtime import ensure_routing
 from chatapp.settings import ConfigError, Settings, get_settings
+from chatapp.shared.feed import open_store
 from chatapp.store import Store, StoreError
 
 T = TypeVar("T")
@@ -46,7 +47,7 @@ def with_store(fn: Callable[[Store], Awaitable[T]]) -> T:
     """Open the store (creating/migrating the schema), run `fn`, close; errors become messages."""
 
     async def run() -> T:
-        store = await Store.from_settings(settings())
+        store = await open_store(settings())
         try:
             await ensure_routing(store)
             return await fn(store)

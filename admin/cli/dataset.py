@@ -21,6 +21,7 @@ from admin.datasets.build import (
     BuildError,
     BuildOptions,
     BuildResult,
+    DatasetFormat,
     MultiTurn,
     PiiMode,
     RatingMode,
@@ -43,7 +44,9 @@ ModelOpt = typer.Option(DEFAULT_MODEL, "--model", help="Model the files are for:
                         " smollm2-135m-instruct).")
 KindOpt = typer.Option("auto", "--kind", help="train, validation, or auto (validation when the"
                        " file name contains 'valid').")
-FilesArg = typer.Argument(..., help="JSONL files in the OpenAI chat format.")
+FilesArg = typer.Argument(..., help="JSONL files: chat examples (`messages`) or preference pairs"
+                          " (`input`, `preferred_output`, `non_preferred_output`), told apart by"
+                          " their first valid line.")
 _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 
 
@@ -74,8 +77,15 @@ def _num(value: float) -> str:
 
 def _brief(r: ValidationReport) -> str:
     s = r.stats
-    text = (f"{s.n} examples counted with {s.tokenizer}: {sum(s.total):,} tokens"
-            f" ({sum(s.assistant):,} assistant), over the {s.limit:,}-token limit: {s.over_limit}")
+    if r.format == "preference":
+        text = (f"{s.n} pairs counted with {s.tokenizer}: prompts {sum(s.prompt):,} tokens,"
+                f" preferred {sum(s.preferred):,}, non-preferred {sum(s.non_preferred):,};"
+                f" {sum(s.total):,} per pass (the prompt with each reply), over the"
+                f" {s.limit:,}-token limit: {s.over_limit}")
+    else:
+        text = (f"{s.n} examples counted with {s.tokenizer}: {sum(s.total):,} tokens"
+                f" ({sum(s.assistant):,} assistant), over the {s.limit:,}-token limit:"
+                f" {s.over_limit}")
     if r.cost is not None:
         c = r.cost
         price = (f" ≈ ${c.cost_usd:,.2f} at ${c.price_per_1m}/1M" if c.cost_usd is not None
@@ -87,7 +97,8 @@ def _brief(r: ValidationReport) -> str:
 
 def _header(r: ValidationReport) -> str:
     verdict = "[green]OK[/green]" if r.ok else "[red]REJECTED[/red]"
-    return (f"{verdict} {r.path} ({r.kind}, {r.model}): {r.n_examples} examples,"
+    unit = "pairs" if r.format == "preference" else "examples"
+    return (f"{verdict} {r.path} ({r.kind}, {r.format}, {r.model}): {r.n_examples} {unit},"
             f" {r.n_errors} error(s), {r.n_warnings} warning(s)" + (" [BOM]" if r.bom else ""))
 
 
@@ -130,11 +141,16 @@ def stats(files: list[Path] = FilesArg, model: str = ModelOpt, kind: str = KindO
         return
     for r in reports:
         s = r.stats
-        table = Table("per example", "min", "max", "mean", "median", "p10", "p90",
+        table = Table("per pair" if r.format == "preference" else "per example",
+                      "min", "max", "mean", "median", "p10", "p90",
                       title=f"{r.path} ({r.kind}, {s.tokenizer}" + (
                           "" if s.exact else ", estimate") + ")")
-        for label, values in (("messages", s.messages), ("total tokens", s.total),
-                              ("assistant tokens", s.assistant)):
+        rows = (("prompt messages", s.messages), ("prompt tokens", s.prompt),
+                ("preferred tokens", s.preferred), ("non-preferred tokens", s.non_preferred),
+                ("tokens per pass", s.total)) if r.format == "preference" else (
+            ("messages", s.messages), ("total tokens", s.total),
+            ("assistant tokens", s.assistant))
+        for label, values in rows:
             d = Distribution.of(values)
             table.add_row(label, *(_num(v) for v in (d.min, d.max, d.mean, d.median, d.p10,
                                                      d.p90)))
@@ -183,7 +199,8 @@ _USER = typer.Option([], "--user", help="Only these users (repeatable).")
 _SINCE = typer.Option(None, "--since", formats=_DATE_FORMATS, help="From (inclusive, UTC).")
 _UNTIL = typer.Option(None, "--until", formats=_DATE_FORMATS, help="Until (exclusive, UTC).")
 _SOURCE = typer.Option([Source.WEB.value], "--source",
-                       help="web (default), simulated, eval (repeatable).")
+                       help="web (default), simulated (repeatable). Never eval: evaluation"
+                       " replies measure the model and never enter a dataset.")
 _SEED_FILE = typer.Option([], "--seed-file", help="Seed JSONL to merge (repeatable; implies"
                           " --with-seed; 'valid' in the name: validation).")
 
@@ -191,6 +208,11 @@ _SEED_FILE = typer.Option([], "--seed-file", help="Seed JSONL to merge (repeatab
 @app.command("build")
 def build(
     out_dir: Path | None = _OUT_DIR,
+    fmt: str = typer.Option("sft", "--format", help="sft: chat examples (supervised). preference:"
+                            " DPO pairs (input, preferred_output, non_preferred_output) from"
+                            " replies to one prompt rated both ways and from `simulate"
+                            " --candidates`; reads rated and unrated exchanges (--ratings does"
+                            " not apply)."),
     name: str | None = typer.Option(None, "--name", help="Files <name>.train.jsonl and"
                                     " <name>.validation.jsonl (default: travel-<UTC time>)."),
     ratings: str = typer.Option("up", "--ratings", help="up: replies rated up; up+down: also"
@@ -220,15 +242,21 @@ def build(
     """Build train/validation JSONL from rated exchanges (scrubbed, deduplicated, validated)."""
     choices: dict[str, tuple[str, ...]] = {
         "--ratings": ("up", "up+down"), "--multi-turn": ("prefix", "whole"),
-        "--pii": ("scrub", "drop"), "--arm": tuple(Arm), "--source": tuple(Source)}
+        "--pii": ("scrub", "drop"), "--arm": tuple(Arm),
+        "--source": (Source.WEB.value, Source.SIMULATED.value), "--format": ("sft", "preference")}
+    if Source.EVAL.value in source:
+        fail("--source eval: evaluation replies never enter a dataset or a pair (they measure"
+             " the model on questions it must not train on)", 2)
     for opt, values in (("--ratings", [ratings]), ("--multi-turn", [multi_turn]),
-                        ("--pii", [pii]), ("--arm", arm), ("--source", source)):
+                        ("--pii", [pii]), ("--arm", arm), ("--source", source),
+                        ("--format", [fmt])):
         bad = [v for v in values if v not in choices[opt]]
         if bad:
             fail(f"{opt}: {bad[0]!r} is not one of {', '.join(choices[opt])}", 2)
     rating_mode: RatingMode = "up+down" if ratings == "up+down" else "up"
     turn_mode: MultiTurn = "whole" if multi_turn == "whole" else "prefix"
     pii_mode: PiiMode = "drop" if pii == "drop" else "scrub"
+    dataset_format: DatasetFormat = "preference" if fmt == "preference" else "sft"
     seeds = tuple(seed_file) or (_default_seed_files() if with_seed else ())
     for f in seeds:
         if not f.is_file():
@@ -241,7 +269,7 @@ def build(
             deployments=tuple(deployment), models=tuple(served_model), users=tuple(user),
             since=since, until=until, min_turns=min_turns),
         model=model, seed=seed, validation_ratio=validation_ratio, seed_files=seeds,
-        pii=pii_mode, near_dedupe=near_dedupe, overwrite=overwrite)
+        pii=pii_mode, near_dedupe=near_dedupe, overwrite=overwrite, format=dataset_format)
 
     async def run(store: Store) -> BuildResult:
         with RichBar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -290,7 +318,13 @@ def _show(result: BuildResult) -> None:
                   + (f"; weight-0-only examples {c.weight_zero_examples}"
                      if c.weight_zero_examples else "")
                   + (f"; up-rated turns lost to history trimming {c.rated_turns_trimmed}"
-                     if c.rated_turns_trimmed else ""), highlight=False)
+                     if c.rated_turns_trimmed else "")
+                  + ("; reviewed: " + ", ".join(f"{k}={n}" for k, n in sorted(c.reviewed.items()))
+                     if c.reviewed else ""), highlight=False)
+    if c.pairs_found:
+        found = ", ".join(f"{k}={n}" for k, n in sorted(c.pairs_found.items()))
+        kept = ", ".join(f"{k}={n}" for k, n in sorted(c.pairs_kept.items())) or "none"
+        console.print(f"pairs by source: found {found}; kept {kept}", highlight=False)
     for f in result.files:
         console.print(f"{f.kind}: " + _brief(f.report), highlight=False)
         for p in [p for p in f.report.problems if p.severity == "error"][:10]:

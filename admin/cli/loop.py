@@ -13,7 +13,13 @@ from admin.cli.common import JsonOpt, console, fail, settings, with_store
 from admin.evaluation.compare import to_markdown, write_report
 from admin.evaluation.judge import judge_reply
 from admin.evaluation.run import EvalReport, run_eval
-from admin.evaluation.simulate import Rater, SimulationResult, rules_rater, simulate
+from admin.evaluation.simulate import (
+    SIMULATE_QUESTIONS,
+    Rater,
+    SimulationResult,
+    rules_rater,
+    simulate,
+)
 from chatapp.chat.conversation import ChatService
 from chatapp.policy.checks import DEFAULT_QUESTIONS, Question, Verdict, load_questions
 from chatapp.store import Store
@@ -21,6 +27,9 @@ from chatapp.store import Store
 # Module-level option objects (ruff B008).
 _Questions = typer.Option(DEFAULT_QUESTIONS, "--questions", dir_okay=False,
                           help="JSONL with id, question, category per line.")
+_SimQuestions = typer.Option(SIMULATE_QUESTIONS, "--questions", dir_okay=False,
+                             help="JSONL with id, question, category per line (default: the"
+                             " simulated travellers' own file; never the evaluation set).")
 _Out = typer.Option(None, "--out", dir_okay=False, help="report.md or report.html")
 
 
@@ -41,11 +50,19 @@ def simulate_cmd(
     judge: str | None = typer.Option(None, "--judge", help="Deployment that grades replies."),
     seed: int = typer.Option(0, "--seed"),
     concurrency: int = typer.Option(4, "--concurrency", min=1),
-    questions: Path = _Questions,
+    candidates: int = typer.Option(
+        1, "--candidates", min=1, max=16, help="Replies sampled per turn (the shown one"
+        " included), each scored by the policy checks and stored: compliant vs non-compliant"
+        " replies to one prompt become preference pairs (dataset build --format preference)."),
+    questions: Path = _SimQuestions,
     as_json: bool = JsonOpt,
 ) -> None:
     """Simulated travellers chat through the real routing; each reply is rated by the policy
     checks (thumbs up if compliant, down with the failed checks as comment)."""
+    if questions.is_file() and questions.resolve() == DEFAULT_QUESTIONS.resolve():
+        fail(f"--questions {questions}: that is the evaluation set; simulated replies become"
+             " training data, so simulate asks its own questions"
+             f" ({SIMULATE_QUESTIONS})", 2)
     qs = _questions(questions)
     if rater not in ("rules", "judge"):
         fail("--rater must be rules or judge", 2)
@@ -67,7 +84,8 @@ def simulate_cmd(
                 task = bar.add_task("simulating", total=users * turns)
                 return await simulate(service, qs, users=users, turns=turns, rater=rate_fn,
                                       seed=seed, concurrency=concurrency,
-                                      on_turn=lambda: bar.advance(task))
+                                      on_turn=lambda: bar.advance(task),
+                                      candidates=candidates)
         finally:
             await service.registry.aclose()
 
@@ -80,6 +98,12 @@ def simulate_cmd(
                   f" unrated {result.unrated}; outcomes {dict(result.outcomes)}")
     if result.failed_checks:
         console.print(f"failed checks: {dict(result.failed_checks)}")
+    if candidates > 1:
+        console.print(f"candidates: {result.candidates} stored ({candidates} per answered turn),"
+                      f" {result.candidates_compliant} compliant; {result.contrasting_turns}"
+                      " turn(s) with compliant and non-compliant replies"
+                      + (f"; samples lost {dict(result.candidate_errors)}"
+                         if result.candidate_errors else ""))
 
 
 def compare_cmd(

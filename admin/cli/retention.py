@@ -22,8 +22,9 @@ def purge_cmd(
                                    help="Conversations per transaction."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Delete web conversations (exchanges, ratings, Chainlit threads/steps/elements/feedbacks)
-    whose last activity is older than the retention period. Built training files stay."""
+    """Delete web conversations (exchanges, ratings, reviews, Chainlit's
+    threads/steps/elements/feedbacks) whose last activity is older than the retention period.
+    Built training files stay."""
     n_days = days if days is not None else settings().retention_days
     if n_days is None:
         fail("no retention period: pass --days N or set TRAVEL_RETENTION_DAYS", 2)

@@ -25,6 +25,7 @@ from admin.training.base import METHODS, JobSpec, TrainingError
 from admin.training.metrics import MissingExtra, is_step_event, metric_rows, plot, progress_text
 from chatapp.domain import SMOLLM2, JobEvent, Provider, TrainingJob
 from chatapp.settings import ConfigError, Settings
+from chatapp.shared.feed import open_store
 from chatapp.store import Store, StoreError
 
 T = TypeVar("T")
@@ -67,7 +68,7 @@ def _run(fn: Callable[[Store, Settings], Awaitable[T]]) -> T:
     conf = settings()
 
     async def main() -> T:
-        store = await Store.from_settings(conf)
+        store = await open_store(conf)
         try:
             return await fn(store, conf)
         finally:
@@ -109,7 +110,7 @@ def start(
     method: str = typer.Option(
         "sft", "--method", help="sft: supervised, from chat examples. dpo: preference pairs"
         " (Azure/OpenAI DPO JSONL: input.messages, preferred_output, non_preferred_output),"
-        " starting from --from-job; local only for now."),
+        " local: from --from-job; azure: a model the model table marks DPO-capable."),
     beta: float | None = typer.Option(
         None, "--beta",
         help="DPO: how strongly the reference anchors the policy (default 0.1)."),
@@ -128,6 +129,8 @@ def start(
         fail("--beta and --from-job go with --method dpo", 2)
     if beta is not None and beta <= 0:
         fail(f"--beta {beta}: must be positive", 2)
+    if method == "dpo" and backend == "foundry":
+        fail(jobs.FOUNDRY_DPO, 2)
     if method == "dpo" and backend == "local" and from_job is None:
         fail("--method dpo needs --from-job JOB: the supervised job to start from", 2)
     if model is None:

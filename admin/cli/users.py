@@ -95,7 +95,8 @@ def export(
     out: Path | None = _OUT,
 ) -> None:
     """Everything held about a user as JSON: account, threads with messages, exchanges,
-    ratings, feedbacks (a traveller's right of access). Never a password hash."""
+    ratings, feedbacks, reviews of their replies (a traveller's right of access). Never a
+    password hash."""
 
     async def run(store: Store) -> dict[str, Any] | None:
         try:
@@ -122,7 +123,8 @@ def export(
         target.discard()
         raise
     console.print(f"exported {username}: {len(doc['threads'])} threads,"
-                  f" {len(doc['exchanges'])} exchanges, {len(doc['ratings'])} ratings -> {out}")
+                  f" {len(doc['exchanges'])} exchanges, {len(doc['ratings'])} ratings,"
+                  f" {len(doc['reviews'])} reviews -> {out}")
 
 
 @app.command("erase")
@@ -130,8 +132,9 @@ def erase(
     username: str,
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
 ) -> None:
-    """Erase a user: exchanges, ratings, Chainlit's threads/steps/elements/feedbacks/user, and
-    the account, in one transaction. The audit trail records that it happened (not what)."""
+    """Erase a user: exchanges, ratings, reviews of their replies, Chainlit's
+    threads/steps/elements/feedbacks/user, and the account, in one transaction. The audit trail
+    records that it happened (not what)."""
 
     async def count(store: Store) -> Counter[str]:
         return await erase_user(store, username, actor=actor(), dry_run=True)

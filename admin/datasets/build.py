@@ -2,7 +2,9 @@
 
 Pipeline (streaming; memory holds keys and offsets, not examples):
 1. candidates: the seed set (optional), then exchanges from the store in batches (see
-   `Selection`), turned into examples by `admin.datasets.examples`;
+   `Selection`; replies a reviewer corrected or accepted count as rated up, a correction
+   replacing its reply; travellers who opted out of training are never read), turned into
+   examples by `admin.datasets.examples`;
 2. PII scrubbed in user and assistant text (or the example dropped) before anything is written,
    even the spool;
 3. exact and near duplicates removed (first seen wins: the seed set, then older threads);
@@ -13,6 +15,11 @@ Pipeline (streaming; memory holds keys and offsets, not examples):
 6. both files written to temp files in conversation-hash order (deterministic, shuffled,
    independent of the database), validated, hashed, then moved into place with their manifests,
    and recorded in the `datasets` table. Any failure before that leaves no output file.
+
+`format="preference"` changes only steps 1 and 3: the candidates are preference pairs
+(admin/datasets/build_pairs.py, pairs.py), deduplicated on prompt and both replies, split by
+prompt group; scrub, spool, split, validation, manifests and the atomic commit are the same.
+`eval` exchanges never enter a dataset in either format: they measure the model.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -30,8 +37,10 @@ from typing import Any, Literal, Protocol
 from admin.datasets import examples as ex
 from admin.datasets.files import JsonlWriter, Spool, dumps_line, read_seed, sha256_file
 from admin.datasets.manifest import Manifests
-from admin.datasets.pii import ScrubResult, scrub
+from admin.datasets.pairs import CorrectionLookup
 from admin.datasets.validate import Kind, ValidationReport, validate_file
+from chatapp.domain import Source
+from chatapp.pii import ScrubResult, scrub
 from chatapp.settings import Settings
 from chatapp.store import ExchangeScope, RatedExchange, RatedFilter, Store
 
@@ -39,6 +48,7 @@ DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
 RatingMode = Literal["up", "up+down"]
 MultiTurn = Literal["prefix", "whole"]
 PiiMode = Literal["scrub", "drop"]
+DatasetFormat = Literal["sft", "preference"]
 MAX_NOTES = 20
 # A thread's history repeats in each of its prefix examples: scrub each text once (results are
 # only read, never changed).
@@ -84,6 +94,7 @@ class BuildOptions:
     near_dedupe: bool = True
     overwrite: bool = False
     batch: int = 2000
+    format: DatasetFormat = "sft"
 
     def target(self, kind: Kind) -> Path:
         return self.out_dir / f"{self.name}.{kind}.jsonl"
@@ -115,6 +126,9 @@ class Counts:
     pii_examples: int = 0  # examples that held any
     weight_zero_examples: int = 0  # written, but every assistant turn has weight 0
     rated_turns_trimmed: int = 0  # whole mode: up-rated turns the chat had trimmed away
+    reviewed: Counter[str] = field(default_factory=Counter)  # decision -> exchanges read
+    pairs_found: Counter[str] = field(default_factory=Counter)  # preference: source -> pairs
+    pairs_kept: Counter[str] = field(default_factory=Counter)  # after scrub and dedupe
     kept: int = 0
     examples: Counter[str] = field(default_factory=Counter)  # kind -> examples
     conversations: Counter[str] = field(default_factory=Counter)  # kind -> groups
@@ -159,6 +173,7 @@ class _Record:
     group: str
     fixed_kind: str | None
     exchange_ids: tuple[str, ...]
+    label: str | None = None  # a pair's source (preference format)
 
 
 def group_order(seed: int, group: str) -> bytes:
@@ -190,10 +205,22 @@ Writer = Callable[[Path], JsonlWriter]
 
 class Builder:
     def __init__(self, store: Store, opts: BuildOptions, settings: Settings, actor: str,
-                 progress: Progress | None = None, writer: Writer = JsonlWriter) -> None:
+                 progress: Progress | None = None, writer: Writer = JsonlWriter,
+                 corrections: CorrectionLookup | None = None) -> None:
         if not 0 <= opts.validation_ratio < 1:
             raise BuildError("validation ratio must be in [0, 1)")
+        if Source.EVAL.value in opts.selection.sources:
+            raise BuildError("--source eval: evaluation replies never enter a dataset or a pair"
+                             " (they measure the model on questions it must not train on)")
+        if opts.format == "preference":
+            if opts.seed_files:
+                raise BuildError("--with-seed/--seed-file: seed files hold chat examples, not"
+                                 " preference pairs; build the sft format with them")
+            if opts.selection.multi_turn == "whole":
+                raise BuildError("--multi-turn whole: a pair is one prompt and two replies to"
+                                 " it; use prefix (the default) with --format preference")
         self.store, self.opts, self.settings, self.actor = store, opts, settings, actor
+        self.corrections = corrections
         self.progress = progress or NullProgress()
         self.writer = writer
         self.counts = Counts()
@@ -219,6 +246,8 @@ class Builder:
         async for batch in self.store.exchanges.rated(which, self.opts.batch):
             for row in batch:
                 self.counts.exchanges_read += 1
+                if row.review is not None:
+                    self.counts.reviewed[row.review] += 1
                 if sel.multi_turn == "prefix":
                     if (c := self._prefix(row)) is not None:
                         yield c
@@ -302,7 +331,16 @@ class Builder:
         spool = Spool(opts.out_dir)
         writers: dict[Kind, JsonlWriter] = {}
         try:
-            records, strata = await self._spool(spool)
+            if opts.format == "preference":
+                from admin.datasets.build_pairs import PairReader  # it imports this module
+
+                records, strata = await PairReader(self, self.corrections).spool(spool)
+            else:
+                records, strata = await self._spool(spool)
+            if not records and opts.format == "preference":
+                raise BuildError("no preference pairs: a pair needs a better and a worse reply"
+                                 " to one prompt (opposite ratings, or candidates from"
+                                 " `simulate --candidates N`); nothing written")
             if not records:
                 raise BuildError("no examples: the selection matched nothing usable"
                                  " (see the skipped counts); nothing written")
@@ -381,10 +419,17 @@ class Builder:
 
 
 async def build_dataset(store: Store, opts: BuildOptions, *, settings: Settings, actor: str,
-                        progress: Progress | None = None,
-                        writer: Writer = JsonlWriter) -> BuildResult:
-    """Build, validate, write and record a dataset (see the module doc)."""
-    return await Builder(store, opts, settings, actor, progress, writer).run()
+                        progress: Progress | None = None, writer: Writer = JsonlWriter,
+                        corrections: CorrectionLookup | None = None) -> BuildResult:
+    """Build, validate, write and record a dataset (see the module doc). `corrections`: where
+    reviewers' corrected replies come from for preference pairs (default: the store's reviews,
+    `travel-admin review correct`; see admin.datasets.pairs)."""
+
+    async def reviewed(ids: Sequence[str]) -> dict[str, str]:
+        return {k: c.text for k, c in (await store.reviews.latest_corrections(ids)).items()}
+
+    return await Builder(store, opts, settings, actor, progress, writer,
+                         corrections if corrections is not None else reviewed).run()
 
 
 def default_name() -> str:

@@ -4,10 +4,14 @@ An exchange holds the messages actually sent (the system prompt in force, the hi
 for the model, the user's message) and the reply. So an example is exactly what the model saw,
 under the prompt it was served with, followed by what it answered.
 
-Weights: only a reply rated up is trained on. In a prefix example, earlier assistant turns are
-context (`"weight": 0`): each rated reply is then trained once, in its own prefix, never again as
-history. In a whole-conversation example, every assistant turn not rated up (down, unrated, or
-not selected) gets weight 0. `"weight": 1` is the default and is not written.
+Weights: only a trainable reply is trained on: rated up, or accepted or corrected by a reviewer
+(`travel-admin review`). A corrected reply is replaced by its correction, in its own example
+and, in a whole-conversation example, where it appears in the history; a prefix example keeps
+earlier replies as the model saw them, since the traveller's next message answered those. In a
+prefix example, earlier assistant turns are context (`"weight": 0`): each rated reply is then
+trained once, in its own prefix, never again as history. In a whole-conversation example, every
+assistant turn not trainable (down, unrated, or not selected) gets weight 0. `"weight": 1` is
+the default and is not written.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,7 +49,7 @@ class Skip(Exception):
         self.reason, self.detail = reason, detail
 
 
-def _sent_messages(row: RatedExchange) -> list[Message]:
+def sent_messages(row: RatedExchange) -> list[Message]:
     """The stored prompt of an exchange, checked: bad rows are skipped with the field named."""
     messages = row.messages
     if not isinstance(messages, list) or not messages:
@@ -70,10 +73,11 @@ def _sent_messages(row: RatedExchange) -> list[Message]:
 
 
 def _reply(row: RatedExchange) -> Message:
-    if not isinstance(row.reply, str) or not row.reply.strip():
+    reply = row.final_reply
+    if not isinstance(reply, str) or not reply.strip():
         raise Skip("empty_reply", f"exchange {row.id}: reply: empty")
-    message: Message = {"role": "assistant", "content": row.reply}
-    if row.rating != 1:
+    message: Message = {"role": "assistant", "content": reply}
+    if not row.trainable:
         message["weight"] = 0  # rated down (or unrated): kept as context, not learned
     return message
 
@@ -85,7 +89,7 @@ def _turns(messages: Sequence[Message]) -> int:
 def from_exchange(row: RatedExchange, *, min_turns: int) -> Candidate:
     """The prefix example of one exchange: what the model saw, then its (rated) reply."""
     history = [({**m, "weight": 0} if m["role"] == "assistant" else m)
-               for m in _sent_messages(row)]
+               for m in sent_messages(row)]
     messages = [*history, _reply(row)]
     if _turns(messages) < min_turns:
         raise Skip("min_turns")
@@ -95,15 +99,20 @@ def from_exchange(row: RatedExchange, *, min_turns: int) -> Candidate:
 def from_thread(rows: Sequence[RatedExchange], *,
                 min_turns: int) -> tuple[Candidate, int]:
     """The whole conversation of a thread (its last exchange's prompt and reply), with weight 0
-    on every assistant turn not rated up; and how many up-rated turns the chat's history
-    trimming had already dropped from that prompt (they cannot be placed)."""
+    on every assistant turn not trainable and corrections in place of the replies they
+    correct; and how many trainable turns the chat's history trimming had already dropped from
+    that prompt (they cannot be placed)."""
     last = rows[-1]
-    pending = Counter(r.reply for r in rows[:-1] if r.rating == 1)  # up-rated replies to place
+    # Trainable replies to place, by the text the model saw; each with what to train on there.
+    pending: dict[str, list[str]] = {}
+    for r in rows[:-1]:
+        if r.trainable:
+            pending.setdefault(r.reply, []).append(r.final_reply)
     messages: list[Message] = []
-    for m in _sent_messages(last):
+    for m in sent_messages(last):
         if m["role"] == "assistant":
-            if pending[m["content"]] > 0:
-                pending[m["content"]] -= 1
+            if pending.get(m["content"]):
+                m = {**m, "content": pending[m["content"]].pop(0)}
             else:
                 m = {**m, "weight": 0}
         messages.append(m)
@@ -112,7 +121,7 @@ def from_thread(rows: Sequence[RatedExchange], *,
         raise Skip("min_turns")
     candidate = Candidate(messages, str(last.thread_id), str(rows[0].arm_served), None,
                           tuple(str(r.id) for r in rows))
-    return candidate, sum(pending.values())
+    return candidate, sum(len(left) for left in pending.values())
 
 
 def trains_nothing(messages: Sequence[Message]) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,9 +47,12 @@ class Manifests:
     def document(self, kind: Kind) -> dict[str, Any]:
         opts, w, report = self.b.opts, self.writers[kind], self.reports[kind]
         records = self.assigned[kind]
+        pairs = ({"pairs_by_source": dict(Counter(r.label for r in records if r.label))}
+                 if opts.format == "preference" else {})
         return {
             "manifest_version": MANIFEST_VERSION,
             "file": w.target.name, "path": str(w.target.resolve()), "kind": kind,
+            "format": opts.format, **pairs,
             "sha256": w.sha256, "bytes": w.n_bytes, "n_examples": w.n_lines,
             "n_conversations": self.b.counts.conversations[kind],
             "by_arm": dict(self.b.counts.by_arm[kind]),

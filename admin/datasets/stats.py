@@ -12,7 +12,10 @@ import math
 import statistics
 from array import array
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from admin.datasets.preference_check import PairTokens
 
 TARGET_EPOCHS = 3
 MIN_TARGET_EXAMPLES = 100
@@ -82,7 +85,12 @@ class CostEstimate:
 
 @dataclass
 class TokenStats:
-    """Per-example figures gathered while validating (ints in arrays: millions of examples fit)."""
+    """Per-example figures gathered while validating (ints in arrays: millions of examples fit).
+
+    For a file of preference pairs (`pairs`), an example is a pair: `messages` counts its
+    prompt, `total` the tokens a DPO step runs (the prompt with each reply: what is billed),
+    `assistant` both replies; `prompt`, `preferred` and `non_preferred` hold each side.
+    """
 
     tokenizer: str = ""
     exact: bool = True
@@ -93,6 +101,10 @@ class TokenStats:
     missing_system: int = 0
     missing_user: int = 0
     over_limit: int = 0
+    pairs: bool = False
+    prompt: array[int] = field(default_factory=lambda: array("l"))
+    preferred: array[int] = field(default_factory=lambda: array("l"))
+    non_preferred: array[int] = field(default_factory=lambda: array("l"))
 
     def add(self, n_messages: int, n_tokens: int, n_assistant: int) -> None:
         self.messages.append(n_messages)
@@ -101,11 +113,33 @@ class TokenStats:
         if n_tokens > self.limit:
             self.over_limit += 1
 
+    def add_pair(self, n_prompt_messages: int, tokens: PairTokens) -> None:
+        self.messages.append(n_prompt_messages)
+        self.total.append(tokens.total)
+        self.assistant.append(tokens.preferred + tokens.non_preferred)
+        self.prompt.append(tokens.prompt)
+        self.preferred.append(tokens.preferred)
+        self.non_preferred.append(tokens.non_preferred)
+        if tokens.longest > self.limit:
+            self.over_limit += 1
+
     @property
     def n(self) -> int:
         return len(self.total)
 
     def summary(self) -> dict[str, Any]:
+        out = self._summary()
+        if self.pairs:
+            out["pair_tokens"] = {
+                "prompt": sum(self.prompt), "preferred": sum(self.preferred),
+                "non_preferred": sum(self.non_preferred),
+                "distributions": {f"{side}_tokens_per_pair": asdict(Distribution.of(values))
+                                  for side, values in (("prompt", self.prompt),
+                                                       ("preferred", self.preferred),
+                                                       ("non_preferred", self.non_preferred))}}
+        return out
+
+    def _summary(self) -> dict[str, Any]:
         return {
             "tokenizer": self.tokenizer, "exact": self.exact, "limit": self.limit,
             "examples_counted": self.n, "total_tokens": sum(self.total),

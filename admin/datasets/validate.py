@@ -1,6 +1,10 @@
 """Training-file checks: will Azure OpenAI (or the local trainer) accept this JSONL, and what will
 it cost? The OpenAI cookbook's categories, plus what Azure rejects or users trip on.
 
+Two formats, told apart by the first line that parses as one of them: chat examples
+(`messages`, supervised) and preference pairs (`input`, `preferred_output`,
+`non_preferred_output`, DPO; checked and counted by admin.datasets.preference_check).
+
 The file is read line by line in binary with byte offsets (never whole: a line is capped at
 MAX_LINE_BYTES), so invalid UTF-8 on one line is reported there and the rest still checked; it
 never stops at the first error. Every problem carries file, line (0: the file as a whole),
@@ -17,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from admin.datasets import preference_check as pc
 from admin.datasets.stats import CostEstimate, TokenStats
 from chatapp.model_table import ModelInfo, counter_for_info, model_info
 from chatapp.settings import Settings, get_settings
@@ -63,6 +68,7 @@ CATEGORIES: dict[str, tuple[Severity, str]] = {
     "no_trained_assistant_message": ("warning", "every assistant message has weight 0"),
     "unknown_model": ("warning", "model not in the model table: counts and limits estimated"),
     "estimated_count": ("warning", "the tokenizer failed on the text: its count is estimated"),
+    **pc.CATEGORIES,
 }
 
 
@@ -85,6 +91,7 @@ class ValidationReport:
     model: str
     kind: Kind
     info: ModelInfo
+    format: pc.Format = "sft"
     size_bytes: int = 0
     n_examples: int = 0  # non-empty lines: what the service would count as examples
     n_valid: int = 0  # examples without errors (the ones counted in `stats`)
@@ -126,7 +133,8 @@ class ValidationReport:
     def summary(self, *, max_problems: int | None = None) -> dict[str, Any]:
         problems = self.problems if max_problems is None else self.problems[:max_problems]
         return {
-            "path": str(self.path), "kind": self.kind, "model": self.model,
+            "path": str(self.path), "kind": self.kind, "format": self.format,
+            "model": self.model,
             "model_entry": self.info.key, "model_table_as_of": self.info.as_of.isoformat(),
             "ok": self.ok, "errors": self.n_errors, "warnings": self.n_warnings,
             "n_examples": self.n_examples, "n_valid": self.n_valid, "bom": self.bom,
@@ -243,9 +251,10 @@ def validate_file(path: Path, *, model: str, kind: Literal["train", "validation"
     info = model_info(model, settings)
     counter = counter_for_info(info, settings)
     path = Path(path)
-    report = ValidationReport(path, model, kind, info, size_bytes=path.stat().st_size)
+    report = ValidationReport(path, model, kind, info, format=detect_format(path),
+                              size_bytes=path.stat().st_size)
     report.stats = TokenStats(tokenizer=counter.name, exact=counter.exact,
-                              limit=info.training_example_limit)
+                              limit=info.training_example_limit, pairs=report.format != "sft")
     if not info.known:
         report.add(0, "unknown_model", f"{model!r} is not in the model table: {counter.name}"
                    f" counts, limit {info.training_example_limit} (add it to models_file)")
@@ -274,6 +283,22 @@ def validate_file(path: Path, *, model: str, kind: Literal["train", "validation"
     return report
 
 
+def detect_format(path: Path) -> pc.Format:
+    """The format of the first line that parses as a chat example or a pair (sft if none)."""
+    for _, _, body in _lines(path):
+        if body is None:
+            continue
+        try:
+            text = body.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError:
+            continue
+        obj, error = _parse(text) if text.strip() else (None, "blank")
+        found = pc.detect(obj) if error is None else None
+        if found is not None:
+            return found
+    return "sft"
+
+
 def _check_line(report: ValidationReport, number: int, offset: int, body: bytes,
                 counter: TokenCounter) -> None:
     try:
@@ -290,6 +315,9 @@ def _check_line(report: ValidationReport, number: int, offset: int, body: bytes,
     obj, error = _parse(text)
     if error is not None:
         report.add(number, "invalid_json", error)
+        return
+    if report.format == "preference":
+        _check_pair(report, number, obj, counter)
         return
     errors = 0
     for category, message in check_example(obj):
@@ -319,6 +347,26 @@ def _check_line(report: ValidationReport, number: int, offset: int, body: bytes,
     if n_tokens > report.info.training_example_limit:
         report.add(number, "over_token_limit", f"{n_tokens} tokens; {report.model} trains on at"
                    f" most {report.info.training_example_limit}: the rest is cut off")
+
+
+def _check_pair(report: ValidationReport, number: int, obj: object,
+                counter: TokenCounter) -> None:
+    errors = 0
+    for category, message in pc.check_pair(obj):
+        report.add(number, category, message)
+        errors += CATEGORIES[category][0] == "error"
+        report.stats.missing_system += category == "missing_system_message"
+        report.stats.missing_user += category == "missing_user_message"
+    if errors:
+        return
+    report.n_valid += 1
+    assert isinstance(obj, dict)
+    tokens = pc.count_pair(counter, obj)
+    report.stats.add_pair(len(obj["input"]["messages"]), tokens)
+    if tokens.longest > report.info.training_example_limit:
+        report.add(number, "over_token_limit", f"{tokens.longest} tokens (prompt and the longer"
+                   f" reply); {report.model} trains on at most"
+                   f" {report.info.training_example_limit}: the rest is cut off")
 
 
 def _estimate(counter: TokenCounter, messages: list[Any]) -> tuple[int, int]:

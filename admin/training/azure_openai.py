@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from admin.training.azure_arm import ArmDeployments, Sleep
 from admin.training.base import BackendEvent, JobSpec, JobState, TrainingError
 from chatapp.domain import Deployment, Provider, TrainingJob
+from chatapp.model_table import load_model_table, model_info
 from chatapp.providers import azure_auth
 from chatapp.providers._openai_stream import safe_message
 from chatapp.settings import ConfigError, Settings
@@ -178,9 +179,31 @@ class AzureTrainer:
     def check(self, spec: JobSpec) -> None:
         """What Azure would refuse, checked before anything is uploaded."""
         check_suffix(spec.suffix)
+        if spec.method == "dpo":
+            self._check_dpo(spec)
         for path in (spec.train_path, spec.validation_path):
             if path is not None and path.stat().st_size >= MAX_FILE_BYTES:
                 raise TrainingError(f"{path}: Azure takes files under 512 MB")
+
+    def _check_dpo(self, spec: JobSpec) -> None:
+        if spec.from_job is not None:
+            raise TrainingError("--from-job is for local DPO; on Azure, continue a supervised"
+                                " job by passing its fine-tuned model as --model")
+        info = model_info(spec.base_model, self.settings)
+        if "dpo" not in info.methods:
+            capable = sorted(k for k, v in load_model_table(self.settings).entries.items()
+                             if "dpo" in v.methods and v.tokenizer == "tiktoken")
+            entry = f"entry {info.key!r}" if info.known else "no entry (unknown model)"
+            raise TrainingError(
+                f"--method dpo: {spec.base_model} is not marked DPO-capable in the model table"
+                f" ({entry}, methods {', '.join(info.methods)}); Azure OpenAI documents DPO for"
+                f" {', '.join(capable) or 'no model in the table'} (or a model fine-tuned from"
+                " one). Add `methods = [\"sft\", \"dpo\"]` to its entry in your models_file"
+                " if Azure now offers it")
+        if self.api_version[:10] < METHOD_API_VERSION:
+            raise TrainingError(f"--method dpo: api-version {self.api_version} has no fine-tuning"
+                                f" `method`; use {METHOD_API_VERSION}-preview or later"
+                                " (AZURE_OPENAI_API_VERSION)")
 
     async def upload(self, path: Path) -> str:
         doing = f"uploading {path}"
@@ -208,7 +231,12 @@ class AzureTrainer:
             ("n_epochs", spec.epochs), ("batch_size", spec.batch_size),
             ("learning_rate_multiplier", spec.learning_rate_multiplier)) if v is not None}
         extra: dict[str, Any] = {}
-        if self.api_version[:10] >= METHOD_API_VERSION:
+        if spec.method == "dpo":
+            self._check_dpo(spec)
+            if spec.beta is not None:
+                hp["beta"] = spec.beta  # unset: the service's default ("auto")
+            extra["method"] = {"type": "dpo", "dpo": {"hyperparameters": hp}}
+        elif self.api_version[:10] >= METHOD_API_VERSION:
             extra["method"] = {"type": "supervised", "supervised": {"hyperparameters": hp}}
         elif hp:
             extra["hyperparameters"] = hp

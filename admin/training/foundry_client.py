@@ -3,7 +3,7 @@ project and the model-catalog registry), and failures turned into one-line Train
 
 azure-ai-ml is the optional extra `foundry` and is imported only here and only when the backend
 is used, so the chat and the other backends run without it. `make_clients` is the seam tests
-replace (tests/fakes/azure_ml.py): everything the trainer asks Azure goes through the few
+replace (harness/fakes/azure_ml.py): everything the trainer asks Azure goes through the few
 MLClient operations it returns.
 """
 

@@ -117,15 +117,22 @@ async def check_inputs(spec: JobSpec, *, settings: Settings, store: Store) -> li
     return files
 
 
+# What admin/training/foundry.py submits: azure-ai-ml's chat-completion fine-tuning task, whose
+# data is chat-format JSONL (supervised). Preference tuning of catalog models is not offered
+# through that task; Foundry's DPO is the Azure OpenAI fine-tuning API (--backend azure).
+FOUNDRY_DPO = ("--method dpo on foundry: Foundry serverless fine-tuning of catalog models (Phi,"
+               " Llama, Mistral...) takes supervised chat-completion data only (chat JSONL,"
+               " `--method sft`); DPO runs on --backend azure for a model the model table marks"
+               " DPO-capable (gpt-4o-2024-08-06), or on --backend local")
+
+
 async def start_job(store: Store, trainer: Trainer, spec: JobSpec, *, settings: Settings,
                     actor: str) -> tuple[TrainingJob, list[InputFile]]:
     """Validate, upload, start and record a job; nothing is uploaded if a file is invalid."""
     if spec.method not in METHODS:
         raise TrainingError(f"method {spec.method!r}: choose one of {', '.join(METHODS)}")
-    if spec.method != "sft" and trainer.name != "local":
-        # Azure takes DPO jobs (method={"type": "dpo", ...}); wiring it is a change of its own.
-        raise TrainingError(f"method {spec.method} on {trainer.name}: not yet; use --backend"
-                            " local")
+    if spec.method == "dpo" and trainer.name == "foundry":
+        raise TrainingError(FOUNDRY_DPO)
     if spec.method == "sft" and (spec.beta is not None or spec.from_job is not None):
         raise TrainingError("--beta and --from-job are for --method dpo")
     files = await check_inputs(spec, settings=settings, store=store)

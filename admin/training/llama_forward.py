@@ -12,7 +12,8 @@ modules are PEFT's, called as they are, so the adapter trained is the adapter ex
 examples: the prefix keys/values become detached leaves, each group's loss is backpropagated on
 its own (so only one group's activations are alive at a time), and the gradients gathered on the
 leaves are sent once through the prefix's graph at the end. The result equals backpropagating
-one loss over every example computed from scratch (tests/test_training_forward.py checks it).
+one loss over every example computed from scratch
+(tests/admin/training/test_training_forward.py checks it).
 
 torch and transformers are untyped at our boundary: tensors and models are `Any` here.
 """

@@ -1,1 +1,11 @@
-"""chat."""
+"""One chat turn, from an accepted message to a recorded reply.
+
+    request.py          TurnRequest: what a turn needs (user, thread, history, source, forced arm)
+    conversation.py     the turn: record as pending, route, stream, fall back, complete the record
+    routing.py          the A/B split, sticky per user, and the fallback to base
+    lifecycle.py        pending turns of dead processes, the stop button, the SIGTERM drain
+    batching.py         streamed text gathered into socket messages every few milliseconds
+    input_guard.py      message size and history trimming before any model call
+    ratelimit.py        per-traveller limits; fallback_monitor.py the fallback alarm
+    metrics.py          the Prometheus counters a turn moves
+"""

@@ -29,20 +29,30 @@ class BatchingSink:
         self._pending: list[str] = []
         self._last_sent: float | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._flushing: asyncio.Task[None] | None = None
+        self._flushing: asyncio.Task[None] | None = None  # the latest background flush
+        self._due = False  # a flush is scheduled (timer or background task) for pending text
         self._lock = asyncio.Lock()
 
     async def token(self, text: str) -> None:
         if not text:
             return
         self._pending.append(text)
+        if self._last_sent is None or self._interval_s <= 0:
+            await self.flush()  # the first piece at once: the time to the first token is kept
+            return
+        if self._due:
+            return  # a flush is coming and will take this text too
+        self._due = True
         loop = asyncio.get_running_loop()
-        due = 0.0 if self._last_sent is None else self._last_sent + self._interval_s - loop.time()
-        if due <= 0:
-            await self.flush()
-        elif self._timer is None:
+        wait = self._last_sent + self._interval_s - loop.time()
+        if wait <= 0:
+            # Not awaited here: on a busy event loop each send takes longer than the interval,
+            # and waiting for it would send every token alone. The turn reads on while the send
+            # waits its turn, so what arrives meanwhile goes out with it.
+            self._flush_later()
+        else:
             # Text that arrives and then a pause (a slow model) still goes out on time.
-            self._timer = loop.call_later(due, self._flush_later)
+            self._timer = loop.call_later(wait, self._flush_later)
 
     def _flush_later(self) -> None:
         self._timer = None
@@ -54,6 +64,7 @@ class BatchingSink:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            self._due = False
             if not self._pending:
                 return
             text = "".join(self._pending)
@@ -67,11 +78,12 @@ class BatchingSink:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            self._due = False
             self._pending.clear()
             await self._target.reset()
 
     async def aclose(self) -> None:
-        """Flush, and wait for a timed flush that may still be running."""
-        await self.flush()
+        """Wait for a background flush (the lock is fair: earlier sends go first), then flush."""
         if self._flushing is not None:
             await self._flushing
+        await self.flush()

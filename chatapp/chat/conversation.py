@@ -24,7 +24,7 @@ from chatapp.chat.metrics import ChatMetrics
 from chatapp.chat.ratelimit import limiter_for
 from chatapp.chat.request import TurnRequest
 from chatapp.chat.routing import ExperimentWatcher, Route, choose
-from chatapp.domain import Arm, Deployment, Exchange, Outcome, Provider
+from chatapp.domain import Arm, Deployment, Exchange, Outcome
 from chatapp.providers import build_chat_model
 from chatapp.providers.base import (
     ChatModel,
@@ -34,6 +34,7 @@ from chatapp.providers.base import (
     RateLimited,
 )
 from chatapp.providers.redact import redact, settings_secrets
+from chatapp.providers.registry import backend
 from chatapp.settings import Settings
 from chatapp.shared.alarms import SharedFallbackMonitor
 from chatapp.shared.limits import SharedRateLimiter
@@ -106,6 +107,13 @@ class _Attempt:
     completion_tokens: int | None = None
     ttft_ms: float | None = None
     messages: list[Message] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Sampled:
+    text: str
+    finish_reason: str | None
+    completion_tokens: int | None
 
 
 class ModelRegistry:
@@ -354,6 +362,17 @@ class ChatService:
         self.metrics.record(refused)
         return refused
 
+    async def sample(self, deployment: str, messages: Sequence[Message]) -> Sampled:
+        """Another reply to a recorded prompt (system, history, user), sampled exactly as the
+        chat samples (same deployment, temperature, limits and 429 retries); nothing is
+        recorded or shown. `travel-admin simulate --candidates` compares such replies."""
+        if len(messages) < 2 or messages[0]["role"] != "system" or messages[-1]["role"] != "user":
+            raise ValueError("a prompt is system, history..., user")
+        attempt = await self._attempt(deployment, messages[0], list(messages[1:-1]),
+                                      messages[-1], NullSink())
+        return Sampled(clean_text(attempt.text), attempt.finish_reason,
+                       attempt.completion_tokens)
+
     async def _count_input(self, route: Route, text: str) -> Count:
         try:
             dep = await self.registry.deployment(route.deployment)
@@ -382,7 +401,7 @@ class ChatService:
                     messages,
                     max_tokens=self.settings.max_reply_tokens,
                     temperature=self.settings.temperature,
-                    stop=policy.LOCAL_STOP if dep.provider == Provider.LOCAL else None,
+                    stop=backend(dep.provider).stop,
                 ):
                     if chunk.text:
                         if out.ttft_ms is None:

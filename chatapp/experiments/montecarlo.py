@@ -7,7 +7,7 @@ so a + b = (1 - icc)/icc). Both arms get one rating per look, and there is a loo
 rating. The statistics are the report's: `UserSums.increments` -> `cumulative` -> `difference`
 -> `sequential.monitor` (and guardrails.harm_log_lr), vectorised over (experiments, looks).
 
-Used by tests/test_ab_statistics.py (small) and bench/bench_ab_statistics.py (full).
+Used by tests/experiments/test_ab_statistics.py (small) and bench/bench_ab_statistics.py (full).
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from chatapp.domain import Provider
 from chatapp.providers._openai_stream import OpenAISDKChat
 from chatapp.providers.azure_auth import EntraAuth
+from chatapp.providers.registry import Backend, ProbeRequest, bearer
 from chatapp.settings import ConfigError, Connection
 
 if TYPE_CHECKING:
@@ -60,3 +62,17 @@ class AzureOpenAIChat(OpenAISDKChat):
         await super().aclose()
         if self._entra is not None:
             await self._entra.aclose()
+
+
+def _probe(conn: Connection) -> ProbeRequest:
+    assert conn.endpoint is not None  # required by the connection's settings
+    key = bearer(conn)
+    return ProbeRequest(conn.endpoint.rstrip("/") + "/openai/models",
+                        {"api-version": conn.api_version or ""}, {"api-key": key} if key else {})
+
+
+BACKEND = Backend(
+    provider=Provider.AZURE_OPENAI,
+    build=lambda dep, conn, settings: AzureOpenAIChat(conn, dep.model),
+    probe=_probe,
+)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, cast
 
+from chatapp.domain import Provider
 from chatapp.providers._openai_stream import (
     CONTENT_FILTER_CODES,
     chunks_from_updates,
@@ -29,6 +30,7 @@ from chatapp.providers.base import (
     UpstreamError,
     parse_retry_after,
 )
+from chatapp.providers.registry import Backend, ProbeRequest, bearer
 from chatapp.settings import ConfigError, Connection
 
 if TYPE_CHECKING:
@@ -201,3 +203,20 @@ class FoundryChat:
             await client.close()
         if self._entra is not None:
             await self._entra.aclose()
+
+
+INFO_API_VERSION = "2024-05-01-preview"  # the model-inference API's GET /info
+
+
+def _probe(conn: Connection) -> ProbeRequest:
+    assert conn.endpoint is not None  # required by the connection's settings
+    key = bearer(conn)
+    return ProbeRequest(conn.endpoint.rstrip("/") + "/info", {"api-version": INFO_API_VERSION},
+                        {"api-key": key} if key else {})
+
+
+BACKEND = Backend(
+    provider=Provider.FOUNDRY,
+    build=lambda dep, conn, settings: FoundryChat(conn, dep.model),
+    probe=_probe,
+)

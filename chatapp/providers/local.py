@@ -15,8 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
-from chatapp.domain import Deployment
+from chatapp import policy
+from chatapp.domain import Deployment, Provider
 from chatapp.providers.base import Chunk, Message, ProviderError, Usage
+from chatapp.providers.registry import Backend
 from chatapp.settings import Connection, Settings
 from chatapp.tokens import resolve_local_model_path
 
@@ -63,6 +65,11 @@ class LocalChat:
                 verbose=False,
             )
         return self._llm
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory (health reports it; a probe never loads them)."""
+        return self._llm is not None
 
     def load(self) -> None:
         """Load now (in the worker thread), e.g. at app start, so the first reply is fast."""
@@ -131,3 +138,13 @@ def _usage(llm: Any, reply: str) -> Usage | None:
         return None
     completion = len(llm.tokenize(reply.encode(), add_bos=False, special=False)) if reply else 0
     return Usage(prompt_tokens=max(0, n_ctx_used - completion), completion_tokens=completion)
+
+
+BACKEND = Backend(
+    provider=Provider.LOCAL,
+    build=LocalChat.for_deployment,
+    probe=None,
+    # llama.cpp completes the raw chat template; a served model's server stops at these itself.
+    stop=policy.LOCAL_STOP,
+    own_tokenizer=True,
+)

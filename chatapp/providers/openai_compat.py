@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from chatapp.domain import Provider
 from chatapp.providers._openai_stream import OpenAISDKChat
+from chatapp.providers.registry import Backend, ProbeRequest, bearer
 from chatapp.settings import ConfigError, Connection
 
 if TYPE_CHECKING:
@@ -31,3 +33,17 @@ class OpenAICompatChat(OpenAISDKChat):
             max_retries=0,
             timeout=self._conn.timeout_s,
         )
+
+
+def _probe(conn: Connection) -> ProbeRequest:
+    assert conn.endpoint is not None  # required by the connection's settings
+    key = bearer(conn)
+    return ProbeRequest(conn.endpoint.rstrip("/") + "/models", {},
+                        {"Authorization": f"Bearer {key}"} if key else {})
+
+
+BACKEND = Backend(
+    provider=Provider.OPENAI_COMPAT,
+    build=lambda dep, conn, settings: OpenAICompatChat(conn, dep.model),
+    probe=_probe,
+)

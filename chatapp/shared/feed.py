@@ -2,9 +2,9 @@
 
 The database stays the truth; a message on `<prefix>:experiments` (the experiment id) only
 says "read it again now". The store publishes after each committed change, whoever made it
-(`Store.from_settings` wires `announce_changes` when TRAVEL_REDIS_URL is set, so every
-`travel-admin ab ...` and the app alike), and each app process runs `follow`, which refreshes
-its ExperimentWatcher on each message and after each (re)subscription, since a message
+(`open_store` wires `announce_changes` when TRAVEL_REDIS_URL is set; the app and every
+`travel-admin` command open their store with it), and each app process runs `follow`, which
+refreshes its ExperimentWatcher on each message and after each (re)subscription, since a message
 published while it was not subscribed is gone. Polling (TRAVEL_ROUTING_POLL_S) still runs,
 so a lost message or a Redis outage only delays a change to the next poll.
 """
@@ -21,6 +21,14 @@ from chatapp.store import Store
 log = logging.getLogger(__name__)
 
 CHANNEL = "experiments"
+
+
+async def open_store(settings: Settings) -> Store:
+    """The configured store; with TRAVEL_REDIS_URL set, routing changes made through it are
+    pushed to every app process."""
+    store = await Store.from_settings(settings)
+    announce_changes(store, settings)
+    return store
 
 
 def announce_changes(store: Store, settings: Settings) -> None:

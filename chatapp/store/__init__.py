@@ -7,9 +7,11 @@
     store.experiments   experiments.py   the A/B split and the audit trail of routing changes
     store.exchanges     exchanges.py     chat turns (pending -> finished), ratings, the readers
                                          of `ab report`, `eval` and `dataset build`
+    store.candidates    candidates.py    replies sampled for an exchange's prompt, with verdicts
     store.jobs          jobs.py          fine-tuning jobs and their events
     store.datasets      datasets.py      built training files and their manifests
     store.chainlit      chainlit.py      Chainlit's tables: DDL, and the access guard's lookups
+    store.reviews       reviews.py       human reviews of replies (corrections), the review queue
     store.privacy       privacy.py       the SQL of retention, export and erasure
     store.processes     processes.py     app process heartbeats and leases of periodic jobs
     store.db            database.py      engines, pools, `write()`, migrations (migrations.py)
@@ -27,6 +29,7 @@ from collections.abc import Awaitable, Callable
 
 from chatapp.settings import Settings
 from chatapp.store.accounts import Accounts
+from chatapp.store.candidates import Candidates, ReplyCandidate
 from chatapp.store.chainlit import ChainlitTables
 from chatapp.store.database import Database, PoolOptions, StoreError, async_url, now
 from chatapp.store.datasets import Datasets
@@ -36,9 +39,19 @@ from chatapp.store.experiments import Experiments
 from chatapp.store.jobs import Jobs
 from chatapp.store.privacy import Privacy
 from chatapp.store.processes import Processes
+from chatapp.store.reviews import (
+    Correction,
+    QueueFilter,
+    QueueItem,
+    QueuePage,
+    Review,
+    Reviews,
+    Subject,
+)
 
-__all__ = ["ExchangeScope", "PoolOptions", "RatedExchange", "RatedFilter", "Store", "StoreError",
-           "async_url", "now"]
+__all__ = ["Correction", "ExchangeScope", "PoolOptions", "QueueFilter", "QueueItem", "QueuePage",
+           "RatedExchange", "RatedFilter", "ReplyCandidate", "Review", "Store", "StoreError",
+           "Subject", "async_url", "now"]
 
 
 class Store:
@@ -51,9 +64,11 @@ class Store:
         self.experiments = Experiments(db)
         self.deployments = Deployments(db, self.experiments)
         self.exchanges = Exchanges(db)
+        self.candidates = Candidates(db)
         self.jobs = Jobs(db)
         self.datasets = Datasets(db)
         self.chainlit = ChainlitTables(db)
+        self.reviews = Reviews(db)
         self.privacy = Privacy(db)
         self.processes = Processes(db)
 
@@ -67,15 +82,10 @@ class Store:
 
     @classmethod
     async def from_settings(cls, settings: Settings, *, migrate: bool = True) -> Store:
-        store = await cls.open(settings.db_url, migrate=migrate, pool=PoolOptions(
+        """The store of the configured database. Processes that change routing open theirs with
+        `chatapp.shared.feed.open_store`, which also pushes each change to every app process."""
+        return await cls.open(settings.db_url, migrate=migrate, pool=PoolOptions(
             settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout_s))
-        if settings.redis_url is not None:
-            # Whoever changes routing through this store (the app, any travel-admin command)
-            # pushes the change to every app process. Imported here: Redis only when set.
-            from chatapp.shared.feed import announce_changes
-
-            announce_changes(store, settings)
-        return store
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Run `closer` when the store closes (a client that lives as long as the store)."""

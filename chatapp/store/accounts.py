@@ -1,11 +1,18 @@
-"""Login accounts of the chat (`travel-admin users`): name, password hash, admin flag.
+"""Login accounts of the chat (`travel-admin users`): name, password hash, admin flag, and
+whether the traveller opted out of training.
 
 Accounts are the app's own; Chainlit keeps a `users` row of its own per identifier (see
 chainlit.py), which erasure removes too (privacy.py).
+
+The opt-out is read where data is selected, not copied onto exchanges: it then covers every
+conversation of the traveller, past and future, and opting back in restores them all.
+`trainable_user` is that filter for the store's own queries; `Accounts.opted_out` the same for
+code that selects in Python.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -79,6 +86,30 @@ class Accounts:
                     details["is_admin"] = is_admin
                 await audit(conn, actor, "user_update", None, details)
 
+    async def set_training_opt_out(self, username: str, opt_out: bool) -> None:
+        """Leave all of a traveller's conversations out of training (or take them back in)."""
+        async with self._db.write() as conn:
+            res = await conn.execute(
+                t.accounts.update().where(t.accounts.c.username == username)
+                .values(training_opt_out=opt_out, updated_at=now()))
+            if res.rowcount == 0:
+                raise StoreError(f"no user {username!r}")
+
+    async def training_opt_out(self, username: str) -> bool | None:
+        """Whether the traveller opted out of training; None when there is no such account."""
+        async with self._db.read() as conn:
+            row = (await conn.execute(sa.select(t.accounts.c.training_opt_out)
+                                      .where(t.accounts.c.username == username))).first()
+        return None if row is None else bool(row[0])
+
+    async def opted_out(self, usernames: Iterable[str] | None = None) -> set[str]:
+        """The travellers (of `usernames`, or all) who opted out of training."""
+        query = opted_out_users()
+        if usernames is not None:
+            query = query.where(t.accounts.c.username.in_(list(usernames)))
+        async with self._db.read() as conn:
+            return {str(u) for u in (await conn.execute(query)).scalars()}
+
     async def remove(self, username: str) -> None:
         async with self._db.write() as conn:
             res = await conn.execute(t.accounts.delete().where(t.accounts.c.username == username))
@@ -90,3 +121,14 @@ async def _account(conn: AsyncConnection, username: str) -> dict[str, Any] | Non
     row = (await conn.execute(
         sa.select(t.accounts).where(t.accounts.c.username == username))).first()
     return dict(row._mapping) if row else None
+
+
+def opted_out_users() -> sa.Select[tuple[str]]:
+    """The usernames of travellers who opted out of training (a subquery for selections)."""
+    return sa.select(t.accounts.c.username).where(t.accounts.c.training_opt_out.is_(True))
+
+
+def trainable_user(user_column: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
+    """True for rows of travellers who did not opt out of training (or have no account, as
+    simulated travellers): every selection of training data adds it."""
+    return user_column.not_in(opted_out_users())

@@ -11,6 +11,11 @@ read only finished outcomes.
 
 Ratings are append-only: the newest row per exchange is its rating, earlier rows its history
 (a traveller who changes their mind). The readers below join the newest one.
+
+The training-set reader (`rated`) also joins each exchange's newest review (reviews.py): a
+reply a reviewer corrected or accepted is selected as if rated up, with the correction as its
+reply, and travellers who opted out of training are left out (accounts.py). `ab report` and
+`eval` read ratings only: reviews never change the A/B figures.
 """
 
 from __future__ import annotations
@@ -23,8 +28,17 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from chatapp.domain import UNFINISHED_OUTCOMES, Arm, Exchange, Outcome, Source
+from chatapp.domain import (
+    GOOD_DECISIONS,
+    UNFINISHED_OUTCOMES,
+    Arm,
+    Decision,
+    Exchange,
+    Outcome,
+    Source,
+)
 from chatapp.store import schema as t
+from chatapp.store.accounts import trainable_user
 from chatapp.store.database import Database, StoreError, now, record, utc
 
 _EXCHANGE_ENUMS = {"source": Source, "arm_assigned": Arm, "arm_served": Arm, "outcome": Outcome}
@@ -32,9 +46,24 @@ _EXCHANGE_ENUMS = {"source": Source, "arm_assigned": Arm, "arm_served": Arm, "ou
 
 @dataclass
 class RatedExchange(Exchange):
-    """An exchange with its current rating: 1 up, 0 down, None unrated."""
+    """An exchange with its current rating (1 up, 0 down, None unrated) and its current review
+    (a Decision, or None) with the corrected reply when the review is a correction."""
 
     rating: int | None = None
+    review: str | None = None
+    correction: str | None = None
+
+    @property
+    def trainable(self) -> bool:
+        """Rated up, or made good by a reviewer (accepted, or corrected)."""
+        return self.rating == 1 or self.review in GOOD_DECISIONS
+
+    @property
+    def final_reply(self) -> str:
+        """The reply to learn from: the correction when there is one."""
+        if self.review == Decision.CORRECTED and self.correction:
+            return self.correction
+        return self.reply
 
 
 @dataclass(frozen=True)
@@ -57,15 +86,17 @@ class ExchangeScope:
 class RatedFilter:
     """Which exchanges a training set reads (`travel-admin dataset build`).
 
-    whole_threads=False: the exchanges in scope whose current rating is in `ratings`; True:
-    every exchange in scope, rated or not, of the threads holding at least one of those. Only
-    answered outcomes by default: canned error replies are nothing to learn from.
+    whole_threads=False: the exchanges in scope whose current rating is in `ratings` (and the
+    unrated ones too with `unrated`); True: every exchange in scope, rated or not, of the
+    threads holding at least one of those. Only answered outcomes by default: canned error
+    replies are nothing to learn from.
     """
 
     scope: ExchangeScope = field(default_factory=ExchangeScope)
     ratings: tuple[int, ...] = (1,)
     outcomes: tuple[str, ...] = (Outcome.OK.value, Outcome.FALLBACK.value)
     whole_threads: bool = False
+    unrated: bool = False
 
 
 class Exchanges:
@@ -225,11 +256,18 @@ def _latest_rating() -> sa.Subquery:
             .join(newest, newest.c.id == r.c.id).subquery("latest_rating"))
 
 
-def _rated_query(which: RatedFilter) -> sa.Select[Any]:
-    ex, scope = t.exchanges, which.scope
-    rating = _latest_rating()
-    conds: list[sa.ColumnElement[bool]] = [ex.c.source.in_(list(scope.sources)),
-                                           ex.c.outcome.in_(list(which.outcomes))]
+def latest_review() -> sa.Subquery:
+    """(exchange_id, decision, text) of the newest review per exchange."""
+    r = t.reviews
+    newest = sa.select(sa.func.max(r.c.id).label("id")).group_by(r.c.exchange_id).subquery()
+    return (sa.select(r.c.exchange_id, r.c.decision, r.c.text)
+            .join(newest, newest.c.id == r.c.id).subquery("latest_review"))
+
+
+def scope_conditions(scope: ExchangeScope) -> list[sa.ColumnElement[bool]]:
+    """The WHERE clauses of a scope, over `exchanges`."""
+    ex = t.exchanges
+    conds: list[sa.ColumnElement[bool]] = [ex.c.source.in_(list(scope.sources))]
     for column, values in ((ex.c.arm_served, scope.arms), (ex.c.deployment, scope.deployments),
                            (ex.c.model, scope.models), (ex.c.user_id, scope.users)):
         if values:
@@ -238,13 +276,25 @@ def _rated_query(which: RatedFilter) -> sa.Select[Any]:
         conds.append(ex.c.created_at >= utc(scope.since))
     if scope.until is not None:
         conds.append(ex.c.created_at < utc(scope.until))
-    rated = rating.c.value.in_(list(which.ratings))
-    joined = ex.outerjoin(rating, rating.c.exchange_id == ex.c.id)
-    query = sa.select(ex, rating.c.value.label("rating")).select_from(joined).where(*conds)
+    return conds
+
+
+def _rated_query(which: RatedFilter) -> sa.Select[Any]:
+    ex = t.exchanges
+    rating, review = _latest_rating(), latest_review()
+    conds = [*scope_conditions(which.scope), ex.c.outcome.in_(list(which.outcomes)),
+             trainable_user(ex.c.user_id)]
+    rated: sa.ColumnElement[bool] = sa.or_(rating.c.value.in_(list(which.ratings)),
+                                           review.c.decision.in_(sorted(GOOD_DECISIONS)))
+    if which.unrated:
+        rated = sa.or_(rated, rating.c.value.is_(None))
+    joined = (ex.outerjoin(rating, rating.c.exchange_id == ex.c.id)
+              .outerjoin(review, review.c.exchange_id == ex.c.id))
+    query = (sa.select(ex, rating.c.value.label("rating"), review.c.decision.label("review"),
+                       review.c.text.label("correction"))
+             .select_from(joined).where(*conds))
     if which.whole_threads:
-        threads = (sa.select(ex.c.thread_id)
-                   .select_from(ex.join(rating, rating.c.exchange_id == ex.c.id))
-                   .where(*conds, rated))
+        threads = sa.select(ex.c.thread_id).select_from(joined).where(*conds, rated)
         query = query.where(ex.c.thread_id.in_(threads))
     else:
         query = query.where(rated)

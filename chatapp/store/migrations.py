@@ -3,7 +3,7 @@
 Numbered, run once each in order, and recorded in `schema_migrations`; running them again is a
 no-op, so every start (the app, each admin command) may call `migrate`. A migration never
 changes once released: a database made by an older version is upgraded by the ones it lacks
-(tests/test_store_upgrade.py opens one made by a frozen copy of the schema of migration 3).
+(tests/store/test_store_upgrade.py opens one made by a frozen copy of the schema of migration 3).
 """
 
 from __future__ import annotations
@@ -50,7 +50,22 @@ async def _m4_turn_owners(conn: AsyncConnection) -> None:
     await conn.run_sync(apply)
 
 
-async def _m5_console_indexes(conn: AsyncConnection) -> None:
+async def _m5_reviews(conn: AsyncConnection) -> None:
+    def apply(sync: sa.Connection) -> None:
+        # As in migration 4: a fresh database got the column from today's `accounts`.
+        if "training_opt_out" not in {c["name"] for c in sa.inspect(sync).get_columns("accounts")}:
+            sync.execute(sa.text("ALTER TABLE accounts ADD COLUMN training_opt_out BOOLEAN"
+                                 " NOT NULL DEFAULT false"))
+        t.metadata.create_all(sync, tables=[t.reviews])
+
+    await conn.run_sync(apply)
+
+
+async def _m6_reply_candidates(conn: AsyncConnection) -> None:
+    await conn.run_sync(lambda c: t.metadata.create_all(c, tables=[t.reply_candidates]))
+
+
+async def _m7_console_indexes(conn: AsyncConnection) -> None:
     # Migrations 1 and 2 create these tables from today's schema module, so a fresh database
     # has the indexes already (checkfirst); an older one gets them here.
     def apply(sync: sa.Connection) -> None:
@@ -71,9 +86,12 @@ MIGRATIONS: list[Migration] = [
     (3, "indexes on Chainlit tables for retention and erasure", _m3_privacy_indexes),
     (4, "owners of pending turns, app process heartbeats, leases of periodic jobs",
      _m4_turn_owners),
-    (5, "indexes for the admin console's pages: audit by action/actor, jobs and datasets by"
+    (5, "reviews of replies (corrections), travellers' opt-out of training", _m5_reviews),
+    (6, "reply candidates sampled for simulated turns, with their policy verdicts",
+     _m6_reply_candidates),
+    (7, "indexes for the admin console's pages: audit by action/actor, jobs and datasets by"
         " time, eval replies by deployment",
-     _m5_console_indexes),
+     _m7_console_indexes),
 ]
 
 

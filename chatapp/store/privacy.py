@@ -28,8 +28,8 @@ from chatapp.store.datasets import decode_manifest
 from chatapp.store.experiments import audit
 
 # Tables in deletion order (children first), as counted in purge and erasure results.
-TABLE_ORDER = ("ratings", "exchanges", "feedbacks", "elements", "steps", "threads", "users",
-               "accounts")
+TABLE_ORDER = ("reviews", "ratings", "reply_candidates", "exchanges", "feedbacks", "elements",
+               "steps", "threads", "users", "accounts")
 ERASE_ORDER = (*TABLE_ORDER, "dataset_manifests")
 # Chainlit keeps a user's `user_env` (keys a user may paste in) in thread metadata: a secret.
 _SECRET_METADATA = {"env"}
@@ -52,6 +52,7 @@ class UserData:
     threads: list[dict[str, Any]]  # each with its steps, elements and feedbacks
     exchanges: list[dict[str, Any]]
     ratings: list[dict[str, Any]]
+    reviews: list[dict[str, Any]]  # of their replies: corrections, acceptances, skips
 
 
 class Privacy:
@@ -96,10 +97,14 @@ class Privacy:
             ex = t.exchanges
             mine = ex.c.user_id == username
             targets: list[Target] = [
+                ("reviews", t.reviews, t.reviews.c.exchange_id.in_(
+                    sa.select(ex.c.id).where(mine).scalar_subquery())),
                 ("ratings", t.ratings, sa.or_(
                     t.ratings.c.user_id == username,
                     t.ratings.c.exchange_id.in_(sa.select(ex.c.id).where(mine)
                                                 .scalar_subquery()))),
+                ("reply_candidates", t.reply_candidates, t.reply_candidates.c.exchange_id.in_(
+                    sa.select(ex.c.id).where(mine).scalar_subquery())),
                 ("exchanges", ex, mine),
                 *_chainlit_targets(thread_ids),
                 ("users", cl.users, cl.users.c.identifier == username),
@@ -129,6 +134,10 @@ class Privacy:
                     t.ratings.c.exchange_id.in_(sa.select(ex.c.id).where(
                         ex.c.user_id == username).scalar_subquery())))
                 .order_by(t.ratings.c.id))]
+            reviews = [_record(r) for r in await conn.execute(
+                sa.select(t.reviews).where(t.reviews.c.exchange_id.in_(
+                    sa.select(ex.c.id).where(ex.c.user_id == username).scalar_subquery()))
+                .order_by(t.reviews.c.id))]
             users = await _rows(conn, cl.users, cl.users.c.identifier == username)
             threads = []
             for tid in thread_ids:
@@ -144,7 +153,7 @@ class Privacy:
         return UserData(
             account=_record(account, drop=("password_hash",)) if account else None,
             chainlit_user=users[0] if users else None, threads=threads, exchanges=exchanges,
-            ratings=ratings)
+            ratings=ratings, reviews=reviews)
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -210,7 +219,10 @@ async def _thread_rows(conn: AsyncConnection, ids: Sequence[str], chainlit_ids: 
     ex = t.exchanges
     web = sa.and_(ex.c.thread_id.in_(list(ids)), ex.c.source == Source.WEB)
     ex_ids = sa.select(ex.c.id).where(web).scalar_subquery()
-    targets: list[Target] = [("ratings", t.ratings, t.ratings.c.exchange_id.in_(ex_ids)),
+    targets: list[Target] = [("reviews", t.reviews, t.reviews.c.exchange_id.in_(ex_ids)),
+                             ("ratings", t.ratings, t.ratings.c.exchange_id.in_(ex_ids)),
+                             ("reply_candidates", t.reply_candidates,
+                              t.reply_candidates.c.exchange_id.in_(ex_ids)),
                              ("exchanges", ex, web), *_chainlit_targets(chainlit_ids)]
     return await _apply(conn, targets, delete=delete)
 

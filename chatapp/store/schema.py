@@ -35,6 +35,11 @@ accounts = sa.Table(
     sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
+    # The traveller opted out of training (the chat's settings panel): every selection of
+    # training data leaves out all their conversations while it is set. Last: migration 5 adds
+    # it to existing tables, and a fresh table must have the same column order.
+    sa.Column("training_opt_out", sa.Boolean, nullable=False, default=False,
+              server_default=sa.false()),
 )
 
 deployments = sa.Table(
@@ -128,6 +133,41 @@ ratings = sa.Table(
     sa.Column("feedback_id", sa.String(36)),
     _ts("created_at", nullable=False),
     sa.Index("ix_ratings_exchange", "exchange_id", "id"),
+)
+
+# Append-only human reviews of replies (`travel-admin review`): the newest row per exchange is
+# its review, earlier rows its history. `text` is the corrected reply, scrubbed of personal data.
+reviews = sa.Table(
+    "reviews",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("exchange_id", sa.String(36), sa.ForeignKey("exchanges.id"), nullable=False),
+    sa.Column("reviewer", sa.String(200), nullable=False),
+    sa.Column("decision", sa.String(20), nullable=False),  # corrected | accepted | skipped
+    sa.Column("text", sa.Text),
+    _ts("created_at", nullable=False),
+    sa.Index("ix_reviews_exchange", "exchange_id", "id"),
+)
+
+# Replies sampled for the same prompt as an exchange (`simulate --candidates N`), each scored by
+# the policy checks; `shown` marks the one the traveller saw (the exchange's own reply). A table
+# of their own rather than a JSON column on `exchanges`: the chat writes that row on every turn
+# and never reads candidates, erasure and retention delete them by exchange like ratings, and
+# dataset builds read them for a batch of exchanges at once.
+reply_candidates = sa.Table(
+    "reply_candidates",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("exchange_id", sa.String(36), sa.ForeignKey("exchanges.id"), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),  # sampling order; the shown one is 0
+    sa.Column("shown", sa.Boolean, nullable=False),
+    sa.Column("reply", sa.Text, nullable=False),
+    sa.Column("finish_reason", sa.String(40)),
+    sa.Column("completion_tokens", sa.Integer),
+    sa.Column("compliant", sa.Boolean, nullable=False),
+    sa.Column("failed_checks", sa.JSON, nullable=False),  # names of the checks it failed
+    _ts("created_at", nullable=False),
+    sa.Index("ix_reply_candidates_exchange", "exchange_id", "position"),
 )
 
 # One row per built JSONL file, keyed by its sha256, so a training job given a file can find

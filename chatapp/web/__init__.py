@@ -1,1 +1,1 @@
-"""web."""
+"""HTTP routes the app adds to Chainlit's FastAPI app: access control, health, metrics, branding."""

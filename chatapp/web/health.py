@@ -20,11 +20,10 @@ from typing import Any
 import httpx
 
 from chatapp.chat.conversation import ChatService
-from chatapp.domain import ARMS, Deployment, Provider
-from chatapp.settings import ConfigError, Connection, Settings
+from chatapp.domain import ARMS, Deployment
+from chatapp.providers.registry import backend
+from chatapp.settings import ConfigError, Settings
 from chatapp.shared.redis_state import SharedRedis, Unavailable
-
-FOUNDRY_INFO_API_VERSION = "2024-05-01-preview"
 
 
 @dataclass(frozen=True)
@@ -53,20 +52,6 @@ def classify(code: int, sent_credentials: bool) -> str:
     if code >= 500:
         return "error"
     return "reachable"  # it answers HTTP; the probe path is not served there (a 404)
-
-
-def probe_request(conn: Connection) -> tuple[str, dict[str, str], dict[str, str]]:
-    """(url, query, headers) of the cheapest authenticated GET a provider serves."""
-    assert conn.endpoint is not None
-    base = conn.endpoint.rstrip("/")
-    key = conn.api_key.get_secret_value() if conn.api_key and conn.auth == "key" else None
-    if conn.provider == Provider.OPENAI_COMPAT:
-        return base + "/models", {}, ({"Authorization": f"Bearer {key}"} if key else {})
-    if conn.provider == Provider.AZURE_OPENAI:
-        return (base + "/openai/models", {"api-version": conn.api_version or ""},
-                {"api-key": key} if key else {})
-    return (base + "/info", {"api-version": FOUNDRY_INFO_API_VERSION},
-            {"api-key": key} if key else {})
 
 
 class HealthChecker:
@@ -153,19 +138,24 @@ class HealthChecker:
         return done
 
     async def _probe(self, service: ChatService, dep: Deployment) -> Probe:
-        if dep.provider == Provider.LOCAL:
+        try:
+            probe_of = backend(dep.provider).probe
+        except ConfigError:
+            return Probe("misconfigured", error="unknown_provider")
+        if probe_of is None:  # in this process
             try:
                 _, model = await service.registry.model(dep.name)
             except Exception as err:  # a missing adapter file, say
                 return Probe("error", error=getattr(err, "kind", type(err).__name__))
             # Loading takes seconds and memory: report, never load from a probe. Not loaded
             # yet is healthy (it loads on first use).
-            return Probe("loaded" if getattr(model, "_llm", None) is not None else "not_loaded")
+            return Probe("loaded" if getattr(model, "loaded", False) else "not_loaded")
         try:
             conn = self._settings.connection(dep.connection)
         except ConfigError:
             return Probe("misconfigured", error="connection_not_configured")
-        url, query, headers = probe_request(conn)
+        request = probe_of(conn)
+        url, query, headers = request.url, request.query, request.headers
         t0 = time.perf_counter()
         self.probes_sent += 1
         try:

@@ -57,7 +57,8 @@ class Accounts:
     async def page(self, *, after: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Accounts by name after `after` (keyset paging on the primary key), never a hash."""
         a = t.accounts
-        query = (sa.select(a.c.username, a.c.is_admin, a.c.created_at, a.c.updated_at)
+        query = (sa.select(a.c.username, a.c.is_admin, a.c.training_opt_out, a.c.created_at,
+                           a.c.updated_at)
                  .order_by(a.c.username).limit(limit))
         if after is not None:
             query = query.where(a.c.username > after)

@@ -268,9 +268,12 @@ async def test_traveller_actions_are_audited_under_the_admin(db: Store,
     assert exp is not None
     ex = await db.exchanges.add(exchange(exp.id, TRAVELLER.username, "base"))
     await db.exchanges.rate(ex.id, 1, user_id=TRAVELLER.username)
+    await db.accounts.set_training_opt_out(TRAVELLER.username, True)
     app = console_app(db, settings)
     async with client(app, ADMIN.username) as boss:
-        token = csrf_of((await boss.get("/admin/travellers")).text)
+        listing = (await boss.get("/admin/travellers")).text
+        assert "<td>alice</td><td>no</td><td>no (opted out)</td>" in listing
+        token = csrf_of(listing)
         form = {"csrf": token, "username": TRAVELLER.username}
         reset = await boss.post("/admin/travellers/password", data=form)
         assert reset.status_code == 200 and 'class="secret"' in reset.text

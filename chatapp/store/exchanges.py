@@ -187,14 +187,17 @@ class Exchanges:
     async def experiment_rows(self, exp_id: str,
                               sources: Sequence[str]) -> list[dict[str, Any]]:
         """One row per exchange of an experiment with its current rating, for `ab report`."""
-        latest = _latest_rating()
-        ex = t.exchanges
+        ex, r = t.exchanges, t.ratings
         query = (
             sa.select(ex.c.thread_id, ex.c.arm_assigned, ex.c.arm_served, ex.c.forced,
                       ex.c.outcome, ex.c.latency_ms, ex.c.prompt_tokens, ex.c.completion_tokens,
                       ex.c.user_id, ex.c.created_at, ex.c.deployment, ex.c.model,
-                      latest.c.value.label("rating"))
-            .outerjoin(latest, latest.c.exchange_id == ex.c.id)
+                      r.c.value.label("rating"))
+            # Each reply's newest rating by an index seek, not by grouping every rating in
+            # the database: the report (and the console's overview) costs what the
+            # experiment holds, not what the whole history holds.
+            .select_from(ex.outerjoin(r, sa.and_(r.c.exchange_id == ex.c.id,
+                                                 r.c.id == _newest_rating_id(ex))))
             .where(ex.c.experiment_id == exp_id, ex.c.source.in_(list(sources)),
                    # A turn cut short by a crash or a stop button was no arm's reply.
                    ex.c.outcome.not_in(list(UNFINISHED_OUTCOMES))))
@@ -203,12 +206,14 @@ class Exchanges:
 
     async def eval_adherence(self, deployment: str) -> tuple[int, int]:
         """(compliant, rated) over the `eval` replies of a deployment (rated by `eval`)."""
-        latest = _latest_rating()
-        ex = t.exchanges
+        ex, r = t.exchanges, t.ratings
+        # Per eval reply through the indexes, not by grouping every rating: the console shows
+        # this gate on each load of its experiments page.
         query = (
-            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(latest.c.value), 0))
-            .select_from(ex.join(latest, latest.c.exchange_id == ex.c.id))
-            .where(ex.c.deployment == deployment, ex.c.source == Source.EVAL))
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(r.c.value), 0))
+            .select_from(ex.join(r, r.c.exchange_id == ex.c.id))
+            .where(ex.c.deployment == deployment, ex.c.source == Source.EVAL,
+                   r.c.id == _newest_rating_id(ex)))
         async with self._db.read() as conn:
             n, up = (await conn.execute(query)).one()
         return int(up), int(n)
@@ -233,6 +238,14 @@ class Exchanges:
 
 def _exchange(row: sa.Row[Any]) -> Exchange:
     return record(Exchange, row, **_EXCHANGE_ENUMS)
+
+
+def _newest_rating_id(ex: sa.Table) -> sa.ScalarSelect[Any]:
+    """The id of the newest rating of the exchange `ex` (correlated; one seek on the
+    (exchange_id, id) index per exchange)."""
+    newer = t.ratings.alias("newer")
+    return (sa.select(sa.func.max(newer.c.id)).where(newer.c.exchange_id == ex.c.id)
+            .scalar_subquery())
 
 
 def _latest_rating() -> sa.Subquery:

@@ -69,7 +69,7 @@ def metric_rows(events: Iterable[JobEvent]) -> list[MetricRow]:
             continue
         row = by_step.setdefault(int(step), {})
         row.update({k: v for k, v in values.items() if v is not None})
-    return [MetricRow(step=s, **by_step[s]) for s in sorted(by_step)]  # type: ignore[arg-type]
+    return [MetricRow(step=s, **by_step[s]) for s in sorted(by_step)]
 
 
 def progress_text(job: TrainingJob) -> str:

@@ -2,8 +2,11 @@
 candidates -> preference pairs -> DPO -> eval), rerun through the product's own commands.
 
     .venv/bin/python bench/bench_loop.py                 # the full sequence (defaults below)
-    .venv/bin/python bench/bench_loop.py --epochs 1 --users 2 --turns 1 --candidates 2 \\
-        --dpo-epochs 1 --seed-limit 12 --questions-limit 6 --out /tmp/loop-smoke.json  # smoke
+    .venv/bin/python bench/bench_loop.py --epochs 2 --lr-multiplier 5 --seed-limit 40 \\
+        --users 2 --turns 2 --candidates 4 --questions-limit 4 --out /tmp/loop-smoke.json  # smoke
+
+(Smaller smoke sizes, e.g. one epoch on 12 seed examples, leave no candidate compliant: the run
+then stops, as designed, at `pref_dataset` with the product's "no preference pairs".)
 
 Every phase is one or more `travel-admin` subprocesses (the console script next to this
 interpreter) with `TRAVEL_DATA_DIR` set to a fresh, empty data folder, as
@@ -212,7 +215,10 @@ async def step_seconds(data_dir: Path, job_id: str) -> list[float]:
     from chatapp.settings import load_settings
     from chatapp.store import Store
 
-    store = await Store.open(load_settings(data_dir=data_dir, _env_file=None).db_url)
+    # database_url=None as the subprocesses see it (their TRAVEL_* variables are dropped): the
+    # run's own SQLite file, whatever this shell points TRAVEL_DATABASE_URL at.
+    settings = load_settings(data_dir=data_dir, database_url=None, _env_file=None)
+    store = await Store.open(settings.db_url)
     try:
         events = await store.jobs.events(job_id)
     finally:
@@ -289,6 +295,9 @@ def run_loop(args: argparse.Namespace, loop: Loop, figures: dict[str, Any]) -> N
     report = loop.run(rec, "eval", "-d", BASE, "-d", SFT_ARM, "--questions", str(EVAL_QUESTIONS),
                       *eval_limit, "--json", "--out", str(loop.data_dir / "eval-sft.json"),
                       as_json=True)
+    # Seconds per reply, for sizing the next run (they vary with the load; quality does not).
+    rec["seconds_per_reply"] = round(rec["commands"][-1]["seconds"] / max(len(report["items"]),
+                                                                            1), 2)
     figures["eval"] = {"questions": len({i["id"] for i in report["items"]}),
                        "arms": {"base": arm_figures(report, BASE, args.quotes),
                                 "sft": arm_figures(report, SFT_ARM, args.quotes)}}
@@ -299,6 +308,8 @@ def run_loop(args: argparse.Namespace, loop: Loop, figures: dict[str, Any]) -> N
                    "--candidates", str(args.candidates), "--seed", str(args.seed),
                    "--questions", str(SIM_QUESTIONS), "--json", as_json=True)
     figures["simulate"] = sim
+    replies = (sim.get("candidates") or {}).get("stored") or sim.get("exchanges") or 1
+    rec["seconds_per_reply"] = round(rec["commands"][-1]["seconds"] / replies, 2)
     loop.done(rec)
 
     rec = loop.phase("pref_dataset")
@@ -323,6 +334,8 @@ def run_loop(args: argparse.Namespace, loop: Loop, figures: dict[str, Any]) -> N
     report = loop.run(rec, "eval", "-d", DPO_ARM, "--questions", str(EVAL_QUESTIONS),
                       *eval_limit, "--json", "--out", str(loop.data_dir / "eval-dpo.json"),
                       as_json=True)
+    rec["seconds_per_reply"] = round(rec["commands"][-1]["seconds"] / max(len(report["items"]),
+                                                                            1), 2)
     figures["eval"]["arms"]["sft_dpo"] = arm_figures(report, DPO_ARM, args.quotes)
     loop.done(rec)
 
@@ -391,6 +404,8 @@ def main() -> None:
             "options": options, "data_dir": str(data_dir),
             "rerun": f"export TRAVEL_DATA_DIR={shlex.quote(str(data_dir))}  # then each"
                      " phases[].commands[].command in order (job ids as printed)",
+            # Sizes cut for a smoke run: its figures prove the chain, never the target.
+            "smoke": bool(args.seed_limit or args.questions_limit),
             "eval_questions": str(EVAL_QUESTIONS), "simulate_questions": str(SIM_QUESTIONS),
             "target": {"compliant_at_least": TARGET_COMPLIANT,
                        "over_refusal_at_most": TARGET_OVER_REFUSAL},

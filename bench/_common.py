@@ -29,11 +29,16 @@ def summary(values: list[float]) -> dict[str, float]:
             "mean": statistics.fmean(values) if values else float("nan")}
 
 
-def write(name: str, figures: dict[str, Any]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{name}.json"
+def write(name: str, figures: dict[str, Any], out: Path | None = None) -> Path:
+    """Results as `bench/results/<name>.json`, or `out` (a smoke run must not overwrite the
+    figures of record); a "machine" entry in `figures` adds to the machine info."""
+    out = out or RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figures = dict(figures)
+    machine = {"python": platform.python_version(), "cpus": _cpus(),
+               **figures.pop("machine", {})}
     doc = {"benchmark": name, "at": datetime.now(UTC).isoformat(timespec="seconds"),
-           "machine": {"python": platform.python_version(), "cpus": _cpus()}, **figures}
+           "machine": machine, **figures}
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(out)

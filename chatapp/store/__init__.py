@@ -8,6 +8,7 @@
     store.exchanges     exchanges.py     chat turns (pending -> finished), ratings, the readers
                                          of `ab report`, `eval` and `dataset build`
     store.candidates    candidates.py    replies sampled for an exchange's prompt, with verdicts
+    store.scores        scores.py        automatic (rule-based) scores of live replies
     store.jobs          jobs.py          fine-tuning jobs and their events
     store.datasets      datasets.py      built training files and their manifests
     store.chainlit      chainlit.py      Chainlit's tables: DDL, and the access guard's lookups
@@ -39,6 +40,7 @@ from chatapp.store.experiments import Experiments
 from chatapp.store.jobs import Jobs
 from chatapp.store.privacy import Privacy
 from chatapp.store.processes import Processes
+from chatapp.store.scores import AutoScore, Scores
 from chatapp.store.reviews import (
     Correction,
     QueueFilter,
@@ -49,7 +51,7 @@ from chatapp.store.reviews import (
     Subject,
 )
 
-__all__ = ["Correction", "ExchangeScope", "PoolOptions", "QueueFilter", "QueueItem", "QueuePage",
+__all__ = ["AutoScore", "Correction", "ExchangeScope", "PoolOptions", "QueueFilter", "QueueItem", "QueuePage",
            "RatedExchange", "RatedFilter", "ReplyCandidate", "Review", "Store", "StoreError",
            "Subject", "async_url", "now"]
 
@@ -65,6 +67,7 @@ class Store:
         self.deployments = Deployments(db, self.experiments)
         self.exchanges = Exchanges(db)
         self.candidates = Candidates(db)
+        self.scores = Scores(db)
         self.jobs = Jobs(db)
         self.datasets = Datasets(db)
         self.chainlit = ChainlitTables(db)

@@ -40,6 +40,7 @@ from chatapp.domain import (
 from chatapp.store import schema as t
 from chatapp.store.accounts import trainable_user
 from chatapp.store.database import Database, StoreError, now, record, utc
+from chatapp.store.scores import rules_score
 
 _EXCHANGE_ENUMS = {"source": Source, "arm_assigned": Arm, "arm_served": Arm, "outcome": Outcome}
 
@@ -186,15 +187,17 @@ class Exchanges:
 
     async def experiment_rows(self, exp_id: str,
                               sources: Sequence[str]) -> list[dict[str, Any]]:
-        """One row per exchange of an experiment with its current rating, for `ab report`."""
-        latest = _latest_rating()
+        """One row per exchange of an experiment with its current rating and its automatic
+        compliance score (1, 0, or None when unscored), for `ab report` and the guardrails."""
+        latest, score = _latest_rating(), rules_score()
         ex = t.exchanges
         query = (
             sa.select(ex.c.thread_id, ex.c.arm_assigned, ex.c.arm_served, ex.c.forced,
                       ex.c.outcome, ex.c.latency_ms, ex.c.prompt_tokens, ex.c.completion_tokens,
                       ex.c.user_id, ex.c.created_at, ex.c.deployment, ex.c.model,
-                      latest.c.value.label("rating"))
+                      latest.c.value.label("rating"), score.c.compliant.label("compliance"))
             .outerjoin(latest, latest.c.exchange_id == ex.c.id)
+            .outerjoin(score, score.c.exchange_id == ex.c.id)
             .where(ex.c.experiment_id == exp_id, ex.c.source.in_(list(sources)),
                    # A turn cut short by a crash or a stop button was no arm's reply.
                    ex.c.outcome.not_in(list(UNFINISHED_OUTCOMES))))

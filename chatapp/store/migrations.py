@@ -65,6 +65,18 @@ async def _m6_reply_candidates(conn: AsyncConnection) -> None:
     await conn.run_sync(lambda c: t.metadata.create_all(c, tables=[t.reply_candidates]))
 
 
+async def _m7_guardrails(conn: AsyncConnection) -> None:
+    def apply(sync: sa.Connection) -> None:
+        # As in migration 4: a fresh database got the columns from today's `experiments`.
+        have = {c["name"] for c in sa.inspect(sync).get_columns("experiments")}
+        for column in ("guardrails", "guardrail_stop"):
+            if column not in have:
+                sync.execute(sa.text(f"ALTER TABLE experiments ADD COLUMN {column} JSON"))
+        t.metadata.create_all(sync, tables=[t.auto_scores])
+
+    await conn.run_sync(apply)
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial: chainlit tables, accounts, deployments, experiments, exchanges, ratings",
      _m1_initial),
@@ -75,6 +87,8 @@ MIGRATIONS: list[Migration] = [
     (5, "reviews of replies (corrections), travellers' opt-out of training", _m5_reviews),
     (6, "reply candidates sampled for simulated turns, with their policy verdicts",
      _m6_reply_candidates),
+    (7, "guardrail settings and stops of experiments, automatic scores of live replies",
+     _m7_guardrails),
 ]
 
 

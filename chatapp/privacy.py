@@ -122,10 +122,9 @@ async def erase_user(store: Store, username: str, *, actor: str,
     """Delete everything held about `username` in one transaction; return rows per table.
 
     Reaches reviews of their replies (corrections included), ratings, automatic scores,
-    exchanges, Chainlit's
-    feedbacks/elements/steps/threads/users and the account, and replaces the name in dataset
-    manifests. The audit line records that an erasure happened, by whom and how many rows,
-    with the sha256 of the name instead of it.
+    exchanges, Chainlit's feedbacks/elements/steps/threads/users and the account, and replaces
+    the name in dataset manifests. The audit line records that an erasure happened, by whom
+    and how many rows, with the sha256 of the name instead of it.
     """
     return await store.privacy.erase_user(
         username, actor=actor, dry_run=dry_run, user_sha256=user_digest(username),

@@ -40,7 +40,6 @@ from chatapp.store.experiments import Experiments
 from chatapp.store.jobs import Jobs
 from chatapp.store.privacy import Privacy
 from chatapp.store.processes import Processes
-from chatapp.store.scores import AutoScore, Scores
 from chatapp.store.reviews import (
     Correction,
     QueueFilter,
@@ -50,10 +49,11 @@ from chatapp.store.reviews import (
     Reviews,
     Subject,
 )
+from chatapp.store.scores import AutoScore, Scores
 
-__all__ = ["AutoScore", "Correction", "ExchangeScope", "PoolOptions", "QueueFilter", "QueueItem", "QueuePage",
-           "RatedExchange", "RatedFilter", "ReplyCandidate", "Review", "Store", "StoreError",
-           "Subject", "async_url", "now"]
+__all__ = ["AutoScore", "Correction", "ExchangeScope", "PoolOptions", "QueueFilter", "QueueItem",
+           "QueuePage", "RatedExchange", "RatedFilter", "ReplyCandidate", "Review", "Store",
+           "StoreError", "Subject", "async_url", "now"]
 
 
 class Store:

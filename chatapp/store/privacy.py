@@ -28,8 +28,8 @@ from chatapp.store.datasets import decode_manifest
 from chatapp.store.experiments import audit
 
 # Tables in deletion order (children first), as counted in purge and erasure results.
-TABLE_ORDER = ("reviews", "ratings", "reply_candidates", "auto_scores", "exchanges", "feedbacks", "elements",
-               "steps", "threads", "users", "accounts")
+TABLE_ORDER = ("reviews", "ratings", "reply_candidates", "auto_scores", "exchanges", "feedbacks",
+               "elements", "steps", "threads", "users", "accounts")
 ERASE_ORDER = (*TABLE_ORDER, "dataset_manifests")
 # Chainlit keeps a user's `user_env` (keys a user may paste in) in thread metadata: a secret.
 _SECRET_METADATA = {"env"}

@@ -40,8 +40,9 @@ from chatapp.domain import (
 from chatapp.store import schema as t
 from chatapp.store.accounts import trainable_user
 from chatapp.store.database import Database, StoreError, now, record, utc
-from chatapp.store.scores import rules_score
+from chatapp.store.scores import RULES, rules_score
 
+AUTO_CHOICES = ("compliant", "failed")
 _EXCHANGE_ENUMS = {"source": Source, "arm_assigned": Arm, "arm_served": Arm, "outcome": Outcome}
 
 
@@ -81,6 +82,9 @@ class ExchangeScope:
     users: tuple[str, ...] = ()
     since: datetime | None = None
     until: datetime | None = None
+    # The live policy checks' score (scores.py): "compliant", "failed", or None for any (an
+    # unscored exchange matches neither "compliant" nor "failed").
+    auto: str | None = None
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,12 @@ def scope_conditions(scope: ExchangeScope) -> list[sa.ColumnElement[bool]]:
         conds.append(ex.c.created_at >= utc(scope.since))
     if scope.until is not None:
         conds.append(ex.c.created_at < utc(scope.until))
+    if scope.auto is not None:
+        if scope.auto not in AUTO_CHOICES:
+            raise StoreError(f"auto score filter must be one of {', '.join(AUTO_CHOICES)}")
+        a = t.auto_scores
+        conds.append(ex.c.id.in_(sa.select(a.c.exchange_id).where(
+            a.c.scorer == RULES, a.c.compliant == (scope.auto == "compliant"))))
     return conds
 
 

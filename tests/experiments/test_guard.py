@@ -9,6 +9,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,8 @@ from pydantic import SecretStr
 from chatapp.alerts import post_alert
 from chatapp.domain import Arm, Exchange, Outcome, Source
 from chatapp.guard import guard_once
-from chatapp.settings import Settings
+from chatapp.runtime import Runtime
+from chatapp.settings import Settings, load_settings
 from chatapp.store import AutoScore, Store
 from tests.services import add_fake_deployments, run_experiment
 
@@ -183,3 +185,32 @@ async def test_alert_gives_up_after_its_attempts_and_not_on_4xx() -> None:
     finally:
         failing.close()
         rejecting.close()
+
+
+async def test_the_app_runtime_stops_a_worse_arm_without_an_operator(data_dir: Path) -> None:
+    settings = load_settings(data_dir=data_dir, _env_file=None, guardrail_min_users=MIN_USERS,
+                             guardrail_interval_s=0.2)
+    store = await Store.open(settings.db_url)
+    exp_id = await _experiment(store)
+    await _traffic(store, exp_id, ft_error_every=2)
+    runtime = Runtime(settings)
+    try:
+        await runtime.start()
+        for _ in range(200):
+            exp = await store.experiments.get(exp_id)
+            if exp is not None and exp.weights[Arm.FINE_TUNED] == 0.0:
+                break
+            await asyncio.sleep(0.05)
+        assert exp is not None and exp.guardrail_stop is not None
+        assert exp.weights[Arm.FINE_TUNED] == 0.0
+    finally:
+        await runtime.shutdown()
+        await (await runtime.store()).close()
+        await store.close()
+    off = Runtime(load_settings(data_dir=data_dir, _env_file=None, guardrails_enforce=False))
+    try:
+        await off.start()
+        assert "guardrails" not in {t.get_name() for t in off._background}
+    finally:
+        await off.shutdown()
+        await (await off.store()).close()

@@ -64,6 +64,7 @@ class LiveScorer:
         # Referenced until done: the event loop keeps only weak references to tasks.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._store.track(task)
         return task
 
     async def _run(self, exchange: Exchange) -> None:

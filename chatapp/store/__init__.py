@@ -26,6 +26,7 @@ empty database just works.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from chatapp.settings import Settings
@@ -62,6 +63,7 @@ class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._writes: set[asyncio.Task[None]] = set()
         self.accounts = Accounts(db)
         self.experiments = Experiments(db)
         self.deployments = Deployments(db, self.experiments)
@@ -94,7 +96,19 @@ class Store:
         """Run `closer` when the store closes (a client that lives as long as the store)."""
         self._closers.append(closer)
 
+    def track(self, task: asyncio.Task[None]) -> None:
+        """A write started in the background on this store (a live score): `settle` and
+        `close` wait for it, so it never lands on a closed pool or a table being emptied."""
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def settle(self, timeout_s: float = 5.0) -> None:
+        """Wait (bounded) for the background writes in flight."""
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=timeout_s)
+
     async def close(self) -> None:
+        await self.settle()
         for closer in self._closers:
             await closer()
         await self.db.close()

@@ -230,10 +230,19 @@ def report(
                          guardrail_min_users=conf.guardrail_min_users)
 
     r = with_store(run)
+    conf = settings()
+    # Whether the app acts on the verdicts, or only this report shows them.
+    enforced = {"enforced": conf.guardrails_enforce,
+                "every_s": conf.guardrail_interval_s, "min_users": conf.guardrail_min_users}
     if as_json:
-        sys.stdout.write(json.dumps(r.as_dict(), indent=2, default=str) + "\n")
+        doc = {**r.as_dict(), "guardrail_enforcement": enforced}
+        sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
     else:
         _print_report(r)
+        console.print(
+            f"guardrails are {'enforced' if enforced['enforced'] else 'NOT enforced'} by the"
+            f" app (TRAVEL_GUARDRAILS_ENFORCE): checked every {enforced['every_s']:g} s once"
+            f" each arm has {enforced['min_users']} users with data", highlight=False)
 
 
 @app.command("promote")

@@ -58,8 +58,11 @@ def test_start_with_guardrails_then_report_shows_scores_and_the_stop(
     assert list(report["guardrails"]) == ["compliance", "error_rate"]
     assert report["guardrails"]["compliance"]["state"] == "tripped"
     assert report["guardrail_stop"]["metric"] == "compliance"  # the first tripped, in order
+    assert report["guardrail_enforcement"] == {"enforced": True, "every_s": 60.0,
+                                               "min_users": MIN_USERS}
     text = runner.invoke(app, ["ab", "report"]).output
     assert "Automatic policy compliance per traveller" in text
     assert "guardrail stop" in text and "compliance" in text
+    assert "guardrails are enforced by the app" in text
     shown = runner.invoke(app, ["ab", "status"]).output
     assert "stopped by the compliance guardrail" in shown

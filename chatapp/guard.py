@@ -56,10 +56,11 @@ def stop_details(spec: GuardrailSpec, verdict: GuardrailVerdict, d: float, v: fl
                  min_users: int, alpha: float) -> dict[str, Any]:
     """What the audit trail, the log and the webhook say about a stop.
 
-    estimate: fine_tuned - base (per traveller, as assigned). bound: the end of the always-valid
-    (1 - alpha) interval (sequential.py (4)) on the side of no harm, i.e. fine_tuned is worse
-    than base by at least this much if the bound is on the harmful side of 0 (the one-sided
-    statistic that trips is more powerful, so the bound may still touch 0 at the stop).
+    estimate: fine_tuned - base, per traveller, by assigned arm. bound: the end of the
+    always-valid (1 - alpha) interval of that difference (sequential.py (4)) nearest to "no
+    harm"; beyond 0 on the harmful side it says fine_tuned is worse by at least that much. The
+    one-sided statistic that trips is the more powerful test, so at a stop the bound may still
+    touch 0: the statistic and its threshold are recorded beside it.
     """
     half = float(cs_halfwidth(v, spec.tau ** 2, alpha))
     bound = d + half if spec.higher_is_better else d - half

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import chainlit as cl
+from chainlit.config import config
 from chainlit.input_widget import InputWidget, Select, Switch
 from chainlit.server import app as chainlit_server
 from chainlit.types import Feedback, ThreadDict
@@ -31,6 +32,7 @@ from chatapp.starters import STARTERS
 from chatapp.store import async_url
 from chatapp.store.chainlit_layer import DataLayer
 from chatapp.web import access, branding, metrics
+from chatapp.web.console import routes as console
 from chatapp.web.health import HealthChecker
 from chatapp.web.health import mount as mount_health
 
@@ -39,14 +41,18 @@ settings = get_settings()
 # SDKs log on their own; every record of this process is masked.
 redact_logs(settings_secrets(settings))
 runtime = Runtime(settings)
+health = HealthChecker(settings, runtime.service)
 # GET /healthz without login: database and deployments, for load balancers and operators.
-mount_health(chainlit_server, HealthChecker(settings, runtime.service))
+mount_health(chainlit_server, health)
 # GET /metrics (Prometheus): counts and timings only, no user (see chatapp/web/metrics.py).
 metrics.mount(chainlit_server, runtime.service, settings.metrics_token)
 # Chainlit does not check that a rated (or un-rated) step is the caller's: we do, first.
 access.install(chainlit_server, runtime.store)
 # The agency's name, logos and colour; a page that loads nothing from another origin.
 branding.install(chainlit_server, settings)
+# /admin: the console, for admins only, on the chat's login (chatapp/web/console).
+console.install(chainlit_server, console.Console(
+    runtime.store, settings, console.auth_secret, config.run.root_path or "", health.report))
 
 ARM_CHOICES = ["auto", *Arm]
 

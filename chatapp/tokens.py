@@ -13,7 +13,9 @@ Measured on a 2-core machine: building `o200k_base` takes ~0.55 s and `cl100k_ba
 
 from __future__ import annotations
 
+import atexit
 import binascii
+import contextlib
 import gzip
 import hashlib
 import importlib.util
@@ -217,6 +219,24 @@ def _is_text_part(part: object) -> bool:
     return isinstance(part, Mapping) and isinstance(part.get("text"), str)
 
 
+_open_llamas: list[Any] = []
+
+
+def close_at_exit(llm: Any) -> None:
+    """Close a process-lifetime llama.cpp object before the interpreter tears modules down: left
+    to the garbage collector at exit, llama-cpp-python's __del__ finds its C functions already
+    gone and prints a TypeError traceback on every run."""
+    if not _open_llamas:
+        atexit.register(_close_llamas)
+    _open_llamas.append(llm)
+
+
+def _close_llamas() -> None:
+    while _open_llamas:
+        with contextlib.suppress(Exception):  # exiting anyway: a failed close changes nothing
+            _open_llamas.pop().close()
+
+
 class LocalCounter:
     """A GGUF model's own tokenizer over its own chat template (what llama.cpp will feed it)."""
 
@@ -233,6 +253,7 @@ class LocalCounter:
         self._llm: Any = Llama(
             model_path=str(self.path), vocab_only=True, n_ctx=64, n_batch=8, verbose=False
         )
+        close_at_exit(self._llm)
         meta: dict[str, str] = self._llm.metadata
         template = meta.get("tokenizer.chat_template")
         if not template:

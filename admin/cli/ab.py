@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 
@@ -12,8 +11,10 @@ from rich.table import Table
 from admin.cli.common import JsonOpt, actor, console, emit, fail, settings, with_store
 from chatapp.domain import Experiment, Source
 from chatapp.experiments.guardrails import METRICS, parse_guardrails
-from chatapp.experiments.report import DEFAULT_MIN_USERS, Report, summarize
-from chatapp.experiments.usage import serving_price
+from chatapp.experiments.operations import PromotionRefused, experiment_report, report_json
+from chatapp.experiments.operations import promote as promote_experiment
+from chatapp.experiments.operations import stop as stop_experiment
+from chatapp.experiments.report import DEFAULT_MIN_USERS, Report
 from chatapp.store import Store
 
 app = typer.Typer(help="A/B experiments between the base and fine-tuned deployments.",
@@ -82,17 +83,7 @@ def set_(fine_tuned: float = typer.Option(..., "--fine-tuned", min=0.0, max=1.0)
 @app.command("stop")
 def stop() -> None:
     """Send everyone to base (a new experiment with weight 0 on the fine-tuned arm)."""
-
-    async def run(store: Store) -> Experiment:
-        current = await store.experiments.active()
-        if current is None:
-            fail("no running experiment")
-        return await store.experiments.start(
-            name="stopped", base=current.base_deployment,
-            fine_tuned=current.fine_tuned_deployment, fine_tuned_weight=0.0, actor=actor(),
-            action="stop")
-
-    _show(with_store(run))
+    _show(with_store(lambda s: stop_experiment(s, actor())))
 
 
 @app.command("status")
@@ -218,31 +209,21 @@ def report(
     the per-reply figures and daily cost beside them."""
 
     async def run(store: Store) -> Report:
-        exp = await (store.experiments.get(experiment) if experiment
-                     else store.experiments.active())
-        if exp is None:
-            fail(f"no experiment {experiment!r}" if experiment else "no running experiment")
-        rows = await store.exchanges.experiment_rows(exp.id, source)
-        conf = settings()
-        return summarize(exp.id, rows, min_users,
-                         price=functools.partial(serving_price, settings=conf),
-                         guardrails=exp.guardrails, guardrail_stop=exp.guardrail_stop,
-                         guardrail_min_users=conf.guardrail_min_users)
+        try:
+            return await experiment_report(store, settings(), experiment, source, min_users)
+        except LookupError as err:
+            fail(str(err))
 
     r = with_store(run)
-    conf = settings()
-    # Whether the app acts on the verdicts, or only this report shows them.
-    enforced = {"enforced": conf.guardrails_enforce,
-                "every_s": conf.guardrail_interval_s, "min_users": conf.guardrail_min_users}
     if as_json:
-        doc = {**r.as_dict(), "guardrail_enforcement": enforced}
-        sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(report_json(r), indent=2) + "\n")
     else:
         _print_report(r)
-        console.print(
-            f"guardrails are {'enforced' if enforced['enforced'] else 'NOT enforced'} by the"
-            f" app (TRAVEL_GUARDRAILS_ENFORCE): checked every {enforced['every_s']:g} s once"
-            f" each arm has {enforced['min_users']} users with data", highlight=False)
+        if (enforced := r.guardrail_enforcement) is not None:
+            console.print(
+                f"guardrails are {'enforced' if enforced['enforced'] else 'NOT enforced'} by"
+                f" the app (TRAVEL_GUARDRAILS_ENFORCE): checked every {enforced['every_s']:g} s"
+                f" once each arm has {enforced['min_users']} users with data", highlight=False)
 
 
 @app.command("promote")
@@ -253,19 +234,10 @@ def promote(
     """Make the fine-tuned deployment the new base and end the experiment."""
 
     async def run(store: Store) -> Experiment:
-        exp = await store.experiments.active()
-        if exp is None or not exp.fine_tuned_deployment:
-            fail("nothing to promote: the running experiment has no fine-tuned arm")
-        ft_up, ft_n = await store.exchanges.eval_adherence(exp.fine_tuned_deployment)
-        b_up, b_n = await store.exchanges.eval_adherence(exp.base_deployment)
-        if not force:
-            if not ft_n or not b_n:
-                fail("no eval results for both deployments: run `travel-admin eval` first"
-                     " (or pass --force)")
-            if ft_up / ft_n < b_up / b_n:
-                fail(f"eval adherence of {exp.fine_tuned_deployment} ({ft_up}/{ft_n}) is below"
-                     f" {exp.base_deployment}'s ({b_up}/{b_n}); pass --force to promote anyway")
-        return await store.experiments.promote(actor())
+        try:
+            return await promote_experiment(store, actor(), force=force)
+        except PromotionRefused as err:
+            fail(f"{err}; pass --force to promote anyway")
 
     exp = with_store(run)
     console.print(f"promoted: everyone is now served by {exp.base_deployment}")

@@ -33,7 +33,7 @@ from admin.cli.common import (
 from admin.training import cleanup as cleaning
 from admin.training import jobs
 from admin.training.base import METHODS, JobSpec, TrainingError
-from admin.training.metrics import MissingExtra, is_step_event, metric_rows, plot
+from admin.training.metrics import MissingExtra, is_step_event, metric_rows, plot, progress_text
 from chatapp.domain import SMOLLM2, JobEvent, Provider, TrainingJob
 from chatapp.settings import ConfigError, Settings
 from chatapp.store import Store
@@ -70,17 +70,6 @@ def _run(fn: Callable[[Store, Settings], Awaitable[T]]) -> T:
             fail(str(err))
 
     return with_store(call, (TrainingError, MissingExtra, ValueError))
-
-
-def _progress_text(job: TrainingJob) -> str:
-    p = job.progress
-    parts = [f"{k.replace('_', ' ')} {p[k]:.4f}" for k in ("train_loss", "valid_loss")
-             if isinstance(p.get(k), int | float)]
-    if isinstance(p.get("step"), int) and isinstance(p.get("total_steps"), int):
-        parts.insert(0, f"step {p['step']}/{p['total_steps']}")
-    if isinstance(p.get("epoch"), int | float) and p.get("n_epochs"):
-        parts.insert(0, f"epoch {p['epoch']}/{p['n_epochs']}")
-    return ", ".join(parts)
 
 
 # -- train start --------------------------------------------------------------------------------
@@ -203,7 +192,7 @@ def status(job_id: str | None = JobArg, as_json: bool = JsonOpt) -> None:
     table = Table(title=f"Job {job.id}", show_header=False)
     rows = [("status", job.status), ("backend", f"{job.backend} ({job.backend_job_id})"),
             ("base model", job.base_model), ("fine-tuned model", job.fine_tuned_model),
-            ("progress", _progress_text(job)), ("hyperparameters", job.hyperparameters),
+            ("progress", progress_text(job)), ("hyperparameters", job.hyperparameters),
             ("error", job.error), ("started", f"{job.created_at:%Y-%m-%d %H:%M} by"
                                              f" {job.created_by}"),
             ("finished", job.finished_at)]
@@ -237,7 +226,7 @@ def list_(limit: int = typer.Option(20, min=1), as_json: bool = JsonOpt) -> None
     found, warnings = _run(run)
     for w in warnings:
         warn(w)
-    rows = [{**asdict(j), "progress": _progress_text(j)} for j in found]
+    rows = [{**asdict(j), "progress": progress_text(j)} for j in found]
     emit(rows, ["id", "backend", "status", "base_model", "fine_tuned_model", "progress",
                 "created_by", "created_at"], as_json=as_json, title="Training jobs")
 
@@ -288,7 +277,7 @@ def watch(
             progress.update(task, description=f"{job.id} {job.status}",
                             total=total if isinstance(total, int) else None,
                             completed=done if isinstance(done, int | float) else 0,
-                            info=_progress_text(job))
+                            info=progress_text(job))
 
         async def run(store: Store, conf: Settings) -> TrainingJob:
             job = await jobs.resolve_job(store, job_id)

@@ -10,18 +10,15 @@ were scrubbed of personal data when they were written.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
-from admin.datasets.files import write_json_atomic
-from admin.datasets.manifest import manifest_path
-from chatapp.privacy import erase_user, scrub_manifest, scrubbed_dataset_paths
+from admin.datasets.manifest import scrub_manifest_files
+from chatapp.privacy import erase_user, scrubbed_dataset_paths
 from chatapp.store import Store
 
 
-class NothingHeld(Exception):
+class NothingHeld(LookupError):
     pass
 
 
@@ -46,17 +43,3 @@ async def erase(store: Store, username: str, *, actor: str) -> Erasure:
     done = await erase_user(store, username, actor=actor)
     rewritten = scrub_manifest_files(await scrubbed_dataset_paths(store, username), username)
     return Erasure(done, rewritten, resumed=False)
-
-
-def scrub_manifest_files(data_files: list[str], username: str) -> int:
-    """Rewrite the manifests of these data files that still name `username`; how many."""
-    n = 0
-    for data_file in data_files:
-        path = manifest_path(Path(data_file))
-        if not path.is_file():
-            continue
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if scrub_manifest(doc, username):
-            write_json_atomic(path, doc).commit()
-            n += 1
-    return n

@@ -10,12 +10,14 @@ record. (A file of the same name from an earlier build, replaced by --overwrite,
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from admin.datasets.files import AtomicFile, JsonlWriter, write_json_atomic
+from chatapp.privacy import scrub_manifest
 
 if TYPE_CHECKING:
     from admin.datasets.build import Builder, OutputFile, _Record
@@ -112,3 +114,26 @@ class Manifests:
             raise
         return [OutputFile(kind, w.target, w.sha256, w.n_lines, self.reports[kind],
                            manifest_path(w.target)) for kind, w in self.writers.items()]
+
+
+def scrub_manifest_files(data_files: list[str], username: str) -> int:
+    """Replace an erased user's name in the `.manifest.json` beside each built file (the
+    database's copy is scrubbed by the erasure itself); return how many files changed.
+    Idempotent, so an erasure stopped half-way is finished by running it again."""
+    n = 0
+    for data_file in data_files:
+        path = manifest_path(Path(data_file))
+        if not path.is_file():
+            continue
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not scrub_manifest(doc, username):
+            continue
+        out = AtomicFile(path)
+        try:
+            out.write((json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode())
+            out.commit()
+        except BaseException:
+            out.discard()
+            raise
+        n += 1
+    return n

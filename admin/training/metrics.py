@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from chatapp.domain import JobEvent
+from chatapp.domain import JobEvent, TrainingJob
 
 INSTALL_TRAIN_EXTRA = "pip install 'travel-chat[train]' (or: pip install matplotlib)"
 
@@ -69,7 +69,19 @@ def metric_rows(events: Iterable[JobEvent]) -> list[MetricRow]:
             continue
         row = by_step.setdefault(int(step), {})
         row.update({k: v for k, v in values.items() if v is not None})
-    return [MetricRow(step=s, **by_step[s]) for s in sorted(by_step)]  # type: ignore[arg-type]
+    return [MetricRow(step=s, **by_step[s]) for s in sorted(by_step)]
+
+
+def progress_text(job: TrainingJob) -> str:
+    """A job's progress in one line: epoch, step, latest losses (CLI and console alike)."""
+    p = job.progress
+    parts = [f"{k.replace('_', ' ')} {p[k]:.4f}" for k in ("train_loss", "valid_loss")
+             if isinstance(p.get(k), int | float)]
+    if isinstance(p.get("step"), int) and isinstance(p.get("total_steps"), int):
+        parts.insert(0, f"step {p['step']}/{p['total_steps']}")
+    if isinstance(p.get("epoch"), int | float) and p.get("n_epochs"):
+        parts.insert(0, f"epoch {p['epoch']}/{p['n_epochs']}")
+    return ", ".join(parts)
 
 
 def is_step_event(ev: JobEvent) -> bool:

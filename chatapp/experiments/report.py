@@ -146,6 +146,8 @@ class Report:
     # thumbs-up figures): every reply a model wrote, not only the few travellers rate.
     auto_compliance: UserLevel = field(default_factory=UserLevel)
     guardrail_stop: dict[str, Any] | None = None  # what stopped fine_tuned, if a guardrail did
+    # Whether the app acts on the verdicts (enforced, every_s, min_users); None: not known here.
+    guardrail_enforcement: dict[str, Any] | None = None
 
     def auto_compliance_dict(self) -> dict[str, Any]:
         a = self.auto_compliance
@@ -171,6 +173,7 @@ class Report:
             "automatic_compliance": self.auto_compliance_dict(),
             "guardrails": {m: g.as_dict() for m, g in self.guardrails.items()},
             "guardrail_stop": self.guardrail_stop,
+            "guardrail_enforcement": self.guardrail_enforcement,
             "daily": [d.as_dict() for d in self.daily],
         }
 

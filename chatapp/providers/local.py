@@ -20,7 +20,7 @@ from chatapp.domain import Deployment, Provider
 from chatapp.providers.base import Chunk, Message, ProviderError, Usage
 from chatapp.providers.registry import Backend
 from chatapp.settings import Connection, Settings
-from chatapp.tokens import resolve_local_model_path
+from chatapp.tokens import close_at_exit, resolve_local_model_path
 
 _DONE = object()
 
@@ -64,6 +64,7 @@ class LocalChat:
                 seed=0,
                 verbose=False,
             )
+            close_at_exit(self._llm)
         return self._llm
 
     @property

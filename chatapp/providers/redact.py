@@ -15,6 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken
@@ -100,10 +101,19 @@ class RememberingCredential:
 
 
 def settings_secrets(settings: Settings) -> list[str]:
-    """Every credential the settings hold (connection keys, the session secret)."""
+    """Every credential the settings hold: connection keys, the session secret, the /metrics
+    token, and the passwords inside the Redis and database URLs (a driver's error may quote
+    the URL it failed on)."""
     values = [c.api_key for c in settings.connections.values()]
-    values += [settings.azure_openai_api_key, settings.auth_secret]
-    return [v.get_secret_value() for v in values if v is not None]
+    values += [settings.azure_openai_api_key, settings.auth_secret, settings.metrics_token]
+    found = [v.get_secret_value() for v in values if v is not None]
+    urls = [settings.redis_url.get_secret_value() if settings.redis_url else None,
+            settings.database_url]
+    for url in urls:
+        password = urlsplit(url).password if url else None
+        if password:
+            found.append(unquote(password))
+    return found
 
 
 _factory_installed: list[Callable[..., logging.LogRecord]] = []

@@ -20,13 +20,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatapp.store import schema as t
 from chatapp.store.database import Database, StoreError, now
+from chatapp.store.experiments import audit
 
 
 class Accounts:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def add(self, username: str, password_hash: str, is_admin: bool) -> None:
+    async def add(self, username: str, password_hash: str, is_admin: bool, *,
+                  actor: str | None = None) -> None:
+        """Create an account; with `actor`, its audit line is written in the same transaction."""
         async with self._db.write() as conn:
             if await _account(conn, username) is not None:
                 raise StoreError(f"user {username!r} already exists")
@@ -34,6 +37,9 @@ class Accounts:
             await conn.execute(t.accounts.insert().values(
                 username=username, password_hash=password_hash, is_admin=is_admin,
                 created_at=ts, updated_at=ts))
+            if actor is not None:
+                await audit(conn, actor, "user_add", None,
+                            {"username": username, "is_admin": is_admin})
 
     async def get(self, username: str) -> dict[str, Any] | None:
         """The account with its password hash (for login), or None."""
@@ -48,8 +54,21 @@ class Accounts:
                 sa.select(a.c.username, a.c.is_admin, a.c.created_at).order_by(a.c.username))
             return [dict(r._mapping) for r in rows]
 
+    async def page(self, *, after: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Accounts by name after `after` (keyset paging on the primary key), never a hash."""
+        a = t.accounts
+        query = (sa.select(a.c.username, a.c.is_admin, a.c.training_opt_out, a.c.created_at,
+                           a.c.updated_at)
+                 .order_by(a.c.username).limit(limit))
+        if after is not None:
+            query = query.where(a.c.username > after)
+        async with self._db.read() as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
     async def update(self, username: str, *, password_hash: str | None = None,
-                     is_admin: bool | None = None) -> None:
+                     is_admin: bool | None = None, actor: str | None = None) -> None:
+        """Change a password and/or the admin flag; with `actor`, audited in the same
+        transaction (the line says which changed, never the password)."""
         values: dict[str, Any] = {"updated_at": now()}
         if password_hash is not None:
             values["password_hash"] = password_hash
@@ -60,6 +79,13 @@ class Accounts:
                 t.accounts.update().where(t.accounts.c.username == username).values(**values))
             if res.rowcount == 0:
                 raise StoreError(f"no user {username!r}")
+            if actor is not None:
+                details: dict[str, Any] = {"username": username}
+                if password_hash is not None:
+                    details["password"] = "reset"
+                if is_admin is not None:
+                    details["is_admin"] = is_admin
+                await audit(conn, actor, "user_update", None, details)
 
     async def set_training_opt_out(self, username: str, opt_out: bool) -> None:
         """Leave all of a traveller's conversations out of training (or take them back in)."""

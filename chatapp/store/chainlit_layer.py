@@ -109,7 +109,7 @@ class DataLayer(SQLAlchemyDataLayer):
         for key in ("input", "output", "name"):
             value = step_dict.get(key)
             if isinstance(value, str):
-                step_dict[key] = self._clean(value)  # type: ignore[literal-required]
+                step_dict[key] = self._clean(value)
         await super().create_step(step_dict)
 
     async def update_thread(self, thread_id: str, name: str | None = None,

@@ -39,6 +39,14 @@ class Datasets:
                 sa.select(t.datasets).where(t.datasets.c.sha256 == sha256))).first()
         return dict(row._mapping) if row else None
 
+    async def page(self, *, offset: int = 0, limit: int = 20) -> list[dict[str, Any]]:
+        """Built files, newest first, one page (on the created_at index of migration 5)."""
+        d = t.datasets
+        async with self._db.read() as conn:
+            rows = await conn.execute(sa.select(d).order_by(d.c.created_at.desc(), d.c.sha256)
+                                      .offset(offset).limit(limit))
+            return [{**r._mapping, "manifest": decode_manifest(r.manifest)} for r in rows]
+
     async def manifests(self) -> list[tuple[str, dict[str, Any]]]:
         """(path, manifest) of every built file."""
         async with self._db.read() as conn:

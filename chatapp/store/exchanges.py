@@ -40,7 +40,7 @@ from chatapp.domain import (
 from chatapp.store import schema as t
 from chatapp.store.accounts import trainable_user
 from chatapp.store.database import Database, StoreError, now, record, utc
-from chatapp.store.scores import RULES, rules_score
+from chatapp.store.scores import RULES
 
 AUTO_CHOICES = ("compliant", "failed")
 _EXCHANGE_ENUMS = {"source": Source, "arm_assigned": Arm, "arm_served": Arm, "outcome": Outcome}
@@ -193,15 +193,20 @@ class Exchanges:
                               sources: Sequence[str]) -> list[dict[str, Any]]:
         """One row per exchange of an experiment with its current rating and its automatic
         compliance score (1, 0, or None when unscored), for `ab report` and the guardrails."""
-        latest, score = _latest_rating(), rules_score()
-        ex = t.exchanges
+        ex, r, a = t.exchanges, t.ratings, t.auto_scores
         query = (
             sa.select(ex.c.thread_id, ex.c.arm_assigned, ex.c.arm_served, ex.c.forced,
                       ex.c.outcome, ex.c.latency_ms, ex.c.prompt_tokens, ex.c.completion_tokens,
                       ex.c.user_id, ex.c.created_at, ex.c.deployment, ex.c.model,
-                      latest.c.value.label("rating"), score.c.compliant.label("compliance"))
-            .outerjoin(latest, latest.c.exchange_id == ex.c.id)
-            .outerjoin(score, score.c.exchange_id == ex.c.id)
+                      r.c.value.label("rating"), a.c.compliant.label("compliance"))
+            # Each reply's newest rating by an index seek, not by grouping every rating in
+            # the database: the report (and the console's overview) costs what the
+            # experiment holds, not what the whole history holds. Its live score likewise,
+            # through the unique (exchange_id, scorer) index.
+            .select_from(ex.outerjoin(r, sa.and_(r.c.exchange_id == ex.c.id,
+                                                 r.c.id == _newest_rating_id(ex)))
+                         .outerjoin(a, sa.and_(a.c.exchange_id == ex.c.id,
+                                               a.c.scorer == RULES)))
             .where(ex.c.experiment_id == exp_id, ex.c.source.in_(list(sources)),
                    # A turn cut short by a crash or a stop button was no arm's reply.
                    ex.c.outcome.not_in(list(UNFINISHED_OUTCOMES))))
@@ -210,12 +215,14 @@ class Exchanges:
 
     async def eval_adherence(self, deployment: str) -> tuple[int, int]:
         """(compliant, rated) over the `eval` replies of a deployment (rated by `eval`)."""
-        latest = _latest_rating()
-        ex = t.exchanges
+        ex, r = t.exchanges, t.ratings
+        # Per eval reply through the indexes, not by grouping every rating: the console shows
+        # this gate on each load of its experiments page.
         query = (
-            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(latest.c.value), 0))
-            .select_from(ex.join(latest, latest.c.exchange_id == ex.c.id))
-            .where(ex.c.deployment == deployment, ex.c.source == Source.EVAL))
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(r.c.value), 0))
+            .select_from(ex.join(r, r.c.exchange_id == ex.c.id))
+            .where(ex.c.deployment == deployment, ex.c.source == Source.EVAL,
+                   r.c.id == _newest_rating_id(ex)))
         async with self._db.read() as conn:
             n, up = (await conn.execute(query)).one()
         return int(up), int(n)
@@ -240,6 +247,14 @@ class Exchanges:
 
 def _exchange(row: sa.Row[Any]) -> Exchange:
     return record(Exchange, row, **_EXCHANGE_ENUMS)
+
+
+def _newest_rating_id(ex: sa.Table) -> sa.ScalarSelect[Any]:
+    """The id of the newest rating of the exchange `ex` (correlated; one seek on the
+    (exchange_id, id) index per exchange)."""
+    newer = t.ratings.alias("newer")
+    return (sa.select(sa.func.max(newer.c.id)).where(newer.c.exchange_id == ex.c.id)
+            .scalar_subquery())
 
 
 def _latest_rating() -> sa.Subquery:

@@ -146,6 +146,27 @@ class Experiments:
             rows = await conn.execute(sa.select(h).order_by(h.c.id.desc()).limit(limit))
             return [dict(r._mapping) for r in rows]
 
+    async def audit_page(self, *, action: str | None = None, actor: str | None = None,
+                         before_id: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """One page of the audit trail, newest first, optionally of one action and/or actor:
+        lines with an id below `before_id` (keyset paging on the primary key, with the
+        (action, id) and (actor, id) indexes of migration 5, stays fast at any depth)."""
+        h = t.experiment_history
+        query = sa.select(h).order_by(h.c.id.desc()).limit(limit)
+        if action:
+            query = query.where(h.c.action == action)
+        if actor:
+            query = query.where(h.c.actor == actor)
+        if before_id is not None:
+            query = query.where(h.c.id < before_id)
+        async with self._db.read() as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
+    async def record(self, actor: str, action: str, details: dict[str, Any]) -> None:
+        """An audit line for an action that changes nothing in the database (a data export)."""
+        async with self._db.write() as conn:
+            await audit(conn, actor, action, None, details)
+
     async def promote(self, actor: str) -> Experiment:
         """The fine-tuned deployment becomes the base; everyone is served by it."""
         exp = await self.active()

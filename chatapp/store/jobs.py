@@ -58,6 +58,15 @@ class Jobs:
             rows = await conn.execute(sa.select(j).order_by(j.c.created_at.desc()).limit(limit))
             return [record(TrainingJob, r) for r in rows]
 
+    async def page(self, *, offset: int = 0, limit: int = 20) -> list[TrainingJob]:
+        """The newest jobs first, one page (ordered on the created_at index of migration 5;
+        jobs number in the hundreds, so an offset stays cheap)."""
+        j = t.training_jobs
+        async with self._db.read() as conn:
+            rows = await conn.execute(sa.select(j).order_by(j.c.created_at.desc(), j.c.id)
+                                      .offset(offset).limit(limit))
+            return [record(TrainingJob, r) for r in rows]
+
     async def add_event(self, job_id: str, message: str, *, level: str = "info",
                         data: dict[str, Any] | None = None) -> int:
         """Append an event to a job's log; return its id (what `events(after_id=)` takes)."""

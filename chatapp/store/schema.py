@@ -70,7 +70,7 @@ experiments = sa.Table(
     sa.Column("created_by", sa.String(200)),
     # Which guardrail metrics are on and the harm each tolerates (metric -> margin, a rate);
     # NULL: the defaults (all of them, margin 0). Then what stopped the fine-tuned arm, if a
-    # guardrail did (metric, estimate, bound, statistic). Last: migration 7 adds both.
+    # guardrail did (metric, estimate, bound, statistic). Last: migration 8 adds both.
     sa.Column("guardrails", sa.JSON),
     sa.Column("guardrail_stop", sa.JSON),
 )
@@ -85,6 +85,9 @@ experiment_history = sa.Table(
     sa.Column("action", sa.String(40), nullable=False),
     sa.Column("experiment_id", sa.String(64)),
     sa.Column("details", sa.JSON, nullable=False),
+    # The console's audit filters page by id within one action or one actor.
+    sa.Index("ix_history_action", "action", "id"),
+    sa.Index("ix_history_actor", "actor", "id"),
 )
 
 exchanges = sa.Table(
@@ -118,6 +121,9 @@ exchanges = sa.Table(
     sa.Column("owner", sa.String(100)),
     # Finding pending turns (at start, and the reaper's sweep) without a scan of all turns.
     sa.Index("ix_exchanges_outcome", "outcome"),
+    # The promotion gate's eval adherence per deployment (`ab promote`, the console's
+    # experiments page) without a scan of every turn.
+    sa.Index("ix_exchanges_source_deployment", "source", "deployment"),
 )
 
 # Append-only: the latest row per exchange is the rating; earlier rows are its history.
@@ -198,6 +204,7 @@ datasets = sa.Table(
     sa.Column("manifest", sa.JSON, nullable=False),
     _ts("created_at", nullable=False),
     sa.Column("created_by", sa.String(200)),
+    sa.Index("ix_datasets_created", "created_at"),  # the console's newest-first pages
 )
 
 training_jobs = sa.Table(
@@ -224,6 +231,7 @@ training_jobs = sa.Table(
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
     _ts("finished_at"),
+    sa.Index("ix_training_jobs_created", "created_at"),  # the console's newest-first pages
 )
 
 job_events = sa.Table(

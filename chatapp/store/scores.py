@@ -62,9 +62,3 @@ class Scores:
                                                    tuple(r.failed_checks or ()), r.scorer)
         return out
 
-
-def rules_score() -> sa.Subquery:
-    """(exchange_id, compliant) of the rule-based scores, to outer-join onto exchanges."""
-    a = t.auto_scores
-    return (sa.select(a.c.exchange_id, a.c.compliant).where(a.c.scorer == RULES)
-            .subquery("auto_score"))

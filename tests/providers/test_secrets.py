@@ -173,6 +173,18 @@ def own_log_factory() -> Iterator[None]:
     redact_module._log_secrets.clear()
 
 
+def test_the_metrics_token_and_passwords_in_redis_and_database_urls_are_secrets() -> None:
+    settings = load_settings(
+        _env_file=None, metrics_token="scrape-token-8c1f2a",
+        redis_url="redis://:r3dis%2Fpass-91ab@cache:6379/0",
+        database_url="postgresql://app:pg-pass-5e77d0@db:5432/travel")
+    assert set(settings_secrets(settings)) >= {"scrape-token-8c1f2a", "r3dis/pass-91ab",
+                                               "pg-pass-5e77d0"}
+    quiet = load_settings(_env_file=None, redis_url="redis://cache:6379/0",
+                          database_url="postgresql://app@db/travel")
+    assert settings_secrets(quiet) == []  # a URL without a password adds nothing
+
+
 @pytest.mark.usefixtures("own_log_factory")
 def test_log_records_of_the_app_process_are_masked(caplog: pytest.LogCaptureFixture) -> None:
     settings = load_settings(_env_file=None, auth_secret=AUTH_SECRET, connections={

@@ -117,7 +117,7 @@ async def _write_as_v3(conn: AsyncConnection) -> None:
         await conn.execute(v3.deployments.insert().values(**asdict(dep)))
     exp = Experiment("exp-old", "old", {"base": 0.5, "fine_tuned": 0.5}, "base-1", "ft-1",
                      started_at=T0, created_by="ops")
-    # Columns added later (migration 7) were not in the v3 table.
+    # Columns added later (migration 8) were not in the v3 table.
     old_columns = {k: v for k, v in asdict(exp).items()
                    if k not in ("guardrails", "guardrail_stop")}
     await conn.execute(v3.experiments.insert().values(**old_columns))
@@ -241,7 +241,7 @@ async def _read_back(store: Store) -> None:
     assert [(r.id, r.rating) for r in rated] == [("ex-0", 0), ("ex-1", 1)]
     assert await store.exchanges.count_rated(RatedFilter()) == 1
     assert await store.exchanges.mark_interrupted() == 1
-    # migration 7: an old experiment runs every guardrail, takes live scores, and the
+    # migration 8: an old experiment runs every guardrail, takes live scores, and the
     # conditional stop reads its weights as they were written at migration 3
     assert exp.guardrails is None and exp.guardrail_stop is None
     assert await store.scores.add(AutoScore("ex-0", compliant=True))

@@ -110,6 +110,11 @@ class Experiment:
     started_at: datetime | None = None
     ended_at: datetime | None = None
     created_by: str | None = None
+    # Guardrail metric -> harm tolerated before the fine-tuned arm is stopped (a rate); None:
+    # every guardrail with no margin (chatapp/experiments/guardrails.py).
+    guardrails: dict[str, float] | None = None
+    # Set once a guardrail stopped the fine-tuned arm: metric, estimate, bound, statistic, when.
+    guardrail_stop: dict[str, Any] | None = None
 
     def deployment_for(self, arm: Arm) -> str | None:
         return self.base_deployment if arm == Arm.BASE else self.fine_tuned_deployment

@@ -121,10 +121,10 @@ async def erase_user(store: Store, username: str, *, actor: str,
                      dry_run: bool = False) -> Counter[str]:
     """Delete everything held about `username` in one transaction; return rows per table.
 
-    Reaches reviews of their replies (corrections included), ratings, exchanges, Chainlit's
-    feedbacks/elements/steps/threads/users and the account, and replaces the name in dataset
-    manifests. The audit line records that an erasure happened, by whom and how many rows,
-    with the sha256 of the name instead of it.
+    Reaches reviews of their replies (corrections included), ratings, automatic scores,
+    exchanges, Chainlit's feedbacks/elements/steps/threads/users and the account, and replaces
+    the name in dataset manifests. The audit line records that an erasure happened, by whom
+    and how many rows, with the sha256 of the name instead of it.
     """
     return await store.privacy.erase_user(
         username, actor=actor, dry_run=dry_run, user_sha256=user_digest(username),
@@ -175,5 +175,6 @@ async def export_user(store: Store, username: str) -> dict[str, Any]:
         "exchanges": data.exchanges,
         "ratings": data.ratings,
         "reviews": data.reviews,
+        "auto_scores": data.auto_scores,
         "not_included": "built training files: they are scrubbed of personal data when built",
     }

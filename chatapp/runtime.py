@@ -18,6 +18,7 @@ from typing import Any
 from chatapp.auth import hash_password, random_password, verify_password
 from chatapp.chat.conversation import ChatService
 from chatapp.domain import SMOLLM2, Deployment, Provider
+from chatapp.guard import guard_once
 from chatapp.privacy import RETENTION_INTERVAL_S, retention_once
 from chatapp.settings import LOCAL_CONNECTION, Settings
 from chatapp.shared import feed
@@ -133,6 +134,13 @@ class Runtime:
                                check_s=self.settings.heartbeat_s), "reap-turns")
         if self.shared is not None:
             self._spawn(feed.follow(self.shared, service.watcher), "routing-feed")
+        if self.settings.guardrails_enforce:
+            # Once across processes per interval; the stop itself is a conditional UPDATE, so
+            # a lease that lapsed mid-run still stops the arm once (chatapp/guard.py).
+            interval = self.settings.guardrail_interval_s
+            self._spawn(once.every("guardrails", interval,
+                                   lambda: guard_once(store, self.settings),
+                                   ttl_s=max(120.0, 2 * interval)), "guardrails")
         self.start_retention()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -218,6 +226,8 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._background.clear()
+        if self._service is not None:
+            await self._service.scorer.drain(2.0)  # scores of the last replies, bounded
         if self._membership is not None:
             try:
                 await self._membership.leave()

@@ -165,6 +165,17 @@ class Settings(BaseSettings):
     # One log WARNING when this share of the fine-tuned arm's last N turns fell back to base
     fallback_alert_ratio: float = Field(default=0.2, gt=0, le=1)
     fallback_alert_window: int = Field(default=50, ge=1)
+    # Guardrails (chatapp/guard.py): every this many seconds one app process evaluates the running
+    # experiment and sends the fine-tuned arm's users to base when it is significantly worse;
+    # not before this many users per arm have data for a metric (the plug-in variance needs
+    # some tens of users to be trusted). Off: the report still shows them; nobody acts.
+    guardrails_enforce: bool = True
+    guardrail_interval_s: float = Field(default=60.0, gt=0)
+    guardrail_min_users: int = Field(default=50, ge=2)
+    # A guardrail stop is POSTed here as JSON (retried on failure, bounded); unset: log only.
+    # Secret: such URLs often carry a token.
+    alert_webhook_url: SecretStr | None = None
+    alert_webhook_attempts: int = Field(default=3, ge=1, le=10)
     # Streamed text reaches the browser at most this often, gathered (0: one message per token)
     stream_flush_ms: float = Field(default=30.0, ge=0, le=1000)
 

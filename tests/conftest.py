@@ -136,6 +136,7 @@ async def ratings_of(store: Store, exchange: Exchange) -> list[dict[str, Any]]:
 
 async def _truncate(store: Store) -> None:
     """Postgres is shared by the whole run: empty the tables so tests stay independent."""
+    await store.settle()  # live scores still being written (chat/scoring.py) land first
     if store.db.engine.dialect.name != "postgresql":
         return
     from sqlalchemy import text

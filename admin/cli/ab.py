@@ -10,6 +10,7 @@ from rich.table import Table
 
 from admin.cli.common import JsonOpt, actor, console, emit, fail, settings, with_store
 from chatapp.domain import Experiment, Source
+from chatapp.experiments.guardrails import METRICS, parse_guardrails
 from chatapp.experiments.operations import PromotionRefused, experiment_report, report_json
 from chatapp.experiments.operations import promote as promote_experiment
 from chatapp.experiments.operations import stop as stop_experiment
@@ -20,11 +21,23 @@ app = typer.Typer(help="A/B experiments between the base and fine-tuned deployme
                   no_args_is_help=True)
 
 
+def _guardrails(exp: Experiment) -> str:
+    if exp.guardrails is None:
+        return "all, no margin (default)"
+    if not exp.guardrails:
+        return "none"
+    return ", ".join(f"{m}" + (f" (margin {v:.1%})" if v else "")
+                     for m, v in exp.guardrails.items())
+
+
 def _show(exp: Experiment) -> None:
     console.print(
         f"experiment [bold]{exp.id}[/bold] ({exp.name}): base={exp.base_deployment}"
         f" fine_tuned={exp.fine_tuned_deployment or '-'} weights={exp.weights}"
-    )
+        f" guardrails: {_guardrails(exp)}", highlight=False)
+    if exp.guardrail_stop:
+        console.print(f"[red]stopped by the {exp.guardrail_stop.get('metric')} guardrail[/red]"
+                      f" at {exp.guardrail_stop.get('at')}", highlight=False)
 
 
 @app.command("start")
@@ -36,8 +49,17 @@ def start(
                                                help="Default: the current base deployment."),
     fine_tuned_deployment: str | None = typer.Option(
         None, "--fine-tuned-deployment", help="Default: the current fine-tuned deployment."),
+    guardrails: str | None = typer.Option(
+        None, "--guardrails",
+        help=f"Guardrails that stop the fine-tuned arm, comma-separated, each with an optional"
+             f" harm margin (a rate): e.g. 'thumbs_up,compliance:0.02'; 'none' for none."
+             f" Default: all ({', '.join(METRICS)}), margin 0."),
 ) -> None:
     """Start a new experiment (a new id: users are reshuffled)."""
+    try:
+        chosen = None if guardrails is None else parse_guardrails(guardrails)
+    except ValueError as err:
+        fail(str(err))
 
     async def run(store: Store) -> Experiment:
         current = await store.experiments.active()
@@ -46,7 +68,8 @@ def start(
         if not base:
             fail("no base deployment: pass --base-deployment")
         return await store.experiments.start(name=name, base=base, fine_tuned=ft,
-                                            fine_tuned_weight=fine_tuned, actor=actor())
+                                            fine_tuned_weight=fine_tuned, actor=actor(),
+                                            guardrails=chosen)
 
     _show(with_store(run))
 
@@ -134,7 +157,28 @@ def _print_report(r: Report) -> None:
     if r.difference is not None and r.difference_ci is not None:
         console.print(f"difference per reply: {r.difference:+.1%}, 95% CI"
                       f" {_ci(r.difference_ci, True)}, p = {r.p_value:.3g}")
+    auto = r.auto_compliance
+    table = Table(title="Automatic policy compliance per traveller (the rule-based checks on"
+                        " every live reply; not travellers' ratings)")
+    for col in ("arm (assigned)", "users", "scored replies", "compliant", "95% CI (one look)"):
+        table.add_column(col)
+    for arm in auto.users:
+        table.add_row(arm, str(auto.users[arm]), str(auto.rated[arm]), _pct(auto.rate.get(arm)),
+                      _ci(auto.rate_ci95.get(arm)))
+    console.print(table)
+    if auto.difference is not None:
+        console.print(f"compliance difference (fine_tuned - base): {auto.difference:+.1%}"
+                      + (f"; always valid {_ci(auto.always_valid_ci, True)}"
+                         if auto.always_valid_ci else ""))
+    if r.guardrail_stop:
+        stop = r.guardrail_stop
+        console.print(f"[bold red]guardrail stop[/bold red] at {stop.get('at')}:"
+                      f" {stop.get('metric')} (estimate {stop.get('estimate', 0):+.1%});"
+                      " fine_tuned's weight is 0."
+                      f" {stop.get('reason', '')}", highlight=False)
     console.print("guardrails (is fine_tuned worse than base? one-sided, always valid):")
+    if not r.guardrails:
+        console.print("  none: this experiment was started with --guardrails none")
     for g in r.guardrails.values():
         colour = {"tripped": "red", "ok": "green"}.get(g.state, "yellow")
         console.print(f"  {g.metric:<14}[{colour}]{g.state:<12}[/{colour}] {g.reason}",
@@ -175,6 +219,11 @@ def report(
         sys.stdout.write(json.dumps(report_json(r), indent=2) + "\n")
     else:
         _print_report(r)
+        if (enforced := r.guardrail_enforcement) is not None:
+            console.print(
+                f"guardrails are {'enforced' if enforced['enforced'] else 'NOT enforced'} by"
+                f" the app (TRAVEL_GUARDRAILS_ENFORCE): checked every {enforced['every_s']:g} s"
+                f" once each arm has {enforced['min_users']} users with data", highlight=False)
 
 
 @app.command("promote")

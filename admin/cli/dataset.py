@@ -227,6 +227,8 @@ def build(
     since: datetime | None = _SINCE,
     until: datetime | None = _UNTIL,
     min_turns: int = typer.Option(1, "--min-turns", min=1, help="Assistant turns per example."),
+    auto: bool | None = typer.Option(None, "--auto-compliant/--auto-failed",
+                                     help="Only replies the live policy checks passed (failed)."),
     source: list[str] = _SOURCE,
     with_seed: bool = typer.Option(False, "--with-seed", help="Merge training_data/*.jsonl."),
     seed_file: list[Path] = _SEED_FILE,
@@ -267,7 +269,8 @@ def build(
         selection=Selection(
             ratings=rating_mode, multi_turn=turn_mode, sources=tuple(source), arms=tuple(arm),
             deployments=tuple(deployment), models=tuple(served_model), users=tuple(user),
-            since=since, until=until, min_turns=min_turns),
+            since=since, until=until, min_turns=min_turns,
+            auto=None if auto is None else ("compliant" if auto else "failed")),
         model=model, seed=seed, validation_ratio=validation_ratio, seed_files=seeds,
         pii=pii_mode, near_dedupe=near_dedupe, overwrite=overwrite, format=dataset_format)
 

@@ -74,6 +74,8 @@ def list_(
                                             help="Only replies whose rating has (no) comment."),
     unreviewed: bool = typer.Option(False, "--unreviewed", help="Only replies nobody reviewed"
                                     " yet."),
+    auto: bool | None = typer.Option(None, "--auto-compliant/--auto-failed",
+                                     help="Only replies the live policy checks passed (failed)."),
     limit: int = typer.Option(20, "--limit", min=1, max=500, help="Replies per page."),
     page: int = typer.Option(1, "--page", min=1, help="Page, from 1 (newest first)."),
     as_json: bool = JsonOpt,
@@ -91,7 +93,8 @@ def list_(
             fail(f"{opt}: {bad[0]!r} is not one of {', '.join(allowed)}", 2)
     filters = QueueFilter(
         scope=ExchangeScope(sources=tuple(source), arms=tuple(arm),
-                            deployments=tuple(deployment), since=since),
+                            deployments=tuple(deployment), since=since,
+                            auto=None if auto is None else ("compliant" if auto else "failed")),
         ratings=_RATINGS[chosen], has_comment=has_comment, unreviewed=unreviewed)
     result: QueuePage = _run(lambda s: review.list_queue(s, filters, limit, (page - 1) * limit))
     pages = max(1, -(-result.total // limit))

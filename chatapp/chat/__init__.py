@@ -8,4 +8,5 @@
     input_guard.py      message size and history trimming before any model call
     ratelimit.py        per-traveller limits; fallback_monitor.py the fallback alarm
     metrics.py          the Prometheus counters a turn moves
+    scoring.py          the policy checks' live score of each model reply, after it is recorded
 """

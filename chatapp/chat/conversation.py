@@ -24,6 +24,7 @@ from chatapp.chat.metrics import ChatMetrics
 from chatapp.chat.ratelimit import limiter_for
 from chatapp.chat.request import TurnRequest
 from chatapp.chat.routing import ExperimentWatcher, Route, choose
+from chatapp.chat.scoring import LiveScorer
 from chatapp.domain import Arm, Deployment, Exchange, Outcome
 from chatapp.providers import build_chat_model
 from chatapp.providers.base import (
@@ -180,6 +181,7 @@ class ChatService:
             FallbackMonitor(settings.fallback_alert_ratio, settings.fallback_alert_window),
             shared)
         self.metrics = ChatMetrics()
+        self.scorer = LiveScorer(store)
         self.gate = TurnGate()
         self.watcher.on_change.append(
             lambda exp: self.metrics.fine_tuned_weight.set(
@@ -304,6 +306,8 @@ class ChatService:
         )
         try:
             await self.store.exchanges.finish(exchange)
+            # Scored in the background once on record (chat/scoring.py): never delays the reply.
+            self.scorer.submit(exchange)
         except Exception as err:
             # The message is on record (pending) and the traveller has the reply; the next start
             # marks the row interrupted. Nothing to tell the traveller, much to tell operators.

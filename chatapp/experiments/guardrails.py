@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -46,6 +46,39 @@ GUARDRAILS: tuple[GuardrailSpec, ...] = (
     GuardrailSpec("error_rate", "error rate", higher_is_better=False, tau=0.03),
     GuardrailSpec("fallback_rate", "fallback rate", higher_is_better=False, tau=0.03),
 )
+
+
+METRICS = tuple(g.metric for g in GUARDRAILS)
+
+
+def parse_guardrails(text: str) -> dict[str, float]:
+    """An operator's choice ("thumbs_up,compliance:0.02,error_rate") as metric -> margin: the
+    metrics named are on, each with its margin (default 0); "none" turns all off."""
+    out: dict[str, float] = {}
+    if text.strip().lower() == "none":
+        return out
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, margin = part.partition(":")
+        name = name.strip()
+        if name not in METRICS:
+            raise ValueError(f"unknown guardrail {name!r} (one of {', '.join(METRICS)})")
+        try:
+            value = float(margin) if margin.strip() else 0.0
+        except ValueError:
+            raise ValueError(f"guardrail {name}: margin {margin!r} is not a number") from None
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"guardrail {name}: margin {value} is not a rate in [0, 1)")
+        out[name] = value
+    return out
+
+
+def specs_for(config: Mapping[str, float] | None) -> tuple[GuardrailSpec, ...]:
+    """The guardrails an experiment runs: every one with margin 0 when it chose none (None),
+    else the metrics it names with their margins, in GUARDRAILS order."""
+    if config is None:
+        return GUARDRAILS
+    return tuple(replace(g, margin=float(config[g.metric])) for g in GUARDRAILS
+                 if g.metric in config)
 
 
 @dataclass(frozen=True)

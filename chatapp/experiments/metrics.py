@@ -33,7 +33,8 @@ def _rating(row: Row) -> float | None:
 
 
 def _compliance(row: Row) -> float | None:
-    # Live policy scores (0/1 per reply) are not stored yet: rows that carry one count.
+    # The automatic score of the rule-based checks (store: auto_scores), 0/1 per scored reply;
+    # unscored rows (fixed replies, a score still being written) do not count.
     value = row.get("compliance")
     return None if value is None else float(value)
 

@@ -43,14 +43,26 @@ async def experiment_report(store: Store, settings: Settings, experiment_id: str
     """`ab report` of an experiment (default: the running one) over the given traffic."""
     exp = await find_experiment(store, experiment_id)
     rows = await store.exchanges.experiment_rows(exp.id, list(sources))
-    return report_of_rows(exp.id, rows, settings, min_users)
+    return report_of_rows(exp.id, rows, settings, min_users, experiment=exp)
 
 
 def report_of_rows(experiment_id: str, rows: Sequence[Mapping[str, Any]], settings: Settings,
-                   min_users: int = DEFAULT_MIN_USERS) -> Report:
-    """The report of rows already read (the console reads them once for several figures)."""
-    return summarize(experiment_id, rows, min_users,
-                     price=functools.partial(serving_price, settings=settings))
+                   min_users: int = DEFAULT_MIN_USERS, *,
+                   experiment: Experiment | None = None) -> Report:
+    """The report of rows already read (the console reads them once for several figures).
+    With `experiment`, its own guardrails and their stop; the guardrails are judged from the
+    guardrail job's minimum of users (TRAVEL_GUARDRAIL_MIN_USERS), so the report shows the
+    verdicts the app acts on."""
+    report = summarize(experiment_id, rows, min_users,
+                       price=functools.partial(serving_price, settings=settings),
+                       guardrails=experiment.guardrails if experiment else None,
+                       guardrail_stop=experiment.guardrail_stop if experiment else None,
+                       guardrail_min_users=settings.guardrail_min_users)
+    # Whether the app acts on the verdicts, or only the report shows them.
+    report.guardrail_enforcement = {"enforced": settings.guardrails_enforce,
+                                    "every_s": settings.guardrail_interval_s,
+                                    "min_users": settings.guardrail_min_users}
+    return report
 
 
 def report_json(report: Report) -> dict[str, Any]:

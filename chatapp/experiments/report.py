@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from chatapp.experiments.guardrails import GuardrailVerdict, guardrail_verdicts
+from chatapp.experiments.guardrails import GuardrailVerdict, guardrail_verdicts, specs_for
 from chatapp.experiments.metrics import metric_sums
 from chatapp.experiments.replies import (
     ArmStats,
@@ -142,6 +142,20 @@ class Report:
     daily: list[DayUsage]
     decision: str
     reason: str
+    # The policy checks' live scores per traveller, by assigned arm (same estimator as the
+    # thumbs-up figures): every reply a model wrote, not only the few travellers rate.
+    auto_compliance: UserLevel = field(default_factory=UserLevel)
+    guardrail_stop: dict[str, Any] | None = None  # what stopped fine_tuned, if a guardrail did
+    # Whether the app acts on the verdicts (enforced, every_s, min_users); None: not known here.
+    guardrail_enforcement: dict[str, Any] | None = None
+
+    def auto_compliance_dict(self) -> dict[str, Any]:
+        a = self.auto_compliance
+        return {"note": "rule-based policy checks run on every live reply a model wrote;"
+                        " per traveller, by assigned arm; not travellers' ratings",
+                "users": a.users, "scored": a.rated, "compliant": a.up, "rate": a.rate,
+                "rate_ci95": a.rate_ci95, "difference": a.difference,
+                "difference_ci95": a.difference_ci95, "always_valid_ci": a.always_valid_ci}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -156,17 +170,26 @@ class Report:
                 "p_value": self.p_value, "ratings_needed_per_arm": self.needed_per_arm,
                 "more_ratings_needed": self.more_needed},
             "arms": {a: s.as_dict() for a, s in self.arms.items()},
+            "automatic_compliance": self.auto_compliance_dict(),
             "guardrails": {m: g.as_dict() for m, g in self.guardrails.items()},
+            "guardrail_stop": self.guardrail_stop,
+            "guardrail_enforcement": self.guardrail_enforcement,
             "daily": [d.as_dict() for d in self.daily],
         }
 
 
 def summarize(experiment_id: str, rows: Iterable[Mapping[str, Any]],
               min_users: int = DEFAULT_MIN_USERS, *, tau: float = PRIMARY_TAU,
-              alpha: float = ALPHA, price: PriceLookup = serving_price) -> Report:
+              alpha: float = ALPHA, price: PriceLookup = serving_price,
+              guardrails: Mapping[str, float] | None = None,
+              guardrail_stop: dict[str, Any] | None = None,
+              guardrail_min_users: int | None = None) -> Report:
     """Rows: `Store.experiment_rows`, one per exchange with user_id, thread_id, arm_assigned,
     arm_served, forced, outcome, latency_ms, prompt/completion tokens, created_at, deployment,
-    model and `rating` (latest value, or None); `compliance` (0/1) where a reply was scored."""
+    model and `rating` (latest value, or None); `compliance` (0/1) where a reply was scored.
+    `guardrails`/`guardrail_stop`: the experiment's own (Experiment.guardrails, .guardrail_stop);
+    `guardrail_min_users`: the guardrail job's minimum (default `min_users`), so the report
+    shows the verdicts the job acts on."""
     rows = list(rows)
     arms = reply_arms(rows)
     sums = metric_sums(rows)
@@ -182,9 +205,11 @@ def summarize(experiment_id: str, rows: Iterable[Mapping[str, Any]],
         if needed is not None:
             more = max(0, needed - min(b.rated, f.rated))
     decision, reason = _decide(user, min_users)
-    return Report(experiment_id, arms, min_users, user, diff, ci, p, needed, more,
-                  guardrail_verdicts(sums, min_users=min_users), daily_usage(rows, price),
-                  decision, reason)
+    verdicts = guardrail_verdicts(sums, min_users=guardrail_min_users or min_users,
+                                  specs=specs_for(guardrails))
+    return Report(experiment_id, arms, min_users, user, diff, ci, p, needed, more, verdicts,
+                  daily_usage(rows, price), decision, reason,
+                  _user_level(sums.get("compliance"), min_users, tau, alpha), guardrail_stop)
 
 
 def _decide(u: UserLevel, min_users: int) -> tuple[str, str]:

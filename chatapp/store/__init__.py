@@ -8,6 +8,7 @@
     store.exchanges     exchanges.py     chat turns (pending -> finished), ratings, the readers
                                          of `ab report`, `eval` and `dataset build`
     store.candidates    candidates.py    replies sampled for an exchange's prompt, with verdicts
+    store.scores        scores.py        automatic (rule-based) scores of live replies
     store.jobs          jobs.py          fine-tuning jobs and their events
     store.datasets      datasets.py      built training files and their manifests
     store.chainlit      chainlit.py      Chainlit's tables: DDL, and the access guard's lookups
@@ -25,6 +26,7 @@ empty database just works.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from chatapp.settings import Settings
@@ -48,10 +50,11 @@ from chatapp.store.reviews import (
     Reviews,
     Subject,
 )
+from chatapp.store.scores import AutoScore, Scores
 
-__all__ = ["Correction", "ExchangeScope", "PoolOptions", "QueueFilter", "QueueItem", "QueuePage",
-           "RatedExchange", "RatedFilter", "ReplyCandidate", "Review", "Store", "StoreError",
-           "Subject", "async_url", "now"]
+__all__ = ["AutoScore", "Correction", "ExchangeScope", "PoolOptions", "QueueFilter", "QueueItem",
+           "QueuePage", "RatedExchange", "RatedFilter", "ReplyCandidate", "Review", "Store",
+           "StoreError", "Subject", "async_url", "now"]
 
 
 class Store:
@@ -60,11 +63,13 @@ class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._writes: set[asyncio.Task[None]] = set()
         self.accounts = Accounts(db)
         self.experiments = Experiments(db)
         self.deployments = Deployments(db, self.experiments)
         self.exchanges = Exchanges(db)
         self.candidates = Candidates(db)
+        self.scores = Scores(db)
         self.jobs = Jobs(db)
         self.datasets = Datasets(db)
         self.chainlit = ChainlitTables(db)
@@ -91,7 +96,19 @@ class Store:
         """Run `closer` when the store closes (a client that lives as long as the store)."""
         self._closers.append(closer)
 
+    def track(self, task: asyncio.Task[None]) -> None:
+        """A write started in the background on this store (a live score): `settle` and
+        `close` wait for it, so it never lands on a closed pool or a table being emptied."""
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def settle(self, timeout_s: float = 5.0) -> None:
+        """Wait (bounded) for the background writes in flight."""
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=timeout_s)
+
     async def close(self) -> None:
+        await self.settle()
         for closer in self._closers:
             await closer()
         await self.db.close()

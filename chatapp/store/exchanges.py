@@ -40,7 +40,9 @@ from chatapp.domain import (
 from chatapp.store import schema as t
 from chatapp.store.accounts import trainable_user
 from chatapp.store.database import Database, StoreError, now, record, utc
+from chatapp.store.scores import RULES
 
+AUTO_CHOICES = ("compliant", "failed")
 _EXCHANGE_ENUMS = {"source": Source, "arm_assigned": Arm, "arm_served": Arm, "outcome": Outcome}
 
 
@@ -80,6 +82,9 @@ class ExchangeScope:
     users: tuple[str, ...] = ()
     since: datetime | None = None
     until: datetime | None = None
+    # The live policy checks' score (scores.py): "compliant", "failed", or None for any (an
+    # unscored exchange matches neither "compliant" nor "failed").
+    auto: str | None = None
 
 
 @dataclass(frozen=True)
@@ -186,18 +191,22 @@ class Exchanges:
 
     async def experiment_rows(self, exp_id: str,
                               sources: Sequence[str]) -> list[dict[str, Any]]:
-        """One row per exchange of an experiment with its current rating, for `ab report`."""
-        ex, r = t.exchanges, t.ratings
+        """One row per exchange of an experiment with its current rating and its automatic
+        compliance score (1, 0, or None when unscored), for `ab report` and the guardrails."""
+        ex, r, a = t.exchanges, t.ratings, t.auto_scores
         query = (
             sa.select(ex.c.thread_id, ex.c.arm_assigned, ex.c.arm_served, ex.c.forced,
                       ex.c.outcome, ex.c.latency_ms, ex.c.prompt_tokens, ex.c.completion_tokens,
                       ex.c.user_id, ex.c.created_at, ex.c.deployment, ex.c.model,
-                      r.c.value.label("rating"))
+                      r.c.value.label("rating"), a.c.compliant.label("compliance"))
             # Each reply's newest rating by an index seek, not by grouping every rating in
             # the database: the report (and the console's overview) costs what the
-            # experiment holds, not what the whole history holds.
+            # experiment holds, not what the whole history holds. Its live score likewise,
+            # through the unique (exchange_id, scorer) index.
             .select_from(ex.outerjoin(r, sa.and_(r.c.exchange_id == ex.c.id,
-                                                 r.c.id == _newest_rating_id(ex))))
+                                                 r.c.id == _newest_rating_id(ex)))
+                         .outerjoin(a, sa.and_(a.c.exchange_id == ex.c.id,
+                                               a.c.scorer == RULES)))
             .where(ex.c.experiment_id == exp_id, ex.c.source.in_(list(sources)),
                    # A turn cut short by a crash or a stop button was no arm's reply.
                    ex.c.outcome.not_in(list(UNFINISHED_OUTCOMES))))
@@ -276,6 +285,12 @@ def scope_conditions(scope: ExchangeScope) -> list[sa.ColumnElement[bool]]:
         conds.append(ex.c.created_at >= utc(scope.since))
     if scope.until is not None:
         conds.append(ex.c.created_at < utc(scope.until))
+    if scope.auto is not None:
+        if scope.auto not in AUTO_CHOICES:
+            raise StoreError(f"auto score filter must be one of {', '.join(AUTO_CHOICES)}")
+        a = t.auto_scores
+        conds.append(ex.c.id.in_(sa.select(a.c.exchange_id).where(
+            a.c.scorer == RULES, a.c.compliant == (scope.auto == "compliant"))))
     return conds
 
 

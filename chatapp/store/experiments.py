@@ -69,8 +69,10 @@ class Experiments:
 
     async def start(self, *, name: str, base: str, fine_tuned: str | None,
                     fine_tuned_weight: float, actor: str, action: str = "start",
-                    note: dict[str, Any] | None = None) -> Experiment:
-        """End the running experiment (if any) and start a new one: a new id reshuffles users."""
+                    note: dict[str, Any] | None = None,
+                    guardrails: dict[str, float] | None = None) -> Experiment:
+        """End the running experiment (if any) and start a new one: a new id reshuffles users.
+        `guardrails`: metric -> margin of the guardrails that are on (None: the defaults)."""
         _check_weight(fine_tuned_weight)
         if fine_tuned_weight > 0 and not fine_tuned:
             raise StoreError("a fine-tuned weight above 0 needs a fine-tuned deployment")
@@ -81,7 +83,8 @@ class Experiments:
         exp = Experiment(
             id=f"exp-{now():%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}", name=name,
             weights=_weights(fine_tuned_weight), base_deployment=base,
-            fine_tuned_deployment=fine_tuned, started_at=now(), created_by=actor)
+            fine_tuned_deployment=fine_tuned, started_at=now(), created_by=actor,
+            guardrails=dict(guardrails) if guardrails is not None else None)
         async with self._db.write() as conn:
             e = t.experiments
             await conn.execute(e.update().where(e.c.ended_at.is_(None))
@@ -108,6 +111,33 @@ class Experiments:
                         {"weights": weights, "previous": exp.weights})
         await self._changed(exp.id)
         return await self.get(exp.id) or exp
+
+    async def guardrail_stop(self, exp_id: str, details: dict[str, Any],
+                             actor: str = "guardrail") -> bool:
+        """Send the fine-tuned arm's users to base because a guardrail tripped; True only for
+        the one caller whose UPDATE changed the row.
+
+        Several app processes evaluate the same experiment: the UPDATE's own condition (still
+        this experiment, still running, fine-tuned weight still above 0) decides which one
+        stops it, so the audit line, the log line and the alert happen once. On PostgreSQL a
+        second UPDATE waits for the first one's commit and then re-checks the condition, which
+        no longer holds; SQLite runs one write at a time. An operator who already set the weight
+        to 0, or started another experiment, wins the same way.
+        """
+        e = t.experiments
+        at = now()
+        stop = {**details, "at": at.isoformat()}
+        weights = _weights(0.0)
+        async with self._db.write() as conn:
+            res = await conn.execute(
+                e.update().where(e.c.id == exp_id, e.c.ended_at.is_(None),
+                                 e.c.weights[Arm.FINE_TUNED.value].as_float() > 0)
+                .values(weights=weights, guardrail_stop=stop))
+            if res.rowcount != 1:
+                return False
+            await audit(conn, actor, "guardrail_stop", exp_id, {"weights": weights, **stop})
+        await self._changed(exp_id)
+        return True
 
     async def history(self, limit: int = 100) -> list[dict[str, Any]]:
         """The audit trail, newest first: id, at, actor, action, experiment_id, details."""

@@ -28,8 +28,8 @@ from chatapp.store.datasets import decode_manifest
 from chatapp.store.experiments import audit
 
 # Tables in deletion order (children first), as counted in purge and erasure results.
-TABLE_ORDER = ("reviews", "ratings", "reply_candidates", "exchanges", "feedbacks", "elements",
-               "steps", "threads", "users", "accounts")
+TABLE_ORDER = ("reviews", "ratings", "reply_candidates", "auto_scores", "exchanges", "feedbacks",
+               "elements", "steps", "threads", "users", "accounts")
 ERASE_ORDER = (*TABLE_ORDER, "dataset_manifests")
 # Chainlit keeps a user's `user_env` (keys a user may paste in) in thread metadata: a secret.
 _SECRET_METADATA = {"env"}
@@ -53,6 +53,7 @@ class UserData:
     exchanges: list[dict[str, Any]]
     ratings: list[dict[str, Any]]
     reviews: list[dict[str, Any]]  # of their replies: corrections, acceptances, skips
+    auto_scores: list[dict[str, Any]]  # the policy checks' scores of their replies
 
 
 class Privacy:
@@ -105,6 +106,8 @@ class Privacy:
                                                 .scalar_subquery()))),
                 ("reply_candidates", t.reply_candidates, t.reply_candidates.c.exchange_id.in_(
                     sa.select(ex.c.id).where(mine).scalar_subquery())),
+                ("auto_scores", t.auto_scores, t.auto_scores.c.exchange_id.in_(
+                    sa.select(ex.c.id).where(mine).scalar_subquery())),
                 ("exchanges", ex, mine),
                 *_chainlit_targets(thread_ids),
                 ("users", cl.users, cl.users.c.identifier == username),
@@ -138,6 +141,10 @@ class Privacy:
                 sa.select(t.reviews).where(t.reviews.c.exchange_id.in_(
                     sa.select(ex.c.id).where(ex.c.user_id == username).scalar_subquery()))
                 .order_by(t.reviews.c.id))]
+            auto_scores = [_record(r) for r in await conn.execute(
+                sa.select(t.auto_scores).where(t.auto_scores.c.exchange_id.in_(
+                    sa.select(ex.c.id).where(ex.c.user_id == username).scalar_subquery()))
+                .order_by(t.auto_scores.c.id))]
             users = await _rows(conn, cl.users, cl.users.c.identifier == username)
             threads = []
             for tid in thread_ids:
@@ -153,7 +160,7 @@ class Privacy:
         return UserData(
             account=_record(account, drop=("password_hash",)) if account else None,
             chainlit_user=users[0] if users else None, threads=threads, exchanges=exchanges,
-            ratings=ratings, reviews=reviews)
+            ratings=ratings, reviews=reviews, auto_scores=auto_scores)
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -223,6 +230,8 @@ async def _thread_rows(conn: AsyncConnection, ids: Sequence[str], chainlit_ids: 
                              ("ratings", t.ratings, t.ratings.c.exchange_id.in_(ex_ids)),
                              ("reply_candidates", t.reply_candidates,
                               t.reply_candidates.c.exchange_id.in_(ex_ids)),
+                             ("auto_scores", t.auto_scores,
+                              t.auto_scores.c.exchange_id.in_(ex_ids)),
                              ("exchanges", ex, web), *_chainlit_targets(chainlit_ids)]
     return await _apply(conn, targets, delete=delete)
 

@@ -68,6 +68,11 @@ experiments = sa.Table(
     _ts("started_at", nullable=False),
     _ts("ended_at"),
     sa.Column("created_by", sa.String(200)),
+    # Which guardrail metrics are on and the harm each tolerates (metric -> margin, a rate);
+    # NULL: the defaults (all of them, margin 0). Then what stopped the fine-tuned arm, if a
+    # guardrail did (metric, estimate, bound, statistic). Last: migration 8 adds both.
+    sa.Column("guardrails", sa.JSON),
+    sa.Column("guardrail_stop", sa.JSON),
 )
 
 # The audit trail of every routing change: who, when, what.
@@ -168,6 +173,22 @@ reply_candidates = sa.Table(
     sa.Column("failed_checks", sa.JSON, nullable=False),  # names of the checks it failed
     _ts("created_at", nullable=False),
     sa.Index("ix_reply_candidates_exchange", "exchange_id", "position"),
+)
+
+# Automatic scores of live replies (the rule-based policy checks run after each reply is sent,
+# chatapp/chat/scoring.py), apart from travellers' ratings: a rating is a traveller's word, a
+# score a machine's. One row per exchange and scorer; deleted, exported and erased with the
+# exchange like its ratings.
+auto_scores = sa.Table(
+    "auto_scores",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("exchange_id", sa.String(36), sa.ForeignKey("exchanges.id"), nullable=False),
+    sa.Column("scorer", sa.String(40), nullable=False),  # "rules" (a judge could add its own)
+    sa.Column("compliant", sa.Boolean, nullable=False),
+    sa.Column("failed_checks", sa.JSON, nullable=False),  # names of the checks it failed
+    _ts("created_at", nullable=False),
+    sa.UniqueConstraint("exchange_id", "scorer", name="uq_auto_scores_exchange_scorer"),
 )
 
 # One row per built JSONL file, keyed by its sha256, so a training job given a file can find

@@ -22,7 +22,7 @@ from chatapp.auth import hash_password
 from chatapp.domain import Deployment, Exchange
 from chatapp.runtime import Runtime
 from chatapp.settings import load_settings
-from chatapp.store import Store
+from chatapp.store import AutoScore, Store
 
 NOW = datetime.now(UTC)
 runner = CliRunner()
@@ -36,7 +36,7 @@ def _cl_time(days_ago: float) -> str:
 async def seed(store: Store, name: str, *, days_ago: float, last_step_days_ago: float | None = None,
                source: str = "web") -> dict[str, Any]:
     """An account, its Chainlit user, one thread (steps, an element, a feedback), two exchanges
-    with ratings; returns the ids so tests can look for them."""
+    with ratings and automatic scores; returns the ids so tests can look for them."""
     user_id, thread_id = str(uuid.uuid4()), str(uuid.uuid4())
     run_ids = [str(uuid.uuid4()) for _ in range(2)]
     if not await store.accounts.get(name):
@@ -91,6 +91,9 @@ async def seed(store: Store, name: str, *, days_ago: float, last_step_days_ago: 
             completion_tokens=3, latency_ms=10.0, ttft_ms=2.0, outcome="ok", step_id=run_id,
             created_at=NOW - timedelta(days=days_ago if i == 0 else last)))
         await store.exchanges.rate(ex.id, i % 2, user_id=name, comment=f"{name} says ok")
+        # The live policy checks' score (chat/scoring.py): held about the user like a rating.
+        await store.scores.add(AutoScore(ex.id, compliant=i == 0,
+                                         failed_checks=() if i == 0 else ("on_travel",)))
         exchanges.append(ex.id)
     return {"name": name, "user_id": user_id, "thread_id": thread_id, "exchanges": exchanges}
 
@@ -124,7 +127,8 @@ async def test_erase_leaves_nothing_of_the_user_and_touches_no_one_else(store: S
     assert await dump(store) == before  # a dry run deletes nothing
     done = await privacy.erase_user(store, "alice-7f3e", actor="ops")
     assert done == counts
-    assert dict(done) == {"reviews": 0, "ratings": 2, "reply_candidates": 0, "exchanges": 2,
+    assert dict(done) == {"reviews": 0, "ratings": 2, "reply_candidates": 0, "auto_scores": 2,
+                          "exchanges": 2,
                           "feedbacks": 1, "elements": 1, "steps": 6, "threads": 1, "users": 1,
                           "accounts": 1,
                           "dataset_manifests": 1}
@@ -169,6 +173,8 @@ async def test_export_holds_everything_about_the_user_and_no_secret(store: Store
     assert thread["elements"][0]["name"] == "alice-itinerary.txt"
     assert sorted(e["id"] for e in doc["exchanges"]) == sorted(alice["exchanges"])
     assert [r["comment"] for r in doc["ratings"]] == ["alice says ok"] * 2
+    assert sorted((s["exchange_id"], s["compliant"]) for s in doc["auto_scores"]) == sorted(
+        zip(alice["exchanges"], [True, False], strict=True))
     with pytest.raises(LookupError, match="nothing is held about user 'nobody'"):
         await privacy.export_user(store, "nobody")
 
@@ -188,8 +194,8 @@ async def test_retention_purges_only_conversations_idle_past_the_cutoff(store: S
     # sim-user's Chainlit thread is old too, but its exchanges are simulated: only they stay.
     assert preview.threads == 3
     assert dict(preview.counts) == {"reviews": 0, "ratings": 4, "reply_candidates": 0,
-                                    "exchanges": 4, "feedbacks": 3, "elements": 3, "steps": 18,
-                                    "threads": 3}
+                                    "auto_scores": 4, "exchanges": 4, "feedbacks": 3,
+                                    "elements": 3, "steps": 18, "threads": 3}
 
     result = await privacy.purge(store, 30, batch_size=2)
     assert (result.threads, result.batches) == (3, 2)

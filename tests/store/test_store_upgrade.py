@@ -33,7 +33,7 @@ from chatapp.domain import (
     Source,
 )
 from chatapp.privacy import export_user
-from chatapp.store import RatedFilter, Store, async_url
+from chatapp.store import AutoScore, RatedFilter, Store, async_url
 from chatapp.store import chainlit as cl
 from chatapp.store.migrations import MIGRATIONS
 from tests.conftest import _pg_admin_conn, ratings_of
@@ -117,7 +117,10 @@ async def _write_as_v3(conn: AsyncConnection) -> None:
         await conn.execute(v3.deployments.insert().values(**asdict(dep)))
     exp = Experiment("exp-old", "old", {"base": 0.5, "fine_tuned": 0.5}, "base-1", "ft-1",
                      started_at=T0, created_by="ops")
-    await conn.execute(v3.experiments.insert().values(**asdict(exp)))
+    # Columns added later (migration 8) were not in the v3 table.
+    old_columns = {k: v for k, v in asdict(exp).items()
+                   if k not in ("guardrails", "guardrail_stop")}
+    await conn.execute(v3.experiments.insert().values(**old_columns))
     await conn.execute(v3.experiment_history.insert().values(
         at=T0, actor="ops", action="start", experiment_id=exp.id,
         details=json.loads(json.dumps(asdict(exp), default=str))))
@@ -238,6 +241,14 @@ async def _read_back(store: Store) -> None:
     assert [(r.id, r.rating) for r in rated] == [("ex-0", 0), ("ex-1", 1)]
     assert await store.exchanges.count_rated(RatedFilter()) == 1
     assert await store.exchanges.mark_interrupted() == 1
+    # migration 8: an old experiment runs every guardrail, takes live scores, and the
+    # conditional stop reads its weights as they were written at migration 3
+    assert exp.guardrails is None and exp.guardrail_stop is None
+    assert await store.scores.add(AutoScore("ex-0", compliant=True))
+    rows = await store.exchanges.experiment_rows("exp-old", [Source.WEB])
+    assert sorted(str(r["compliance"]) for r in rows) == ["None", "True"]
+    assert await store.experiments.guardrail_stop("exp-old", {"metric": "error_rate"})
+    assert not await store.experiments.guardrail_stop("exp-old", {"metric": "error_rate"})
     # training jobs, their events, datasets
     job = await store.jobs.get("local-1")
     assert job is not None and job.terminal and job.result == {"best_epoch": 1}

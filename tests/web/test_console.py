@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from admin.cli import app as admin_cli
 from chatapp.domain import Deployment, Exchange, TrainingJob
 from chatapp.settings import Settings, load_settings
-from chatapp.store import Store
+from chatapp.store import AutoScore, Store
 from chatapp.web.console import routes
 from harness.browser_support import ADMIN, REPO, TRAVELLER, add_accounts
 
@@ -157,6 +157,28 @@ async def test_overview_json_equals_ab_report_json(db: Store, settings: Settings
     assert served == json.loads(result.output) == named
     assert served["user_level"]["users"] == {"base": 6, "fine_tuned": 6}
     assert served["decision"] in page and "2026-11-02" in page  # the verdict, a day's activity
+
+
+async def test_overview_shows_automatic_compliance_and_the_guardrail_stop(
+        db: Store, settings: Settings) -> None:
+    exp = await db.experiments.active()
+    assert exp is not None
+    for i in range(4):
+        arm = "base" if i % 2 else "fine_tuned"
+        ex = await db.exchanges.add(exchange(exp.id, f"u{i}", arm))
+        await db.scores.add(AutoScore(ex.id, compliant=arm == "base"))
+    app = console_app(db, settings)
+    async with client(app, ADMIN.username) as boss:
+        before = (await boss.get("/admin")).text
+        assert "Automatic policy compliance per traveller" in before
+        assert "Enforced by the app" in before and "data-guardrail-stop" not in before
+        assert await db.experiments.guardrail_stop(exp.id, {"metric": "compliance",
+                                                            "reason": "worse on the checks"})
+        after = (await boss.get("/admin")).text
+        served = (await boss.get("/admin/api/report")).json()
+    assert "data-guardrail-stop" in after and "worse on the checks" in after
+    assert served["automatic_compliance"]["scored"] == {"base": 2, "fine_tuned": 2}
+    assert served["guardrail_stop"]["metric"] == "compliance"
 
 
 async def test_every_post_route_refuses_a_missing_or_foreign_csrf_token(

@@ -65,7 +65,7 @@ async def report_document(store: Store, settings: Settings,
     """What `ab report --json [--experiment ID]` prints, as JSON data (the chart's source)."""
     exp = await find_experiment(store, experiment_id)
     rows = await store.exchanges.experiment_rows(exp.id, list(DEFAULT_SOURCES))
-    return report_json(report_of_rows(exp.id, rows, settings))
+    return report_json(report_of_rows(exp.id, rows, settings, experiment=exp))
 
 
 async def overview(store: Store, settings: Settings, experiment_id: str | None = None,
@@ -75,5 +75,5 @@ async def overview(store: Store, settings: Settings, experiment_id: str | None =
     status = None
     if health is not None:
         _, status = await health()
-    return Overview(exp, report_json(report_of_rows(exp.id, rows, settings)), activity(rows),
-                    status)
+    return Overview(exp, report_json(report_of_rows(exp.id, rows, settings, experiment=exp)),
+                    activity(rows), status)

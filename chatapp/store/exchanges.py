@@ -266,17 +266,28 @@ def scope_conditions(scope: ExchangeScope) -> list[sa.ColumnElement[bool]]:
     return conds
 
 
+def _newest(table: sa.Table) -> sa.ScalarSelect[Any]:
+    """The id of an exchange's newest row in `table` (ratings, reviews), correlated to it."""
+    return (sa.select(sa.func.max(table.c.id)).where(table.c.exchange_id == t.exchanges.c.id)
+            .scalar_subquery())
+
+
 def _rated_query(which: RatedFilter) -> sa.Select[Any]:
     ex = t.exchanges
-    rating, review = _latest_rating(), latest_review()
+    # The newest rating and review are joined by a correlated max(id) per exchange, an index
+    # lookup in (exchange_id, id), rather than by the grouped subqueries of _latest_rating and
+    # latest_review: with both of those LEFT-joined, SQLite scanned the whole materialized
+    # rating subquery once per exchange (no automatic index), 34 s for 20k exchanges and
+    # quadratic in the table, against 0.3 s this way.
+    rating, review = t.ratings.alias("latest_rating"), t.reviews.alias("latest_review")
     conds = [*scope_conditions(which.scope), ex.c.outcome.in_(list(which.outcomes)),
              trainable_user(ex.c.user_id)]
     rated: sa.ColumnElement[bool] = sa.or_(rating.c.value.in_(list(which.ratings)),
                                            review.c.decision.in_(sorted(GOOD_DECISIONS)))
     if which.unrated:
         rated = sa.or_(rated, rating.c.value.is_(None))
-    joined = (ex.outerjoin(rating, rating.c.exchange_id == ex.c.id)
-              .outerjoin(review, review.c.exchange_id == ex.c.id))
+    joined = (ex.outerjoin(rating, rating.c.id == _newest(t.ratings))
+              .outerjoin(review, review.c.id == _newest(t.reviews)))
     query = (sa.select(ex, rating.c.value.label("rating"), review.c.decision.label("review"),
                        review.c.text.label("correction"))
              .select_from(joined).where(*conds))

@@ -19,6 +19,7 @@ import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, fields
+from functools import cache
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -80,10 +81,15 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+@cache  # once per class, not once per row (a dataset build reads 100k rows and more)
+def _field_names(cls: type[Any]) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
 def record(cls: type[T], row: sa.Row[Any], **convert: Callable[[Any], Any]) -> T:
     """A row as the record `cls` (a dataclass): its fields only, times made UTC-aware (SQLite
     returns naive ones), and the named columns passed through `convert` (str -> enum)."""
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    names = _field_names(cls)
     data = {k: v for k, v in row._mapping.items() if k in names}
     for k, v in data.items():
         if isinstance(v, datetime) and v.tzinfo is None:

@@ -12,7 +12,6 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -78,35 +77,8 @@ class JsonlWriter(AtomicFile):
         self.write(dumps_line(example))
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))  # json.dumps' own
-_CACHED_CHARS = 16384  # longest message text whose JSON is kept (bounds the cache's memory)
-
-
 def dumps_line(obj: dict[str, Any]) -> bytes:
-    """One JSON line, UTF-8 (a lone surrogate raises UnicodeEncodeError)."""
-    messages = obj.get("messages") if len(obj) == 1 else None
-    if type(messages) is list:
-        # A chat example: each message's JSON is cached (the system prompt and a thread's
-        # history repeat in every example), then joined exactly as json.dumps joins a list.
-        parts = [_message_json(m) for m in messages]
-        return ('{"messages": [' + ", ".join(parts) + "]}\n").encode("utf-8")
-    return (_ENCODER.encode(obj) + "\n").encode("utf-8")
-
-
-def _message_json(message: Any) -> str:
-    if type(message) is dict:
-        items = tuple(message.items())
-        # Only str and int values (never bool, float: True == 1 == 1.0 would share an entry)
-        # and short texts share the cache.
-        if all(type(v) is int or (type(v) is str and len(v) <= _CACHED_CHARS)
-               for _, v in items):
-            return _cached_message_json(items)
-    return _ENCODER.encode(message)
-
-
-@lru_cache(maxsize=8192)
-def _cached_message_json(items: tuple[tuple[Any, Any], ...]) -> str:
-    return _ENCODER.encode(dict(items))
+    return (json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode("utf-8")
 
 
 def write_json_atomic(target: Path, obj: Any) -> AtomicFile:

@@ -39,7 +39,7 @@ from chatapp.domain import (
 )
 from chatapp.store import schema as t
 from chatapp.store.accounts import trainable_user
-from chatapp.store.database import Database, StoreError, now, record, utc
+from chatapp.store.database import Database, StoreError, now, record, records, utc
 
 _EXCHANGE_ENUMS = {"source": Source, "arm_assigned": Arm, "arm_served": Arm, "outcome": Outcome}
 
@@ -228,7 +228,7 @@ class Exchanges:
         async with self._db.read() as conn:
             result = await conn.stream(query)
             async for part in result.partitions(batch):
-                yield [record(RatedExchange, row, **_EXCHANGE_ENUMS) for row in part]
+                yield records(RatedExchange, part, **_EXCHANGE_ENUMS)
 
 
 def _exchange(row: sa.Row[Any]) -> Exchange:

@@ -20,6 +20,8 @@ reply, and travellers who opted out of training are left out (accounts.py). `ab 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -227,8 +229,23 @@ class Exchanges:
         query = _rated_query(which).execution_options(yield_per=batch)
         async with self._db.read() as conn:
             result = await conn.stream(query)
-            async for part in result.partitions(batch):
-                yield records(RatedExchange, part, **_EXCHANGE_ENUMS)
+            parts = aiter(result.partitions(batch))
+
+            async def fetch() -> Sequence[sa.Row[Any]] | None:
+                return await anext(parts, None)
+
+            # The next batch is fetched (in the driver's thread for SQLite, which releases the
+            # GIL while it steps) while the caller works on this one: two batches at most.
+            ahead = asyncio.ensure_future(fetch())
+            try:
+                while (part := await ahead) is not None:
+                    ahead = asyncio.ensure_future(fetch())
+                    await asyncio.sleep(0)  # let the fetch start before the caller's work
+                    yield records(RatedExchange, part, **_EXCHANGE_ENUMS)
+            finally:
+                if not ahead.done():  # the caller stopped early: let the fetch end first
+                    with contextlib.suppress(Exception):
+                        await ahead
 
 
 def _exchange(row: sa.Row[Any]) -> Exchange:

@@ -8,8 +8,15 @@ Builds N exchanges (threads of 1..4 turns, system prompt + history as the chat s
             `dataset validate` runs)
   bare      tiktoken o200k_base encode_ordinary over every message content of those files
             (a loop on one thread, and encode_ordinary_batch on tiktoken's thread pool)
-and reports seconds and the ratios build/bare and validate/bare (loop).
-Usage: .venv/bin/python bench/bench_dataset.py [--n 100000]
+and reports seconds and the ratios build/bare and validate/bare against each encoder and the
+faster of the two (the goal: build within 1.5x of it). All in one run: the machine is shared, so
+only ratios measured together compare.
+
+Peak memory: the build is run again in a fresh process per size (20k and N exchanges, from the
+same kind of database) and its peak RSS reported: flat memory means the two stay close. With
+--baseline TREE (a checkout of an older commit), that tree's build runs in a fresh process on
+the same N-exchange database too: before/after from the same run.
+Usage: .venv/bin/python bench/bench_dataset.py [--exchanges 100000] [--baseline /path/to/tree]
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import asyncio
 import json
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -112,7 +120,7 @@ async def fill(store: Store, n: int) -> float:
 
 
 def contents(paths: list[Path]) -> list[str]:
-    texts = []
+    texts: list[str] = []
     for path in paths:
         with path.open(encoding="utf-8") as fh:
             for line in fh:
@@ -120,13 +128,60 @@ def contents(paths: list[Path]) -> list[str]:
     return texts
 
 
-async def main(n: int) -> None:
+# Run in a fresh process (argv: source tree, database, output folder): the build alone, timed,
+# with the process's peak RSS after it (imports and the o200k load included, no benchmark data).
+CHILD = """
+import asyncio, json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from admin.datasets.build import BuildOptions, build_dataset
+from chatapp.settings import load_settings
+from chatapp.store import Store
+from chatapp.tokens import get_encoding
+
+async def run():
+    out = Path(sys.argv[3])
+    store = await Store.open(f"sqlite+aiosqlite:///{sys.argv[2]}")
+    get_encoding("o200k_base")
+    started = time.perf_counter()
+    await build_dataset(store, BuildOptions(out_dir=out, name="child", model=sys.argv[4],
+                                            validation_ratio=0.1),
+                        settings=load_settings(data_dir=out, _env_file=None), actor="bench")
+    took = time.perf_counter() - started
+    await store.close()
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would report the parent's
+    status = Path("/proc/self/status").read_text()
+    rss = int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) / 1024
+    print(json.dumps({"build_s": round(took, 2), "peak_rss_mb": round(rss, 1)}))
+
+asyncio.run(run())
+"""
+
+
+def child_build(tree: Path, db: Path, out: Path) -> dict[str, float]:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(tree), str(db), str(out), MODEL],
+                          check=True, capture_output=True, text=True)
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def filled(folder: Path, n: int) -> tuple[Path, float]:
+    db = folder / f"bench-{n}.db"
+    store = await Store.open(f"sqlite+aiosqlite:///{db}")
+    try:
+        return db, await fill(store, n)
+    finally:
+        await store.close()
+
+
+async def main(n: int, baseline: Path | None) -> None:
+    tree = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="bench-dataset-") as tmp:
         folder = Path(tmp)
         settings = load_settings(data_dir=folder, _env_file=None)
-        store = await Store.open(f"sqlite+aiosqlite:///{folder / 'bench.db'}")
+        db, fill_s = await filled(folder, n)
+        store = await Store.open(f"sqlite+aiosqlite:///{db}")
         try:
-            fill_s = await fill(store, n)
             get_encoding("o200k_base")  # load once, outside every timing
             started = time.perf_counter()
             result = await build_dataset(
@@ -148,6 +203,12 @@ async def main(n: int) -> None:
         started = time.perf_counter()
         enc.encode_ordinary_batch(texts)
         bare_batch_s = time.perf_counter() - started
+        fastest = min(bare_loop_s, bare_batch_s)
+        memory = {}
+        for size in sorted({20_000, n}):
+            size_db = db if size == n else (await filled(folder, size))[0]
+            memory[f"{size}"] = child_build(tree, size_db, folder / f"child-{size}")
+        before = (child_build(baseline, db, folder / "baseline") if baseline else None)
         c = result.counts
         write("dataset", {
             "exchanges": n, "fill_db_s": round(fill_s, 2),
@@ -165,12 +226,22 @@ async def main(n: int) -> None:
             "ratio_validate_over_bare_loop": round(validate_s / bare_loop_s, 1),
             "ratio_build_over_bare_batch": round(build_s / bare_batch_s, 1),
             "ratio_validate_over_bare_batch": round(validate_s / bare_batch_s, 1),
-            "note": "build includes validating its outputs once; validate is a second, separate"
-                    " pass as `dataset validate` runs it",
+            "ratio_build_over_fastest_bare": round(build_s / fastest, 2),
+            "build_in_fresh_process_by_exchanges": memory,
+            "baseline": None if before is None else {
+                "tree": str(baseline), **before,
+                "ratio_build_over_fastest_bare": round(before["build_s"] / fastest, 2)},
+            "note": "build includes validating its outputs once (each example as it is made);"
+                    " validate is a second, separate pass as `dataset validate` runs it;"
+                    " peak_rss_mb: the whole build process (imports and tokenizer included)",
         })
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100_000, help="synthetic exchanges")
-    asyncio.run(main(parser.parse_args().n))
+    parser.add_argument("--exchanges", "--n", dest="n", type=int, default=100_000,
+                        help="synthetic exchanges")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a source tree (older commit) to build the same database with")
+    args = parser.parse_args()
+    asyncio.run(main(args.n, args.baseline))

@@ -25,9 +25,11 @@ prompt group; scrub, spool, split, validation, manifests and the atomic commit a
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -38,8 +40,19 @@ from admin.datasets import examples as ex
 from admin.datasets.files import JsonlWriter, Spool, dumps_line, read_seed, sha256_file
 from admin.datasets.manifest import Manifests
 from admin.datasets.pairs import CorrectionLookup
-from admin.datasets.validate import Kind, ValidationReport, validate_file
+from admin.datasets.validate import (
+    MAX_LINE_BYTES,
+    Kind,
+    LineCheck,
+    ValidationReport,
+    check_chat,
+    check_line,
+    finish_report,
+    start_report,
+    validate_file,
+)
 from chatapp.domain import Source
+from chatapp.model_table import counter_for_info, model_info
 from chatapp.pii import ScrubResult, scrub
 from chatapp.settings import Settings
 from chatapp.store import ExchangeScope, RatedExchange, RatedFilter, Store
@@ -174,6 +187,7 @@ class _Record:
     fixed_kind: str | None
     exchange_ids: tuple[str, ...]
     label: str | None = None  # a pair's source (preference format)
+    check: LineCheck | None = None  # the validator's findings on the line (chat format)
 
 
 def group_order(seed: int, group: str) -> bytes:
@@ -201,6 +215,29 @@ def split_groups(groups: Iterable[tuple[str, str, int]], ratio: float,
 
 
 Writer = Callable[[Path], JsonlWriter]
+_paused = 0  # builds running with full collections paused (see _no_full_collections)
+
+
+@contextmanager
+def _no_full_collections() -> Iterator[None]:
+    """Young garbage is still collected, but no full (generation 2) collection runs: a build
+    keeps a record per example alive until the end, and each full collection walked all of
+    them (and every object of the process) again: 4 of 30 s at 100k exchanges. Objects from
+    before the build are frozen out of the walks; thresholds are restored by the last build
+    to end."""
+    global _paused
+    threshold = gc.get_threshold()
+    if _paused == 0:
+        gc.freeze()
+        gc.set_threshold(threshold[0], threshold[1], 1_000_000_000)
+    _paused += 1
+    try:
+        yield
+    finally:
+        _paused -= 1
+        if _paused == 0:
+            gc.set_threshold(*threshold)
+            gc.unfreeze()
 
 
 class Builder:
@@ -321,6 +358,10 @@ class Builder:
         return line
 
     async def run(self) -> BuildResult:
+        with _no_full_collections():
+            return await self._run()
+
+    async def _run(self) -> BuildResult:
         opts = self.opts
         kinds: tuple[Kind, ...] = ("train", "validation") if opts.validation_ratio > 0 else (
             "train",)
@@ -354,16 +395,23 @@ class Builder:
             for kind in kinds:
                 if assigned[kind]:
                     writers[kind] = self.writer(opts.target(kind))
+            reports = {kind: self._report(kind, assigned[kind]) for kind in writers
+                       if opts.format == "sft"}
             for kind, members in assigned.items():
-                for r in members:
-                    writers[kind].write(spool.get(r.at, r.length))
+                for number, r in enumerate(members, 1):
+                    w = writers[kind]
+                    if kind in reports:
+                        assert r.check is not None, "every chat example is checked when spooled"
+                        reports[kind].add_line(number, w.n_bytes, r.check)
+                    w.write(spool.get(r.at, r.length))
                     self.progress.advance()
             for w in writers.values():
                 w.close()
             if "validation" in kinds and "validation" not in writers:
                 self._note("no validation file: every conversation went to train (too few"
                            " conversations for the ratio)")
-            return await self._finish(writers, assigned, strata)
+            return await self._finish(writers, assigned, strata,
+                                      {k: finish_report(r) for k, r in reports.items()})
         finally:
             spool.close()
             for w in writers.values():
@@ -372,14 +420,25 @@ class Builder:
     async def _spool(self, spool: Spool) -> tuple[list[_Record], dict[str, str]]:
         records: list[_Record] = []
         strata: dict[str, str] = {}  # group -> the arm of its first example
+        info = model_info(self.opts.model, self.settings)
+        counter, limit = counter_for_info(info, self.settings), info.training_example_limit
         async for c in self._candidates():
             self.counts.candidates += 1
             line = self._admit(c)
             if line is None:
                 continue
+            # Validated here, once, as the example is made (the validator's own checks, added
+            # to the report in file order when written): not by reading every file back.
+            if c.fixed_kind is not None or len(line) > MAX_LINE_BYTES + 1:
+                check = check_line(line, counter, self.opts.model, limit)  # a seed: as read
+            else:
+                # Made from the store's rows: str roles and texts, int weights, which JSON gives
+                # back unchanged, so checking the object is checking the line.
+                check = check_chat({"messages": c.messages}, counter, self.opts.model, limit)
             at, length = spool.put(line)
             strata.setdefault(c.group, c.stratum)
-            records.append(_Record(at, length, c.group, c.fixed_kind, c.exchange_ids))
+            records.append(_Record(at, length, c.group, c.fixed_kind, c.exchange_ids,
+                                   check=check))
         self.counts.kept = len(records)
         return records, strata
 
@@ -402,14 +461,21 @@ class Builder:
             self.counts.conversations[kind] = len(groups[kind])
         return out
 
+    def _report(self, kind: Kind, members: list[_Record]) -> ValidationReport:
+        """The report of a chat-format output, filled in as it is written (see _spool)."""
+        return start_report(self.opts.target(kind), model=self.opts.model, kind=kind,
+                            settings=self.settings, format="sft",
+                            size_bytes=sum(r.length for r in members))[0]
+
     async def _finish(self, writers: dict[Kind, JsonlWriter], assigned: dict[Kind, list[_Record]],
-                      strata: dict[str, str]) -> BuildResult:
+                      strata: dict[str, str], reports: dict[Kind, ValidationReport]
+                      ) -> BuildResult:
         self.progress.stage("validating", None)
-        reports: dict[Kind, ValidationReport] = {}
         for kind, w in writers.items():
-            report = await asyncio.to_thread(validate_file, w.tmp, model=self.opts.model,
-                                             kind=kind, settings=self.settings)
-            reports[kind] = report.at_path(w.target)
+            if kind not in reports:  # preference pairs: the file read back and validated
+                report = await asyncio.to_thread(validate_file, w.tmp, model=self.opts.model,
+                                                 kind=kind, settings=self.settings)
+                reports[kind] = report.at_path(w.target)
             for r in assigned[kind]:
                 self.counts.by_arm[kind][strata[r.group]] += 1
         manifests = Manifests(self, writers, assigned, reports,

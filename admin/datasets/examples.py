@@ -151,5 +151,16 @@ def exact_key(line: bytes) -> bytes:
 
 def near_key(messages: Sequence[Message]) -> bytes:
     """Roles and normalised text only: weights and formatting do not make a new example."""
-    text = "\x1e".join(f"{m['role']}\x1f{normalise(m['content'])}" for m in messages)
-    return hashlib.sha256(text.encode("utf-8")).digest()[:16]
+    # The sha256 of "role\x1ftext" pieces joined by \x1e, fed piece by piece (the same digest):
+    # each piece is encoded once per text, not once per example it appears in.
+    digest = hashlib.sha256()
+    for i, m in enumerate(messages):
+        if i:
+            digest.update(b"\x1e")
+        digest.update(_near_piece(m["role"], m["content"]))
+    return digest.digest()[:16]
+
+
+@lru_cache(maxsize=8192)  # as normalise: system prompt and history repeat
+def _near_piece(role: str, content: str) -> bytes:
+    return f"{role}\x1f{normalise(content)}".encode()

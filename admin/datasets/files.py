@@ -116,17 +116,22 @@ class Spool:
         self.path = Path(name)
         self._fh = os.fdopen(fd, "w+b")
         self._end = 0
+        self._flushed = True
 
     def put(self, line: bytes) -> tuple[int, int]:
-        self._fh.seek(self._end)
+        # Appends only: reads use pread and never move the file position, so no seek (a seek
+        # per line flushed the write buffer each time).
         self._fh.write(line)
+        self._flushed = False
         at = self._end
         self._end += len(line)
         return at, len(line)
 
     def get(self, at: int, length: int) -> bytes:
-        self._fh.seek(at)
-        return self._fh.read(length)
+        if not self._flushed:
+            self._fh.flush()
+            self._flushed = True
+        return os.pread(self._fh.fileno(), length, at)
 
     def close(self) -> None:
         self._fh.close()

@@ -25,7 +25,7 @@ from admin.datasets import preference_check as pc
 from admin.datasets.stats import CostEstimate, TokenStats
 from chatapp.model_table import ModelInfo, counter_for_info, model_info
 from chatapp.settings import Settings, get_settings
-from chatapp.tokens import TokenCounter, num_assistant_tokens
+from chatapp.tokens import TokenCounter, count_messages_and_assistant
 
 Kind = Literal["train", "validation"]
 Severity = Literal["error", "warning"]
@@ -85,6 +85,20 @@ class Problem:
         return f"{self.path}:{self.line}: {self.severity}: {self.category}: {self.message}"
 
 
+@dataclass(frozen=True, slots=True)
+class LineCheck:
+    """What the checks found on one chat-example line, to be added to a report at its line
+    number: so a build can check each example as it makes it and add the results in the order
+    the file is written (the same functions as `validate_file`, so the same report)."""
+
+    problems: tuple[tuple[str, str], ...] = ()  # (category, message), in the order found
+    counted: tuple[int, int, int] | None = None  # (messages, tokens, assistant tokens) if valid
+    too_long: bool = False  # over MAX_LINE_BYTES: not read at all
+
+
+_TOO_LONG = LineCheck((("line_too_long", f"over {MAX_LINE_BYTES} bytes"),), too_long=True)
+
+
 @dataclass
 class ValidationReport:
     path: Path
@@ -125,6 +139,24 @@ class ValidationReport:
         if self.counts[category] <= MAX_KEPT_PER_CATEGORY:
             self.problems.append(Problem(self.path, line, category, message,
                                          CATEGORIES[category][0], offset))
+
+    def apply(self, line: int, check: LineCheck, offset: int | None = None) -> None:
+        """Add what the checks found on a line (`offset`: where the line starts, for the
+        problems that carry one)."""
+        for category, message in check.problems:
+            self.add(line, category, message, offset if check.too_long else None)
+            if category == "missing_system_message":
+                self.stats.missing_system += 1
+            elif category == "missing_user_message":
+                self.stats.missing_user += 1
+        if check.counted is not None:
+            self.n_valid += 1
+            self.stats.add(*check.counted)
+
+    def add_line(self, line: int, offset: int, check: LineCheck) -> None:
+        """A whole non-blank line of a file being written (see `LineCheck`)."""
+        self.n_examples += 1
+        self.apply(line, check, offset)
 
     def at_path(self, path: Path) -> ValidationReport:
         """The same report for the file renamed to `path` (a temp file validated, then moved)."""
@@ -247,20 +279,9 @@ def _lines(path: Path) -> Iterator[tuple[int, int, bytes | None]]:
 def validate_file(path: Path, *, model: str, kind: Literal["train", "validation"],
                   settings: Settings | None = None) -> ValidationReport:
     """Check one JSONL training or validation file for `model` (see the module doc)."""
-    settings = settings or get_settings()
-    info = model_info(model, settings)
-    counter = counter_for_info(info, settings)
     path = Path(path)
-    report = ValidationReport(path, model, kind, info, format=detect_format(path),
-                              size_bytes=path.stat().st_size)
-    report.stats = TokenStats(tokenizer=counter.name, exact=counter.exact,
-                              limit=info.training_example_limit, pairs=report.format != "sft")
-    if not info.known:
-        report.add(0, "unknown_model", f"{model!r} is not in the model table: {counter.name}"
-                   f" counts, limit {info.training_example_limit} (add it to models_file)")
-    if report.size_bytes > MAX_FILE_BYTES:
-        report.add(0, "file_too_large", f"{report.size_bytes / 2**20:.0f} MiB; the limit is"
-                   f" {MAX_FILE_BYTES // 2**20} MB: split the file")
+    report, counter = start_report(path, model=model, kind=kind, settings=settings,
+                                   format=detect_format(path), size_bytes=path.stat().st_size)
     for number, offset, body in _lines(path):
         if body is None:
             report.n_examples += 1
@@ -275,9 +296,33 @@ def validate_file(path: Path, *, model: str, kind: Literal["train", "validation"
             continue
         report.n_examples += 1
         _check_line(report, number, offset, body, counter)
+    return finish_report(report)
+
+
+def start_report(path: Path, *, model: str, kind: Kind, settings: Settings | None,
+                 format: pc.Format, size_bytes: int) -> tuple[ValidationReport, TokenCounter]:
+    """A report with the whole-file checks that come before any line (model, size), and the
+    counter to count its lines with."""
+    settings = settings or get_settings()
+    info = model_info(model, settings)
+    counter = counter_for_info(info, settings)
+    report = ValidationReport(path, model, kind, info, format=format, size_bytes=size_bytes)
+    report.stats = TokenStats(tokenizer=counter.name, exact=counter.exact,
+                              limit=info.training_example_limit, pairs=report.format != "sft")
+    if not info.known:
+        report.add(0, "unknown_model", f"{model!r} is not in the model table: {counter.name}"
+                   f" counts, limit {info.training_example_limit} (add it to models_file)")
+    if report.size_bytes > MAX_FILE_BYTES:
+        report.add(0, "file_too_large", f"{report.size_bytes / 2**20:.0f} MiB; the limit is"
+                   f" {MAX_FILE_BYTES // 2**20} MB: split the file")
+    return report, counter
+
+
+def finish_report(report: ValidationReport) -> ValidationReport:
+    """The whole-file checks that need every line seen (no examples, too few)."""
     if report.n_examples == 0:
         report.add(0, "empty_file", "the file holds no examples")
-    elif kind == "train" and report.n_examples < MIN_TRAIN_EXAMPLES:
+    elif report.kind == "train" and report.n_examples < MIN_TRAIN_EXAMPLES:
         report.add(0, "too_few_examples", f"{report.n_examples} examples; a training file"
                    f" needs at least {MIN_TRAIN_EXAMPLES}")
     return report
@@ -319,34 +364,46 @@ def _check_line(report: ValidationReport, number: int, offset: int, body: bytes,
     if report.format == "preference":
         _check_pair(report, number, obj, counter)
         return
+    report.apply(number, check_chat(obj, counter, report.model,
+                                    report.info.training_example_limit))
+
+
+def check_line(line: bytes, counter: TokenCounter, model: str, limit: int) -> LineCheck:
+    """The checks of one chat-example line that a build writes (with its newline): UTF-8 with
+    no byte-order mark and not blank, as `dumps_line` makes it."""
+    if len(line) > MAX_LINE_BYTES + 1:  # as _lines reads it: the newline fits in the read
+        return _TOO_LONG
+    obj, error = _parse(line.decode("utf-8"))
+    if error is not None:
+        return LineCheck((("invalid_json", error),))
+    return check_chat(obj, counter, model, limit)
+
+
+def check_chat(obj: object, counter: TokenCounter, model: str, limit: int) -> LineCheck:
+    """The checks and token counts of one parsed chat example (`model`, `limit`: its name and
+    training limit, for the messages)."""
+    problems: list[tuple[str, str]] = []
     errors = 0
     for category, message in check_example(obj):
-        report.add(number, category, message)
-        if CATEGORIES[category][0] == "error":
-            errors += 1
-        elif category == "missing_system_message":
-            report.stats.missing_system += 1
-        elif category == "missing_user_message":
-            report.stats.missing_user += 1
+        problems.append((category, message))
+        errors += CATEGORIES[category][0] == "error"
     if errors:
-        return
-    report.n_valid += 1
+        return LineCheck(tuple(problems))
     assert isinstance(obj, Mapping)
     messages = obj["messages"]
     try:
-        n_tokens = counter.count_messages(messages)
-        n_assistant = num_assistant_tokens(counter, messages)
+        n_tokens, n_assistant = count_messages_and_assistant(counter, messages)
     except BaseException as err:
         if type(err).__name__ != "PanicException":
             raise
         # tiktoken's Rust regex panics (a BaseException) on a run of ~1M whitespace characters
         n_tokens, n_assistant = _estimate(counter, messages)
-        report.add(number, "estimated_count", f"the tokenizer failed on this example; counted"
-                   f" in slices: about {n_tokens} tokens")
-    report.stats.add(len(messages), n_tokens, n_assistant)
-    if n_tokens > report.info.training_example_limit:
-        report.add(number, "over_token_limit", f"{n_tokens} tokens; {report.model} trains on at"
-                   f" most {report.info.training_example_limit}: the rest is cut off")
+        problems.append(("estimated_count", f"the tokenizer failed on this example; counted"
+                                            f" in slices: about {n_tokens} tokens"))
+    if n_tokens > limit:
+        problems.append(("over_token_limit", f"{n_tokens} tokens; {model} trains on at most"
+                                             f" {limit}: the rest is cut off"))
+    return LineCheck(tuple(problems), (len(messages), n_tokens, n_assistant))
 
 
 def _check_pair(report: ValidationReport, number: int, obj: object,

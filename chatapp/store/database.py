@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -80,11 +80,38 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+_FIELD_NAMES: dict[type[Any], frozenset[str]] = {}
+
+
+def _field_names(cls: type[Any]) -> frozenset[str]:
+    # once per class, not once per row (a dataset build reads 100k rows and more)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in fields(cls))
+    return names
+
+
 def record(cls: type[T], row: sa.Row[Any], **convert: Callable[[Any], Any]) -> T:
     """A row as the record `cls` (a dataclass): its fields only, times made UTC-aware (SQLite
     returns naive ones), and the named columns passed through `convert` (str -> enum)."""
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    data = {k: v for k, v in row._mapping.items() if k in names}
+    return _record(cls, row._fields, row, convert)
+
+
+def records(cls: type[T], rows: Sequence[sa.Row[Any]],
+            **convert: Callable[[Any], Any]) -> list[T]:
+    """`record` of each row of one result (the column names looked up once, not per row: a
+    Row rebuilds its `_fields` on every access)."""
+    if not rows:
+        return []
+    keys = rows[0]._fields
+    return [_record(cls, keys, row, convert) for row in rows]
+
+
+def _record(cls: type[T], keys: Sequence[str], row: sa.Row[Any],
+            convert: dict[str, Callable[[Any], Any]]) -> T:
+    names = _field_names(cls)
+    # zip over the plain tuple: row._mapping builds a mapping view per row
+    data = {k: v for k, v in zip(keys, row, strict=True) if k in names}
     for k, v in data.items():
         if isinstance(v, datetime) and v.tzinfo is None:
             data[k] = v.replace(tzinfo=UTC)

@@ -312,3 +312,34 @@ def test_cli_build_exit_codes(cli_env: Path, tmp_path: Path) -> None:
     assert nothing.exit_code == 1 and "no examples" in nothing.output
     bad = runner.invoke(app, ["dataset", "build", "--ratings", "sideways"])
     assert bad.exit_code == 2 and "--ratings" in bad.output
+
+
+@pytest.mark.parametrize("multi_turn", ["prefix", "whole"])
+async def test_build_report_equals_dataset_validate_on_its_files(
+        store: Store, settings: Settings, tmp_path: Path, multi_turn: str) -> None:
+    """The build checks each example as it makes it (no file read back): its report must be
+    exactly what `dataset validate` (validate_file) finds in the files written, problems,
+    line numbers and token figures included."""
+    await converse(store, [("Hi, I'm jane@example.com. Lisbon?", LISBON, 1),
+                           ("And the food?", "Pastéis de nata! Sweet or savoury?", 0),
+                           ("Sintra?", "Palaces. " + "Very green hills. " * 20000, 1)])
+    await converse(store, [("Oslo?", "Fjords! Boat or hike?", 0)], user="bob")
+    for i in range(12):
+        await converse(store, [(f"Kyoto in month {i}?", "Temples and moss. Spring?", 1),
+                               ("Trains?", "The shinkansen. Day trips?", None)],
+                       user=f"u{i}", arm="base" if i % 2 else "fine_tuned")
+    # an unknown model: a warning on line 0 and its counts marked estimates
+    for model in ("gpt-4o-mini-2024-07-18", "prod-chat"):
+        result = await build_dataset(store, opts(
+            tmp_path / model, seed_files=SEEDS, validation_ratio=0.3, model=model,
+            selection=Selection(multi_turn=multi_turn, ratings="up+down")),  # type: ignore[arg-type]
+            settings=settings, actor="t")
+        assert {f.kind for f in result.files} == {"train", "validation"}
+        for f in result.files:
+            again = validate_file(f.path, model=model, kind=f.kind, settings=settings)
+            assert f.report == again
+            assert f.report.summary() == again.summary()
+        reports = [f.report for f in result.files]
+        assert sum(r.counts["over_token_limit"] for r in reports) >= 1  # the long Sintra reply
+        if multi_turn == "whole":
+            assert sum(r.counts["no_trained_assistant_message"] for r in reports) == 1  # Oslo

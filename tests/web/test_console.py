@@ -449,6 +449,8 @@ async def test_review_queue_lists_rated_down_replies_with_the_clis_filters(
                                                     "old-base"]
         assert await names(boss, "?arm=fine_tuned") == ["ft-down"]
         assert await names(boss, "?deployment=base") == ["new-base", "old-base"]
+        gone = (await boss.get("/admin/review?deployment=retired")).text
+        assert listed(gone) == [] and "<option selected>retired</option>" in gone
         assert await names(boss, "?source=simulated") == ["sim-down"]
         assert await names(boss, "?source=web,simulated&since=2026-11-03") == [
             "new-base", "ft-down", "sim-down"]

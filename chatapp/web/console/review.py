@@ -161,6 +161,13 @@ class Queue:
     def pages(self) -> int:
         return max(1, -(-self.result.total // self.form.limit))
 
+    @property
+    def deployment_names(self) -> list[str]:
+        """The filter's choices: every deployment, and one a link names that no longer exists
+        (so the select shows the filter in force rather than "any")."""
+        known = [d.name for d in self.deployments]
+        return known + [d for d in self.form.deployments if d not in known]
+
 
 async def queue(store: Store, form: QueueForm) -> Queue:
     """One page of the queue, as `review list` with these options shows it."""

@@ -10,7 +10,8 @@ running one, half of them rated. Then times each console page in-process (httpx 
 admin's session cookie), five times each after one warm-up: the overview and its report JSON
 (which read the running experiment's exchanges, as `ab report` does), the experiments page with
 the audit trail's first page, a filtered page and a page deep in the trail, the travellers
-page's first and a middle page, and the training page.
+page's first and a middle page, the training page, and the review queue (its first page, a
+filtered one, one halfway through, and one reply in full).
 
 Figures (seconds, p50 and p95 of 5) to bench/results/console.json (or console_postgresql.json).
 """
@@ -35,7 +36,7 @@ from fastapi import FastAPI
 
 from bench._common import fresh_postgres, summary, write
 from chatapp.settings import load_settings
-from chatapp.store import Store
+from chatapp.store import QueueFilter, Store
 from chatapp.store import schema as t
 from chatapp.web.console import routes
 
@@ -110,6 +111,7 @@ async def run(db: str | None, args: argparse.Namespace) -> dict[str, Any]:
             async def get_store() -> Store:
                 return store
 
+            newest_down = (await store.reviews.queue(QueueFilter(), limit=1)).items[0].exchange_id
             app = FastAPI()
             routes.install(app, routes.Console(get_store, settings, routes.auth_secret))
             cookie = create_jwt(cl.User(identifier="user000000"))
@@ -121,6 +123,12 @@ async def run(db: str | None, args: argparse.Namespace) -> dict[str, Any]:
                 "audit_deep": "/admin/experiments?before=100",
                 "travellers": "/admin/travellers", "travellers_middle":
                 f"/admin/travellers?after={middle}", "training": "/admin/training",
+                # The review queue: a third of the rated replies are down. Its first page,
+                # a filtered one, one halfway through (offset pages), and one reply in full.
+                "review": "/admin/review",
+                "review_filtered": "/admin/review?arm=fine_tuned&unreviewed=on",
+                "review_deep": f"/admin/review?page={max(1, args.exchanges // 6 // 20 // 2)}",
+                "review_reply": f"/admin/review/{newest_down}",
             }
             timings: dict[str, Any] = {}
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),

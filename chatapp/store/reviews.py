@@ -193,16 +193,20 @@ class Reviews:
 
     async def subject(self, exchange_id: str) -> Subject | None:
         """The exchange with its current rating and comment, or None when there is none."""
-        ex, rating = t.exchanges, _latest_rating()
-        query = (sa.select(ex, rating.c.value.label("rating"), rating.c.comment.label("comment"),
-                           ex.c.user_id.in_(opted_out_users()).label("opted_out"))
-                 .select_from(ex.outerjoin(rating, rating.c.exchange_id == ex.c.id))
+        ex, r = t.exchanges, t.ratings
+        query = (sa.select(ex, ex.c.user_id.in_(opted_out_users()).label("opted_out"))
                  .where(ex.c.id == exchange_id))
+        # This exchange's newest rating by its index, not _latest_rating(): that groups the
+        # whole ratings table, which the console's reply page paid for on every view.
+        newest = (sa.select(r.c.value, r.c.comment).where(r.c.exchange_id == exchange_id)
+                  .order_by(r.c.id.desc()).limit(1))
         async with self._db.read() as conn:
             row = (await conn.execute(query)).first()
+            rated = (await conn.execute(newest)).first() if row is not None else None
         if row is None:
             return None
-        return Subject(_exchange(row), row.rating, row.comment, bool(row.opted_out))
+        return Subject(_exchange(row), rated.value if rated else None,
+                       rated.comment if rated else None, bool(row.opted_out))
 
     async def queue(self, which: QueueFilter, *, limit: int = 20, offset: int = 0) -> QueuePage:
         """One page of the replies `which` selects, newest first, and how many there are."""

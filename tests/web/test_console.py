@@ -29,7 +29,7 @@ from starlette.routing import Route
 from typer.testing import CliRunner
 
 from admin.cli import app as admin_cli
-from chatapp.domain import Deployment, Exchange, TrainingJob
+from chatapp.domain import Decision, Deployment, Exchange, TrainingJob
 from chatapp.settings import Settings, load_settings
 from chatapp.store import AutoScore, Store
 from chatapp.web.console import routes
@@ -414,3 +414,192 @@ async def test_routing_actions_and_every_post_form_confirms(db: Store, settings:
     assert exp is not None and exp.name == "spring" and exp.weights["fine_tuned"] == 0.1
     trail = await db.experiments.audit_page(actor=ADMIN.username)
     assert [h["action"] for h in trail] == ["start", "stop", "set_weights"]
+
+
+# -- the review queue (chatapp/review.py, the functions of `travel-admin review`) --------------
+
+HOTEL = "Book the Hilton Kyoto, it is great. Which month will you go?"
+BETTER = ("Kyoto in autumn is glorious: the maples of Tofuku-ji and Eikan-do turn red in"
+          " mid-November. Which temples would you like to see first?")
+
+
+async def queue_of(store: Store) -> dict[str, str]:
+    """Replies for the queue's filters, by name: which arm, deployment, source, day, rating
+    and comment each has is in its name's row below."""
+    exp = await store.experiments.active()
+    assert exp is not None
+    made: dict[str, str] = {}
+    rows = [  # name, arm, source, day, rating, comment
+        ("old-base", "base", "web", 0, 0, "too short"),
+        ("new-base", "base", "web", 5, 0, None),
+        ("ft-down", "fine_tuned", "web", 3, 0, "names a hotel"),
+        ("ft-up", "fine_tuned", "web", 4, 1, None),
+        ("unrated", "base", "web", 6, None, None),
+        ("sim-down", "base", "simulated", 2, 0, None),
+    ]
+    for name, arm, source, day, rating, comment in rows:
+        ex = await store.exchanges.add(exchange(exp.id, f"u-{name}", arm, source=source,
+                                                day=day))
+        if rating is not None:
+            await store.exchanges.rate(ex.id, rating, user_id=f"u-{name}", comment=comment)
+        made[name] = ex.id
+    return made
+
+
+def listed(html: str) -> list[str]:
+    """The exchange ids a queue page links to, in order."""
+    return re.findall(r'href="/admin/review/([0-9a-f-]{36})[?"]', html)
+
+
+async def test_review_queue_lists_rated_down_replies_with_the_clis_filters(
+        db: Store, settings: Settings) -> None:
+    ids = await queue_of(db)
+    await db.reviews.add(ids["old-base"], reviewer="rita", decision=Decision.SKIPPED)
+    app = console_app(db, settings)
+
+    async def names(boss: httpx.AsyncClient, query: str) -> list[str]:
+        r = await boss.get("/admin/review" + query)
+        assert r.status_code == 200, r.text[:500]
+        by_id = {v: k for k, v in ids.items()}
+        return [by_id[i] for i in listed(r.text)]
+
+    async with client(app, ADMIN.username) as boss:
+        assert await names(boss, "") == ["new-base", "ft-down", "old-base"]  # newest first
+        assert await names(boss, "?rating=up") == ["ft-up"]
+        assert await names(boss, "?rating=unrated") == ["unrated"]
+        assert await names(boss, "?rating=any") == ["unrated", "new-base", "ft-up", "ft-down",
+                                                    "old-base"]
+        assert await names(boss, "?arm=fine_tuned") == ["ft-down"]
+        assert await names(boss, "?deployment=base") == ["new-base", "old-base"]
+        gone = (await boss.get("/admin/review?deployment=retired")).text
+        assert listed(gone) == [] and "<option selected>retired</option>" in gone
+        assert await names(boss, "?source=simulated") == ["sim-down"]
+        assert await names(boss, "?source=web,simulated&since=2026-11-03") == [
+            "new-base", "ft-down", "sim-down"]
+        assert await names(boss, "?source=web%2Csimulated&since=2026-11-04") == [
+            "new-base", "ft-down"]
+        assert await names(boss, "?comment=yes") == ["ft-down", "old-base"]
+        assert await names(boss, "?comment=no") == ["new-base"]
+        assert await names(boss, "?unreviewed=on") == ["new-base", "ft-down"]
+        # Empty values are what a form sends for "any": the default queue.
+        assert await names(boss, "?arm=&deployment=&comment=&since=") == [
+            "new-base", "ft-down", "old-base"]
+
+        first = (await boss.get("/admin/review?limit=2")).text
+        assert "page 1 of 2 (3 replies)" in first and "?limit=2&amp;page=2" in first
+        second = (await boss.get("/admin/review?limit=2&page=2")).text
+        assert [i for i in listed(second)] == [ids["old-base"]] and "← newer" in second
+        # A filtered queue's rows link to the reply with the filters, to come back to them.
+        assert f'/admin/review/{ids["ft-down"]}?arm=fine_tuned"' in (
+            await boss.get("/admin/review?arm=fine_tuned")).text
+
+        for bad, reason in (("?rating=sideways", "rating: &#39;sideways&#39; is not one of"),
+                            ("?source=eval", "source: &#39;eval&#39; is not one of"),
+                            ("?since=yesterday", "since: &#39;yesterday&#39; is not a date"),
+                            ("?page=0", "page: &#39;0&#39; must be a whole number")):
+            r = await boss.get("/admin/review" + bad)
+            assert r.status_code == 400 and reason in r.text, bad
+            assert "Traceback" not in r.text and listed(r.text) == []
+
+
+async def test_review_reply_page_shows_conversation_reply_rating_and_failed_checks(
+        db: Store, settings: Settings) -> None:
+    exp = await db.experiments.active()
+    assert exp is not None
+    ex = exchange(exp.id, TRAVELLER.username, "fine_tuned")
+    ex = await db.exchanges.add(Exchange(**{**vars(ex), "messages": [
+        {"role": "system", "content": "You are the agency's travel assistant."},
+        {"role": "user", "content": "Hi! <b>Japan</b> in November?"},
+        {"role": "assistant", "content": "Lovely then. Which city?"},
+        {"role": "user", "content": "Kyoto in autumn?"}],
+        "reply": "<script>alert(1)</script> Book the Hilton Kyoto, it is great."}))
+    await db.exchanges.rate(ex.id, 0, user_id=TRAVELLER.username,
+                            comment="Advertises a <hotel> & no question")
+    app = console_app(db, settings)
+    async with client(app, ADMIN.username) as boss:
+        r = await boss.get(f"/admin/review/{ex.id}?arm=fine_tuned")
+        assert r.status_code == 200, r.text[:500]
+        page = r.text
+        for shown in ("You are the agency&#39;s travel assistant.",
+                      "Hi! &lt;b&gt;Japan&lt;/b&gt; in November?", "Lovely then. Which city?",
+                      "Kyoto in autumn?",
+                      "&lt;script&gt;alert(1)&lt;/script&gt; Book the Hilton Kyoto",
+                      "Advertises a &lt;hotel&gt; &amp; no question",
+                      "names a business: &#39;Hilton&#39;", "fails: no_business",
+                      "not reviewed yet", 'href="/admin/review?arm=fine_tuned"'):
+            assert shown in page, shown
+        assert "<script>alert" not in page and "<b>Japan" not in page
+        # The conversation comes in order, up to the reply under review.
+        order = [page.index(s) for s in ("system prompt", "Hi! &lt;b&gt;", "Lovely then",
+                                         "Kyoto in autumn?", "reply under review")]
+        assert order == sorted(order)
+        for action in ("correct", "accept", "skip"):
+            assert f'action="/admin/review/{action}"' in page
+
+        missing = await boss.get("/admin/review/no-such-exchange")
+        assert missing.status_code == 404
+        assert "exchange &#39;no-such-exchange&#39;: no such exchange" in missing.text
+
+        # A traveller who opted out: shown, but no decision is offered (it would be refused).
+        await db.accounts.set_training_opt_out(TRAVELLER.username, True)
+        opted = (await boss.get(f"/admin/review/{ex.id}")).text
+        assert "its traveller opted out of training" in opted
+        assert 'action="/admin/review/correct"' not in opted
+
+
+async def test_review_decisions_posted_from_the_console_are_stored_and_audited(
+        db: Store, settings: Settings) -> None:
+    ids = await queue_of(db)
+    app = console_app(db, settings)
+    async with client(app, ADMIN.username) as boss:
+        page = (await boss.get(f"/admin/review/{ids['ft-down']}?unreviewed=on")).text
+        token = csrf_of(page)
+
+        # Refused by a policy check: the reason on the page, the text kept, nothing saved.
+        refused = await boss.post("/admin/review/correct", data={
+            "csrf": token, "exchange": ids["ft-down"], "text": HOTEL, "back": "unreviewed=on"})
+        assert refused.status_code == 409
+        assert ("the correction fails the policy checks: failed: no_business (names a"
+                " business: &#39;Hilton&#39;); nothing saved") in refused.text
+        assert f">{HOTEL}</textarea>" in refused.text
+        assert await db.reviews.history(ids["ft-down"]) == []
+
+        saved = await boss.post("/admin/review/correct", data={
+            "csrf": token, "exchange": ids["ft-down"], "text": BETTER + "\n",
+            "back": "unreviewed=on"})
+        assert saved.status_code == 200, saved.text[:500]
+        assert f'role="status">corrected {ids["ft-down"]} (review ' in saved.text
+        assert 'href="/admin/review?unreviewed=on">← back to the queue' in saved.text
+        accepted = await boss.post("/admin/review/accept", data={
+            "csrf": token, "exchange": ids["new-base"]})
+        assert accepted.status_code == 200 and f"accepted {ids['new-base']}" in accepted.text
+        skipped = await boss.post("/admin/review/skip", data={
+            "csrf": token, "exchange": ids["old-base"]})
+        assert skipped.status_code == 200 and f"skipped {ids['old-base']}" in skipped.text
+        # Out of the not-yet-reviewed queue now.
+        assert listed((await boss.get("/admin/review?unreviewed=on")).text) == []
+
+        unknown = await boss.post("/admin/review/accept", data={"csrf": token,
+                                                                "exchange": "nope"})
+        assert unknown.status_code == 404
+        assert "exchange &#39;nope&#39;: no such exchange" in unknown.text
+        # No token: refused before anything is read.
+        forged = await boss.post("/admin/review/accept", data={"exchange": ids["unrated"]})
+        assert forged.status_code == 403
+
+    [correction] = await db.reviews.history(ids["ft-down"])
+    assert (correction.decision, correction.reviewer, correction.text) == (
+        Decision.CORRECTED, ADMIN.username, BETTER)
+    assert [(r.decision, r.reviewer) for r in await db.reviews.history(ids["new-base"])] == [
+        (Decision.ACCEPTED, ADMIN.username)]
+    assert [r.decision for r in await db.reviews.history(ids["old-base"])] == [
+        Decision.SKIPPED]
+    assert await db.reviews.history(ids["unrated"]) == []
+    trail = await db.experiments.audit_page(action="review")
+    assert [(h["actor"], h["details"]) for h in trail] == [
+        (ADMIN.username, {"exchange_id": ids["old-base"], "decision": "skipped",
+                          "text_sha256": None}),
+        (ADMIN.username, {"exchange_id": ids["new-base"], "decision": "accepted",
+                          "text_sha256": None}),
+        (ADMIN.username, {"exchange_id": ids["ft-down"], "decision": "corrected",
+                          "text_sha256": hashlib.sha256(BETTER.encode()).hexdigest()})]

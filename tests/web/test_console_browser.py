@@ -1,8 +1,9 @@
 """The admin console in Chromium: `travel-chat` as a subprocess, logged in through the chat's
 own login page. The overview's chart plots what `travel-admin ab report --json` says for the
-same experiment, promotion is refused with the gate's reason after the confirmation dialog,
-and every request of every console page (failed ones and websockets included) stays on the
-app's origin. Screenshots in test-output/.
+same experiment, promotion is refused with the gate's reason after the confirmation dialog, a
+correction written in the review queue is in the next `dataset build`, and every request of
+every console page (failed ones and websockets included) stays on the app's origin.
+Screenshots in test-output/.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from tests.web.test_console import exchange
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 MODEL = "gpt-4o-mini"
+CORRECTION = ("Kyoto in autumn is glorious: the maples of Tofuku-ji and Eikan-do turn red in"
+              " mid-November. Which temples would you like to see first?")
 CONSOLE_PAGES = ["/admin", "/admin/review", "/admin/training", "/admin/experiments",
                  "/admin/travellers"]
 
@@ -185,8 +188,44 @@ async def test_admin_console_overview_chart_promote_refusal_and_origin(
         for path in CONSOLE_PAGES:
             await page.goto(f"{app.url}{path}")
             await expect(page.locator("main h1")).to_be_visible()
-            if path != "/admin":
+            if path not in ("/admin", "/admin/review"):  # the review pages: below
                 await screenshot(page, "console-" + path.rsplit("/", 1)[-1])
+
+        # An admin corrects a rated-down reply in the queue; the next dataset build trains on
+        # the correction instead of the reply.
+        await page.goto(f"{app.url}/admin/review?unreviewed=on")
+        await screenshot(page, "console-review-queue")
+        first = page.locator("table.queue a").first
+        exchange_id = (await first.get_attribute("title")) or ""
+        await first.click()
+        await expect(page.locator(".turn.reply")).to_contain_text("Maples. When?")
+        box = page.locator("textarea[name=text]")
+        await box.fill("Stay at the Hilton Kyoto for the maples. When will you go?")
+        await page.get_by_role("button", name="Save correction").click()
+        await expect(page.locator(".error")).to_contain_text(
+            "the correction fails the policy checks: failed: no_business")
+        assert asked[-1].startswith("Save this correction?")
+        await box.fill(CORRECTION)
+        await page.get_by_role("button", name="Save correction").click()
+        await expect(page.locator(".notice")).to_contain_text(f"corrected {exchange_id}")
+        await expect(page.locator("text=← back to the queue")).to_have_attribute(
+            "href", "/admin/review?unreviewed=on")
+        await screenshot(page, "console-review")
+        await page.screenshot(path=str(SCREENSHOTS / "console-review-full.png"), full_page=True)
+
+        get_settings.cache_clear()
+        try:
+            built = await asyncio.to_thread(CliRunner().invoke, admin_cli, [
+                "dataset", "build", "--with-seed", "--out-dir", str(tmp_path / "sets"),
+                "--name", "reviewed", "--json"])
+        finally:
+            get_settings.cache_clear()
+        assert built.exit_code == 0, built.output
+        examples = [json.loads(line) for f in json.loads(built.stdout)["files"]
+                    for line in Path(f["path"]).read_text("utf-8").splitlines()]
+        corrected = [e for e in examples if e["messages"][-1]["content"] == CORRECTION]
+        assert len(corrected) == 1
+        assert corrected[0]["messages"][-2] == {"role": "user", "content": "Kyoto in autumn?"}
 
         # A visitor without a session lands on the login page; a traveller is refused.
         visitor = await new_page(browser)

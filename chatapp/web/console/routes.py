@@ -33,9 +33,10 @@ from starlette.routing import Route
 
 from admin.training.base import TrainingError
 from admin.training.metrics import progress_text
+from chatapp.review import ReviewError
 from chatapp.settings import Settings
 from chatapp.store import Store, StoreError
-from chatapp.web.console import csrf, experiments, overview, training, travellers
+from chatapp.web.console import csrf, experiments, overview, review, training, travellers
 from chatapp.web.console.session import Caller, StoreFn, caller, is_admin
 
 HERE = Path(__file__).parent
@@ -53,7 +54,7 @@ NAV = [("overview", "", "Overview"), ("review", "/review", "Review queue"),
        ("training", "/training", "Training"), ("experiments", "/experiments", "Experiments"),
        ("travellers", "/travellers", "Travellers")]
 # What an action may refuse with: shown on the page, never a traceback.
-REFUSALS = (StoreError, TrainingError, LookupError, ValueError)
+REFUSALS = (StoreError, TrainingError, ReviewError, LookupError, ValueError)
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Console:
                                 autoescape=select_autoescape(default=True))
         self._env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, default=str)
         self._env.filters["when"] = when
+        self._env.filters["rating"] = lambda v: review.RATING_NAMES.get(v, str(v))
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -165,8 +167,63 @@ class Console:
             return JSONResponse({"error": _message(err)}, status_code=404)
         return JSONResponse(doc)
 
+    # -- review queue --------------------------------------------------------------------------
+
     async def review_page(self, request: Request, ctx: Ctx) -> Response:
-        return self.render("review", ctx)
+        try:
+            form = review.parse(request.query_params.multi_items())
+        except ValueError as err:
+            # A hand-edited link: say which filter is wrong, keep the form usable.
+            ctx.error = _message(err)
+            return self.render("review", ctx, 400, queue=review.empty_queue(review.QueueForm()))
+        try:
+            found = await review.queue(ctx.store, form)
+        except ReviewError as err:
+            ctx.error = _message(err)
+            return self.render("review", ctx, 400, queue=review.empty_queue(form))
+        return self.render("review", ctx, queue=found)
+
+    async def reply_page(self, request: Request, ctx: Ctx, status: int = 200,
+                         exchange_id: str | None = None, back: review.QueueForm | None = None,
+                         draft: str | None = None) -> Response:
+        key = request.path_params["exchange_id"] if exchange_id is None else exchange_id
+        if back is None:
+            back = review.parse_query(request.url.query)
+        try:
+            found = await review.detail(ctx.store, key)
+        except ReviewError as err:
+            # An unknown id (or a reply-less turn): the queue, with the reason on top.
+            ctx.error = _message(err) if ctx.error is None else ctx.error
+            ctx.notice = None
+            return self.render("review", ctx, 404, queue=review.empty_queue(back))
+        return self.render("review_reply", ctx, status, reply=found, back=back,
+                           draft=found.draft if draft is None else draft)
+
+    def _review_action(self, act: Callable[[Store, str, str, Ctx], Awaitable[str]]) -> Handler:
+        async def handler(request: Request, ctx: Ctx) -> Response:
+            key = ctx.value("exchange")
+            status = await self._act(ctx, lambda: act(ctx.store, ctx.who.name, key, ctx))
+            # A refused correction keeps what the reviewer wrote, to fix rather than retype.
+            text = ctx.form.get("text") if ctx.form is not None and status != 200 else None
+            return await self.reply_page(request, ctx, status, exchange_id=key,
+                                         back=review.parse_query(ctx.value("back")),
+                                         draft=text if isinstance(text, str) else None)
+
+        return handler
+
+    @staticmethod
+    async def _correct(store: Store, reviewer: str, key: str, ctx: Ctx) -> str:
+        # Not ctx.value(): that strips, and the reviewer's line breaks are part of the reply.
+        text = ctx.form.get("text") if ctx.form is not None else None
+        return await review.correct(store, reviewer, key, text if isinstance(text, str) else "")
+
+    @staticmethod
+    async def _accept(store: Store, reviewer: str, key: str, ctx: Ctx) -> str:
+        return await review.accept(store, reviewer, key)
+
+    @staticmethod
+    async def _skip(store: Store, reviewer: str, key: str, ctx: Ctx) -> str:
+        return await review.skip(store, reviewer, key)
 
     # -- training ------------------------------------------------------------------------------
 
@@ -310,12 +367,16 @@ class Console:
     def routes(self) -> list[Route]:
         b, g = self.base, self._guard
         get = [("", self.overview_page), ("/review", self.review_page),
+               ("/review/{exchange_id}", self.reply_page),
                ("/api/report", self.report_api),
                ("/training", self.training_page), ("/training/jobs/{job_id}", self.job_page),
                ("/api/jobs/{job_id}/metrics", self.job_metrics_api),
                ("/datasets/{sha256}/download", self.dataset_download),
                ("/experiments", self.experiments_page), ("/travellers", self.travellers_page)]
         post: list[tuple[str, Handler]] = [
+            ("/review/correct", self._review_action(self._correct)),
+            ("/review/accept", self._review_action(self._accept)),
+            ("/review/skip", self._review_action(self._skip)),
             ("/training/deploy", self.deploy),
             ("/experiments/start", self._routing_action(self._start)),
             ("/experiments/weights", self._routing_action(self._set_weights)),

@@ -30,8 +30,7 @@ from chatapp.store.database import Database, StoreError, now, record, utc
 from chatapp.store.exchanges import (
     ExchangeScope,
     _exchange,
-    _latest_rating,
-    latest_review,
+    newest_id,
     scope_conditions,
 )
 from chatapp.store.experiments import audit
@@ -196,8 +195,8 @@ class Reviews:
         ex, r = t.exchanges, t.ratings
         query = (sa.select(ex, ex.c.user_id.in_(opted_out_users()).label("opted_out"))
                  .where(ex.c.id == exchange_id))
-        # This exchange's newest rating by its index, not _latest_rating(): that groups the
-        # whole ratings table, which the console's reply page paid for on every view.
+        # This exchange's newest rating by its index, not by grouping the whole ratings table
+        # (which the console's reply page paid for on every view).
         newest = (sa.select(r.c.value, r.c.comment).where(r.c.exchange_id == exchange_id)
                   .order_by(r.c.id.desc()).limit(1))
         async with self._db.read() as conn:
@@ -213,10 +212,11 @@ class Reviews:
         if limit < 1 or offset < 0:
             raise StoreError(f"page: limit must be at least 1 and offset at least 0"
                              f" (got {limit}, {offset})")
-        ex, rating, review = t.exchanges, _latest_rating(), latest_review()
+        ex = t.exchanges
+        rating, review = t.ratings.alias("latest_rating"), t.reviews.alias("latest_review")
         conds = _queue_conditions(which, rating, review)
-        joined = (ex.outerjoin(rating, rating.c.exchange_id == ex.c.id)
-                  .outerjoin(review, review.c.exchange_id == ex.c.id))
+        joined = (ex.outerjoin(rating, rating.c.id == newest_id(t.ratings))
+                  .outerjoin(review, review.c.id == newest_id(t.reviews)))
         page = (sa.select(ex.c.id, ex.c.created_at, ex.c.thread_id, ex.c.turn_index,
                           ex.c.user_id, ex.c.source, ex.c.arm_served, ex.c.deployment,
                           ex.c.messages, ex.c.reply, rating.c.value.label("rating"),
@@ -230,8 +230,8 @@ class Reviews:
         return QueuePage([_item(row) for row in rows], n, limit, offset)
 
 
-def _queue_conditions(which: QueueFilter, rating: sa.Subquery,
-                      review: sa.Subquery) -> list[sa.ColumnElement[bool]]:
+def _queue_conditions(which: QueueFilter, rating: sa.FromClause,
+                      review: sa.FromClause) -> list[sa.ColumnElement[bool]]:
     ex = t.exchanges
     conds = [*scope_conditions(which.scope), ex.c.outcome.in_(sorted(ANSWERED_OUTCOMES)),
              trainable_user(ex.c.user_id)]

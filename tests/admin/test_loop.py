@@ -18,6 +18,7 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 BIN = Path(sys.executable).parent
+FROZEN_SEED = Path(__file__).resolve().parents[1] / "fixtures" / "seed" / "seed_train.jsonl"
 
 
 def admin(env: dict[str, str], *args: str, timeout: float = 900) -> str:
@@ -53,8 +54,11 @@ def test_the_loop_on_the_local_backend(tmp_path: Path) -> None:
     sim1 = json.loads(admin(env, "simulate", "--users", "3", "--turns", "2", "--json"))
     assert sim1["exchanges"] == 6 and sim1["by_arm"] == {"base": 6}
 
+    # The frozen first seed set (50 examples): this checks the plumbing, and a training run on
+    # the product's whole seed set would take a large share of the suite's time.
     built = json.loads(admin(env, "dataset", "build", "--source", "simulated", "--ratings",
-                             "up+down", "--with-seed", "--name", "loop", "--json"))
+                             "up+down", "--with-seed", "--seed-file", str(FROZEN_SEED),
+                             "--name", "loop", "--json"))
     files = {f["kind"]: f for f in built["files"]}
     train_file = Path(files["train"]["path"])
     assert train_file.is_file() and Path(files["train"]["manifest"]).is_file()

@@ -84,10 +84,13 @@ async def seed(store: Store, n_exp: int, n_audit: int, n_exchanges: int, running
             "deployment": "base" if arm == "base" else "ft", "model": "gpt-4o-mini",
             "messages": [], "reply": "r", "finish_reason": "stop", "prompt_tokens": 20,
             "completion_tokens": 8, "latency_ms": 40.0, "ttft_ms": 5.0, "outcome": "ok",
-            "created_at": NOW - timedelta(minutes=i % 10_000)})
+            "created_at": NOW - timedelta(minutes=i % 10_000),
+            "current_rating": None, "current_rating_commented": None})
         if i % 2 == 0:
             batch_rt.append({"exchange_id": ex_id, "value": int(i % 3 != 0),
                              "user_id": batch_ex[-1]["user_id"], "created_at": NOW})
+            # As Exchanges.rate keeps it: the current rating on the exchange too.
+            batch_ex[-1].update(current_rating=int(i % 3 != 0), current_rating_commented=False)
         if len(batch_ex) >= 50_000:
             await _insert(store, t.exchanges, batch_ex)
             await _insert(store, t.ratings, batch_rt)

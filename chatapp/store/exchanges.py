@@ -189,6 +189,9 @@ class Exchanges:
             res = await conn.execute(t.ratings.insert().values(
                 exchange_id=exchange_id, value=value, comment=comment or None,
                 user_id=user_id, feedback_id=feedback_id, created_at=now()))
+            await conn.execute(t.exchanges.update().where(t.exchanges.c.id == exchange_id)
+                               .values(current_rating=value,
+                                       current_rating_commented=bool(comment)))
             return int(res.inserted_primary_key[0])  # type: ignore[index]
 
     async def experiment_rows(self, exp_id: str,

@@ -91,6 +91,30 @@ async def _m8_guardrails(conn: AsyncConnection) -> None:
     await conn.run_sync(apply)
 
 
+async def _m9_current_rating(conn: AsyncConnection) -> None:
+    def apply(sync: sa.Connection) -> None:
+        # As in migration 4: a fresh database got the columns from today's `exchanges`.
+        have = {c["name"] for c in sa.inspect(sync).get_columns("exchanges")}
+        if "current_rating" not in have:
+            sync.execute(sa.text("ALTER TABLE exchanges ADD COLUMN current_rating SMALLINT"))
+        if "current_rating_commented" not in have:
+            sync.execute(sa.text("ALTER TABLE exchanges ADD COLUMN current_rating_commented"
+                                 " BOOLEAN"))
+        if "ix_exchanges_rating" not in {i["name"] for i in sa.inspect(sync).get_indexes(
+                "exchanges")}:
+            sync.execute(sa.text("CREATE INDEX ix_exchanges_rating"
+                                 " ON exchanges (current_rating, created_at, id)"))
+        newest = ("(SELECT {col} FROM ratings WHERE ratings.id = (SELECT max(r.id) FROM ratings r"
+                  " WHERE r.exchange_id = exchanges.id))")
+        sync.execute(sa.text(
+            "UPDATE exchanges SET current_rating = " + newest.format(col="value")
+            + ", current_rating_commented = " + newest.format(
+                col="(comment IS NOT NULL AND comment <> '')")
+            + " WHERE EXISTS (SELECT 1 FROM ratings WHERE ratings.exchange_id = exchanges.id)"))
+
+    await conn.run_sync(apply)
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial: chainlit tables, accounts, deployments, experiments, exchanges, ratings",
      _m1_initial),
@@ -108,6 +132,7 @@ MIGRATIONS: list[Migration] = [
     # migration's number never changes.
     (8, "guardrail settings and stops of experiments, automatic scores of live replies",
      _m8_guardrails),
+    (9, "the current rating on each exchange, for the review queue's index", _m9_current_rating),
 ]
 
 

@@ -214,35 +214,37 @@ class Reviews:
                              f" (got {limit}, {offset})")
         ex = t.exchanges
         rating, review = t.ratings.alias("latest_rating"), t.reviews.alias("latest_review")
-        conds = _queue_conditions(which, rating, review)
-        joined = (ex.outerjoin(rating, rating.c.id == newest_id(t.ratings))
-                  .outerjoin(review, review.c.id == newest_id(t.reviews)))
+        conds = _queue_conditions(which, review)
+        # Filtered and ordered on the exchange's own current rating (ix_exchanges_rating), so a
+        # page reads about `limit` rows; the rating row itself is joined for its comment only.
+        with_review = ex.outerjoin(review, review.c.id == newest_id(t.reviews))
+        joined = with_review.outerjoin(rating, rating.c.id == newest_id(t.ratings))
         page = (sa.select(ex.c.id, ex.c.created_at, ex.c.thread_id, ex.c.turn_index,
                           ex.c.user_id, ex.c.source, ex.c.arm_served, ex.c.deployment,
                           ex.c.messages, ex.c.reply, rating.c.value.label("rating"),
                           rating.c.comment, review.c.decision.label("review"))
                 .select_from(joined).where(*conds)
                 .order_by(ex.c.created_at.desc(), ex.c.id.desc()).limit(limit).offset(offset))
-        total = sa.select(sa.func.count()).select_from(joined).where(*conds)
+        total = sa.select(sa.func.count()).select_from(with_review).where(*conds)
         async with self._db.read() as conn:
             n = int((await conn.execute(total)).scalar_one())
             rows = (await conn.execute(page)).all()
         return QueuePage([_item(row) for row in rows], n, limit, offset)
 
 
-def _queue_conditions(which: QueueFilter, rating: sa.FromClause,
+def _queue_conditions(which: QueueFilter,
                       review: sa.FromClause) -> list[sa.ColumnElement[bool]]:
     ex = t.exchanges
     conds = [*scope_conditions(which.scope), ex.c.outcome.in_(sorted(ANSWERED_OUTCOMES)),
              trainable_user(ex.c.user_id)]
     if which.ratings:
         given = [v for v in which.ratings if v is not None]
-        wanted = [rating.c.value.in_(given)] if given else []
+        wanted = [ex.c.current_rating.in_(given)] if given else []
         if None in which.ratings:
-            wanted.append(rating.c.value.is_(None))
+            wanted.append(ex.c.current_rating.is_(None))
         conds.append(sa.or_(*wanted))
     if which.has_comment is not None:
-        commented = sa.and_(rating.c.comment.is_not(None), rating.c.comment != "")
+        commented = ex.c.current_rating_commented.is_(True)
         conds.append(commented if which.has_comment else sa.not_(commented))
     if which.unreviewed:
         conds.append(review.c.decision.is_(None))

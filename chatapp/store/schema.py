@@ -119,8 +119,15 @@ exchanges = sa.Table(
     # for turns of admin commands and of versions before migration 4. Last: migration 4 adds
     # it to existing tables, and a fresh table must have the same column order.
     sa.Column("owner", sa.String(100)),
+    # The current rating (the newest row of `ratings`, kept in step by Exchanges.rate in the
+    # same transaction) and whether it has a comment: the review queue pages through rated-down
+    # replies newest first on ix_exchanges_rating instead of finding each exchange's newest
+    # rating among a million. Migration 9 adds and backfills them.
+    sa.Column("current_rating", sa.SmallInteger),
+    sa.Column("current_rating_commented", sa.Boolean),
     # Finding pending turns (at start, and the reaper's sweep) without a scan of all turns.
     sa.Index("ix_exchanges_outcome", "outcome"),
+    sa.Index("ix_exchanges_rating", "current_rating", "created_at", "id"),
     # The promotion gate's eval adherence per deployment (`ab promote`, the console's
     # experiments page) without a scan of every turn.
     sa.Index("ix_exchanges_source_deployment", "source", "deployment"),

@@ -33,7 +33,7 @@ from chatapp.domain import (
     Source,
 )
 from chatapp.privacy import export_user
-from chatapp.store import AutoScore, RatedFilter, Store, async_url
+from chatapp.store import AutoScore, QueueFilter, RatedFilter, Store, async_url
 from chatapp.store import chainlit as cl
 from chatapp.store.migrations import MIGRATIONS
 from tests.conftest import _pg_admin_conn, ratings_of
@@ -240,6 +240,12 @@ async def _read_back(store: Store) -> None:
              for r in batch]
     assert [(r.id, r.rating) for r in rated] == [("ex-0", 0), ("ex-1", 1)]
     assert await store.exchanges.count_rated(RatedFilter()) == 1
+    # migration 9: each exchange carries its current rating, which the review queue reads
+    down = await store.reviews.queue(QueueFilter(has_comment=True))
+    assert [(i.exchange_id, i.rating, i.comment) for i in down.items] == [
+        ("ex-0", 0, "changed my mind")] and down.total == 1
+    up = await store.reviews.queue(QueueFilter(ratings=(1,)))
+    assert [i.exchange_id for i in up.items] == ["ex-1"]
     assert await store.exchanges.mark_interrupted() == 1
     # migration 8: an old experiment runs every guardrail, takes live scores, and the
     # conditional stop reads its weights as they were written at migration 3

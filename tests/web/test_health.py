@@ -15,6 +15,7 @@ import pytest
 
 from chatapp.chat.conversation import ChatService
 from chatapp.domain import SMOLLM2, Deployment
+from chatapp.providers.local import LocalChat
 from chatapp.settings import Settings, load_settings
 from chatapp.store import Store
 from chatapp.web.health import HealthChecker, classify
@@ -63,8 +64,11 @@ def health_settings(data_dir: Path, fake: FakeOpenAIServer, silent: int) -> Sett
 
 
 @pytest.fixture
-async def checker(data_dir: Path, fake: FakeOpenAIServer, silent_port: int, store: Store
-                  ) -> AsyncIterator[tuple[HealthChecker, Clock]]:
+async def checker(data_dir: Path, fake: FakeOpenAIServer, silent_port: int, store: Store,
+                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[HealthChecker, Clock]]:
+    # Local models are shared process-wide: one loaded by an earlier test would be reported
+    # "loaded". A registry of our own makes "a probe never loads the model" visible here.
+    monkeypatch.setattr(LocalChat, "_instances", {})
     settings = health_settings(data_dir, fake, silent_port)
     for name, conn, provider in (("compat-1", "compat", "openai_compat"),
                                  ("azure-1", "azure", "azure_openai"),

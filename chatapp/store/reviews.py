@@ -213,23 +213,33 @@ class Reviews:
             raise StoreError(f"page: limit must be at least 1 and offset at least 0"
                              f" (got {limit}, {offset})")
         ex = t.exchanges
-        rating, review = t.ratings.alias("latest_rating"), t.reviews.alias("latest_review")
+        review = t.reviews.alias("latest_review")
         conds = _queue_conditions(which, review)
         # Filtered and ordered on the exchange's own current rating (ix_exchanges_rating), so a
-        # page reads about `limit` rows; the rating row itself is joined for its comment only.
-        with_review = ex.outerjoin(review, review.c.id == newest_id(t.reviews))
-        joined = with_review.outerjoin(rating, rating.c.id == newest_id(t.ratings))
+        # page reads about `limit` rows; the newest review is joined only to filter on it, and
+        # the page's ratings and reviews are read for its own rows afterwards (joining them for
+        # every candidate row cost PostgreSQL a pass over the whole ratings table).
+        source = (ex.outerjoin(review, review.c.id == newest_id(t.reviews))
+                  if which.unreviewed else ex)
         page = (sa.select(ex.c.id, ex.c.created_at, ex.c.thread_id, ex.c.turn_index,
                           ex.c.user_id, ex.c.source, ex.c.arm_served, ex.c.deployment,
-                          ex.c.messages, ex.c.reply, rating.c.value.label("rating"),
-                          rating.c.comment, review.c.decision.label("review"))
-                .select_from(joined).where(*conds)
+                          ex.c.messages, ex.c.reply)
+                .select_from(source).where(*conds)
                 .order_by(ex.c.created_at.desc(), ex.c.id.desc()).limit(limit).offset(offset))
-        total = sa.select(sa.func.count()).select_from(with_review).where(*conds)
+        total = sa.select(sa.func.count()).select_from(source).where(*conds)
         async with self._db.read() as conn:
             n = int((await conn.execute(total)).scalar_one())
             rows = (await conn.execute(page)).all()
-        return QueuePage([_item(row) for row in rows], n, limit, offset)
+            ids = [row.id for row in rows]
+            ratings = {r.exchange_id: r for r in await conn.execute(
+                sa.select(t.ratings.c.exchange_id, t.ratings.c.value, t.ratings.c.comment)
+                .where(t.ratings.c.exchange_id.in_(ids)).order_by(t.ratings.c.id))}
+            reviews = {r.exchange_id: r.decision for r in await conn.execute(
+                sa.select(t.reviews.c.exchange_id, t.reviews.c.decision)
+                .where(t.reviews.c.exchange_id.in_(ids)).order_by(t.reviews.c.id))}
+        # Read in id order, the last row per exchange is its newest.
+        items = [_item(row, ratings.get(row.id), reviews.get(row.id)) for row in rows]
+        return QueuePage(items, n, limit, offset)
 
 
 def _queue_conditions(which: QueueFilter,
@@ -257,9 +267,10 @@ def _question(messages: Any) -> str:
     return ""
 
 
-def _item(row: Any) -> QueueItem:
+def _item(row: Any, rating: Any, review: str | None) -> QueueItem:
     return QueueItem(
         exchange_id=row.id, created_at=utc(row.created_at), thread_id=row.thread_id,
         turn_index=row.turn_index, user_id=row.user_id, source=str(row.source),
         arm_served=row.arm_served, deployment=row.deployment, question=_question(row.messages),
-        reply=row.reply, rating=row.rating, comment=row.comment, review=row.review)
+        reply=row.reply, rating=rating.value if rating is not None else None,
+        comment=rating.comment if rating is not None else None, review=review)

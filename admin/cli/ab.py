@@ -14,7 +14,7 @@ from chatapp.experiments.guardrails import METRICS, parse_guardrails
 from chatapp.experiments.operations import PromotionRefused, experiment_report, report_json
 from chatapp.experiments.operations import promote as promote_experiment
 from chatapp.experiments.operations import stop as stop_experiment
-from chatapp.experiments.report import DEFAULT_MIN_USERS, Report
+from chatapp.experiments.report import DEFAULT_MIN_USERS, Report, UserLevel
 from chatapp.store import Store
 
 app = typer.Typer(help="A/B experiments between the base and fine-tuned deployments.",
@@ -116,15 +116,21 @@ def _ci(ci: tuple[float, float] | None, signed: bool = False) -> str:
     return f"[{ci[0]:+.1%}, {ci[1]:+.1%}]" if signed else f"[{ci[0]:.1%}, {ci[1]:.1%}]"
 
 
-def _print_report(r: Report) -> None:
-    u = r.user_level
-    table = Table(title=f"Experiment {r.experiment_id}: per traveller (the decision)")
-    for col in ("arm (assigned)", "users", "rated", "thumbs up", "95% CI (one look)"):
+def _per_traveller(u: UserLevel, title: str, counted: tuple[str, str]) -> None:
+    """One per-traveller table (users, what was counted, its rate and one-look interval)."""
+    table = Table(title=title)
+    for col in ("arm (assigned)", "users", *counted, "95% CI (one look)"):
         table.add_column(col)
     for arm in u.users:
         table.add_row(arm, str(u.users[arm]), str(u.rated[arm]), _pct(u.rate.get(arm)),
                       _ci(u.rate_ci95.get(arm)))
     console.print(table)
+
+
+def _print_report(r: Report) -> None:
+    u = r.user_level
+    _per_traveller(u, f"Experiment {r.experiment_id}: per traveller (the decision)",
+                   ("rated", "thumbs up"))
     if u.difference is not None:
         console.print(f"difference (fine_tuned - base), per traveller: {u.difference:+.1%};"
                       f" 95% CI if this were the one planned look {_ci(u.difference_ci95, True)}")
@@ -158,14 +164,9 @@ def _print_report(r: Report) -> None:
         console.print(f"difference per reply: {r.difference:+.1%}, 95% CI"
                       f" {_ci(r.difference_ci, True)}, p = {r.p_value:.3g}")
     auto = r.auto_compliance
-    table = Table(title="Automatic policy compliance per traveller (the rule-based checks on"
-                        " every live reply; not travellers' ratings)")
-    for col in ("arm (assigned)", "users", "scored replies", "compliant", "95% CI (one look)"):
-        table.add_column(col)
-    for arm in auto.users:
-        table.add_row(arm, str(auto.users[arm]), str(auto.rated[arm]), _pct(auto.rate.get(arm)),
-                      _ci(auto.rate_ci95.get(arm)))
-    console.print(table)
+    _per_traveller(auto, "Automatic policy compliance per traveller (the rule-based checks on"
+                         " every live reply; not travellers' ratings)",
+                   ("scored replies", "compliant"))
     if auto.difference is not None:
         console.print(f"compliance difference (fine_tuned - base): {auto.difference:+.1%}"
                       + (f"; always valid {_ci(auto.always_valid_ci, True)}"

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from chatapp.chat.preferences import TRAINING_LABEL
 from chatapp.domain import Deployment
@@ -36,7 +36,6 @@ from harness.browser_support import (
     empty_database,
     fetch_status,
     finished_reply,
-    launch_chromium,
     login,
     new_page,
     poll,
@@ -56,16 +55,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROUTING_FOOTER = re.compile(r"\barm (base|fine_tuned)\b")
 SETTINGS_BUTTON = "#chat-settings-open-modal"
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        browser = await launch_chromium(pw)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def _page_text(page: Page) -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Dialog, async_playwright, expect
+from playwright.async_api import Browser, Dialog, expect
 from typer.testing import CliRunner
 
 from admin.cli import app as admin_cli
@@ -26,7 +26,6 @@ from harness.browser_support import (
     SCREENSHOTS,
     TRAVELLER,
     add_accounts,
-    launch_chromium,
     login,
     new_page,
     running_app,
@@ -43,16 +42,6 @@ CORRECTION = ("Kyoto in autumn is glorious: the maples of Tofuku-ji and Eikan-do
               " mid-November. Which temples would you like to see first?")
 CONSOLE_PAGES = ["/admin", "/admin/review", "/admin/training", "/admin/experiments",
                  "/admin/travellers"]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        browser = await launch_chromium(pw)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @pytest.fixture

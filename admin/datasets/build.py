@@ -319,6 +319,18 @@ class Builder:
         if skip.detail:
             self._note(f"skipped: {skip.detail}")
 
+    def pii_dropped(self, found: Counter[str]) -> bool:
+        """Count what the scrub found in one example (or pair); True when `--pii drop` leaves
+        it out."""
+        if not found:
+            return False
+        self.counts.pii_examples += 1
+        self.counts.pii_found.update(found)
+        if self.opts.pii == "drop":
+            self.counts.skipped["pii"] += 1
+            return True
+        return False
+
     def _admit(self, c: ex.Candidate) -> bytes | None:
         """Scrub, then dedupe: the bytes to spool, or None when the example is left out."""
         found: Counter[str] = Counter()
@@ -328,12 +340,8 @@ class Builder:
                 if result.found:
                     found.update(result.counts)
                     m["content"] = result.text
-        if found:
-            self.counts.pii_examples += 1
-            self.counts.pii_found.update(found)
-            if self.opts.pii == "drop":
-                self.counts.skipped["pii"] += 1
-                return None
+        if self.pii_dropped(found):
+            return None
         try:
             line = dumps_line({"messages": c.messages})
         except UnicodeEncodeError:

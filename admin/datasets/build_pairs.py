@@ -92,12 +92,8 @@ class PairReader:
             if m["role"] in ("user", "assistant"):
                 m["content"] = clean(m["content"])
         pair.preferred, pair.non_preferred = clean(pair.preferred), clean(pair.non_preferred)
-        if found:
-            b.counts.pii_examples += 1
-            b.counts.pii_found.update(found)
-            if b.opts.pii == "drop":
-                b.counts.skipped["pii"] += 1
-                return None
+        if b.pii_dropped(found):
+            return None
         try:
             line = dumps_line(pair.as_line())
         except UnicodeEncodeError:

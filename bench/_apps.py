@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from bench.fake_upstream import Upstream
-from chatapp.domain import Deployment
+from chatapp.domain import Deployment, Provider
 from chatapp.store import Store
 from harness.browser_support import (
     Account,
@@ -56,12 +56,15 @@ def cpu_s(pid: int) -> float:
 @asynccontextmanager
 async def travel_chat(workdir: Path, upstream: Upstream, users: Sequence[Account], *,
                       check_log: bool = True, db_url: str | None = None,
-                      env: dict[str, str] | None = None) -> AsyncIterator[ChatApp]:
+                      env: dict[str, str] | None = None,
+                      shadow_share: float | None = None) -> AsyncIterator[ChatApp]:
     """Our app on SQLite (or the empty database `db_url`), everyone routed to one deployment
     on the paced upstream.
 
     `check_log`: fail at the end if the app logged an error (tests/browser_support.running_app);
     False for a benchmark that counts them as figures instead (`ChatApp.log_problems()`).
+    `shadow_share`: copy that share of turns to a second deployment on the same upstream (a
+    remote candidate, `ab shadow`).
     """
     data_dir = workdir / "travel-data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -69,9 +72,15 @@ async def travel_chat(workdir: Path, upstream: Upstream, users: Sequence[Account
     try:
         await add_accounts(store, *users)
         await store.deployments.add(Deployment(name="bench", connection="bench",
-                                              provider="openai_compat", model=upstream.model))
+                                              provider=Provider.OPENAI_COMPAT,
+                                              model=upstream.model))
         await store.experiments.start(name="bench", base="bench", fine_tuned=None,
                                      fine_tuned_weight=0.0, actor="bench")
+        if shadow_share is not None:
+            await store.deployments.add(Deployment(name="candidate", connection="bench",
+                                                  provider=Provider.OPENAI_COMPAT,
+                                                  model=upstream.model))
+            await store.experiments.set_shadow("candidate", shadow_share, "bench")
     finally:
         await store.close()
     env = {**upstream.connection_env("bench"), **NO_RATE_LIMITS,

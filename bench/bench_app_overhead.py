@@ -8,12 +8,16 @@ the request, then one every 5 ms. Three apps run at once, each its own process o
   before and after the reply, Chainlit's SQLAlchemy data layer on SQLite);
 - `bare`: bench/bare_app.py, one `on_message` streaming the same SDK call, no data layer;
 - `bare_db`: the same with Chainlit's SQLAlchemy data layer on SQLite, as our app has it.
+- `travel_chat_shadow`: our app with shadow traffic on (`ab shadow --share 1`): every turn is
+  copied to a second deployment on the same upstream (a remote candidate), after the reply.
 `bare` is the issue's "bare Chainlit app"; `bare_db` separates what Chainlit's own persistence
-costs from what our code adds. One client per app (harness/chainlit_client.py, the browser's
-protocol), one turn at a time, the apps' turns interleaved in a shuffled order each round so
-machine load hits all alike; a new conversation every 5 turns (our app trims and sends the
-history, as it would). Time to first token: message sent -> first streamed token of the reply;
-total: message sent -> `task_end` (the UI's "done"). Figures to bench/results/app_overhead.json.
+costs from what our code adds; `travel_chat_shadow` vs `travel_chat` is what shadow traffic
+adds to the traveller's reply (its copies stream while the next turns are asked).
+One client per app (harness/chainlit_client.py, the browser's protocol), one turn at a time, the
+apps' turns interleaved in a shuffled order each round so machine load hits all alike; a new
+conversation every 5 turns (our app trims and sends the history, as it would). Time to first token:
+message sent -> first streamed token of the reply; total: message sent -> `task_end` (the UI's
+"done"). Figures to bench/results/app_overhead.json.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from typing import Any
 from bench._apps import PASSWORD, accounts, bare_chainlit, cpu_s, travel_chat
 from bench._common import summary, write
 from bench.fake_upstream import paced_upstream
+from chatapp.store import Store
+from harness.browser_support import sqlite_url
 from harness.chainlit_client import ChainlitClient, Reply
 from harness.fakes.openai_chat import paced_text
 
@@ -73,6 +79,15 @@ def _compare(ours: list[float], base: list[float]) -> dict[str, float]:
             "ratio_p50": o["p50"] / b["p50"], "ratio_p95": o["p95"] / b["p95"]}
 
 
+async def _shadow_replies(workdir: Path) -> int:
+    store = await Store.open(sqlite_url(workdir / "travel-data"))
+    try:
+        exp = await store.experiments.active()
+        return len(await store.exchanges.shadow_pairs(exp.id)) if exp else 0
+    finally:
+        await store.close()
+
+
 async def main(turns: int, warmup: int, seed: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     rng = random.Random(seed)
@@ -84,7 +99,10 @@ async def main(turns: int, warmup: int, seed: int) -> None:
                 bare_chainlit(work, upstream, data_layer=False))
             bare_db = await stack.enter_async_context(
                 bare_chainlit(work, upstream, data_layer=True))
-            apps = {"travel_chat": ours, "bare": bare, "bare_db": bare_db}
+            shadowed = await stack.enter_async_context(
+                travel_chat(work / "shadow", upstream, accounts(1), shadow_share=1.0))
+            apps = {"travel_chat": ours, "bare": bare, "bare_db": bare_db,
+                    "travel_chat_shadow": shadowed}
             tabs = {name: Tab(name, app.url, upstream.tokens) for name, app in apps.items()}
             for tab in tabs.values():
                 stack.push_async_callback(tab.client.close)
@@ -115,6 +133,11 @@ async def main(turns: int, warmup: int, seed: int) -> None:
             "ttft": _compare(tabs["travel_chat"].ttft_ms, tabs[base].ttft_ms),
             "total": _compare(tabs["travel_chat"].total_ms, tabs[base].total_ms),
         }
+    figures["shadow_vs_travel_chat"] = {
+        "ttft": _compare(tabs["travel_chat_shadow"].ttft_ms, tabs["travel_chat"].ttft_ms),
+        "total": _compare(tabs["travel_chat_shadow"].total_ms, tabs["travel_chat"].total_ms),
+        "shadow_replies_stored": await _shadow_replies(work / "shadow"),
+    }
     figures["workdir"] = str(work)
     write("app_overhead", figures)
 

@@ -62,11 +62,13 @@ class Provider(_Name):
 
 
 class Source(_Name):
-    """Who produced a turn: a traveller in the chat, `travel-admin simulate`, or `eval`."""
+    """Who produced a turn: a traveller in the chat, `travel-admin simulate`, `eval`, or a
+    shadow copy of a traveller's turn answered by a candidate nobody sees (`ab shadow`)."""
 
     WEB = "web"
     SIMULATED = "simulated"
     EVAL = "eval"
+    SHADOW = "shadow"
 
 
 class Decision(_Name):
@@ -115,6 +117,9 @@ class Experiment:
     guardrails: dict[str, float] | None = None
     # Set once a guardrail stopped the fine-tuned arm: metric, estimate, bound, statistic, when.
     guardrail_stop: dict[str, Any] | None = None
+    # Shadow traffic while this experiment runs (`ab shadow`): deployment, share, by, at; None:
+    # off. On the experiment row, so every app process follows a change as it follows weights.
+    shadow: dict[str, Any] | None = None
 
     def deployment_for(self, arm: Arm) -> str | None:
         return self.base_deployment if arm == Arm.BASE else self.fine_tuned_deployment
@@ -146,6 +151,8 @@ class Exchange:
     step_id: str | None = None
     id: str = ""
     created_at: datetime | None = None
+    # A shadow exchange's live exchange: the traveller's turn whose prompt it answered.
+    shadow_of: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -227,6 +227,7 @@ class Runtime:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._background.clear()
         if self._service is not None:
+            await self._service.shadow.drain(2.0)  # shadow copies in flight, bounded
             await self._service.scorer.drain(2.0)  # scores of the last replies, bounded
         if self._membership is not None:
             try:

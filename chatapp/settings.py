@@ -176,6 +176,13 @@ class Settings(BaseSettings):
     # Secret: such URLs often carry a token.
     alert_webhook_url: SecretStr | None = None
     alert_webhook_attempts: int = Field(default=3, ge=1, le=10)
+    # Shadow traffic (`travel-admin ab shadow`): at most this many candidate replies in flight
+    # per app process (more are skipped, and counted); on the local backend a shadow reply waits
+    # at most this long for the app to be idle (no traveller's turn in flight) before it is
+    # skipped, and is cancelled when a traveller's turn starts: a second local model would take
+    # the cores the traveller's reply needs.
+    shadow_concurrency: int = Field(default=2, ge=1, le=64)
+    shadow_idle_wait_s: float = Field(default=30.0, ge=0)
     # Streamed text reaches the browser at most this often, gathered (0: one message per token)
     stream_flush_ms: float = Field(default=30.0, ge=0, le=1000)
 

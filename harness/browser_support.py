@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import sqlalchemy as sa
@@ -193,8 +193,11 @@ class ChatApp:
                 if any(p in line for p in LOG_PROBLEMS)]
 
 
+App = TypeVar("App", bound="ChatApp")
+
+
 @asynccontextmanager
-async def started(app: ChatApp, name: str) -> AsyncIterator[ChatApp]:
+async def started(app: App, name: str) -> AsyncIterator[App]:
     """Start an app process, wait until it answers, yield it, stop it (no log check)."""
     print(f"{name} log: {app.log_path}")
     app.start()

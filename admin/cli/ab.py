@@ -8,6 +8,7 @@ import sys
 import typer
 from rich.table import Table
 
+from admin.cli import shadow as shadow_cli
 from admin.cli.common import JsonOpt, actor, console, emit, fail, settings, with_store
 from chatapp.domain import Experiment, Source
 from chatapp.experiments.guardrails import METRICS, parse_guardrails
@@ -35,6 +36,10 @@ def _show(exp: Experiment) -> None:
         f"experiment [bold]{exp.id}[/bold] ({exp.name}): base={exp.base_deployment}"
         f" fine_tuned={exp.fine_tuned_deployment or '-'} weights={exp.weights}"
         f" guardrails: {_guardrails(exp)}", highlight=False)
+    if exp.shadow:
+        console.print(f"shadow: {float(exp.shadow['share']):.0%} of live turns copied to"
+                      f" {exp.shadow['deployment']} (`travel-admin ab shadow` compares)",
+                      highlight=False)
     if exp.guardrail_stop:
         console.print(f"[red]stopped by the {exp.guardrail_stop.get('metric')} guardrail[/red]"
                       f" at {exp.guardrail_stop.get('at')}", highlight=False)
@@ -254,4 +259,5 @@ def rollback() -> None:
 
 
 def register(root: typer.Typer) -> None:
+    shadow_cli.register(app)
     root.add_typer(app, name="ab")

@@ -199,8 +199,9 @@ _USER = typer.Option([], "--user", help="Only these users (repeatable).")
 _SINCE = typer.Option(None, "--since", formats=_DATE_FORMATS, help="From (inclusive, UTC).")
 _UNTIL = typer.Option(None, "--until", formats=_DATE_FORMATS, help="Until (exclusive, UTC).")
 _SOURCE = typer.Option([Source.WEB.value], "--source",
-                       help="web (default), simulated (repeatable). Never eval: evaluation"
-                       " replies measure the model and never enter a dataset.")
+                       help="web (default), simulated (repeatable), or shadow alone (the"
+                       " candidate's replies to copies of live turns, `ab shadow`). Never"
+                       " eval: evaluation replies measure the model and never enter a dataset.")
 _SEED_FILE = typer.Option([], "--seed-file", help="Seed JSONL to merge (repeatable; implies"
                           " --with-seed; 'valid' in the name: validation).")
 
@@ -245,10 +246,14 @@ def build(
     choices: dict[str, tuple[str, ...]] = {
         "--ratings": ("up", "up+down"), "--multi-turn": ("prefix", "whole"),
         "--pii": ("scrub", "drop"), "--arm": tuple(Arm),
-        "--source": (Source.WEB.value, Source.SIMULATED.value), "--format": ("sft", "preference")}
+        "--source": (Source.WEB.value, Source.SIMULATED.value, Source.SHADOW.value),
+        "--format": ("sft", "preference")}
     if Source.EVAL.value in source:
         fail("--source eval: evaluation replies never enter a dataset or a pair (they measure"
              " the model on questions it must not train on)", 2)
+    if Source.SHADOW.value in source and len(set(source)) > 1:
+        fail("--source shadow: shadow replies answer the very turns of the web replies they"
+             " copy, so one conversation would hold two replies per turn; build them apart", 2)
     for opt, values in (("--ratings", [ratings]), ("--multi-turn", [multi_turn]),
                         ("--pii", [pii]), ("--arm", arm), ("--source", source),
                         ("--format", [fmt])):

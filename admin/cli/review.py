@@ -32,8 +32,9 @@ _RATINGS: dict[str, tuple[int | None, ...]] = {
 _ARM = typer.Option([], "--arm", help="Arm that served the reply: base / fine_tuned"
                     " (repeatable).")
 _DEPLOYMENT = typer.Option([], "--deployment", help="Serving deployment (repeatable).")
-_SOURCE = typer.Option([Source.WEB.value], "--source", help="web (default), simulated"
-                       " (repeatable).")
+_SOURCE = typer.Option([Source.WEB.value], "--source", help="web (default), simulated,"
+                       " shadow (a candidate's replies to copies of live turns; unrated, so"
+                       " with --all) (repeatable).")
 _SINCE = typer.Option(None, "--since", formats=_DATE_FORMATS, help="From (inclusive, UTC).")
 _FILE = typer.Option(None, "--file", help="Read the corrected reply from this file (UTF-8).")
 # Marks where the reviewer's text ends in the editor: everything below is context. A line, not
@@ -87,7 +88,8 @@ def list_(
     if chosen not in _RATINGS:
         fail(f"--rating: {chosen!r} is not one of {', '.join(_RATINGS)}", 2)
     for opt, values, allowed in (("--arm", arm, tuple(Arm)),
-                                 ("--source", source, (Source.WEB, Source.SIMULATED))):
+                                 ("--source", source,
+                                  (Source.WEB, Source.SIMULATED, Source.SHADOW))):
         bad = [v for v in values if v not in allowed]
         if bad:
             fail(f"{opt}: {bad[0]!r} is not one of {', '.join(allowed)}", 2)

@@ -25,6 +25,7 @@ from chatapp.chat.ratelimit import limiter_for
 from chatapp.chat.request import TurnRequest
 from chatapp.chat.routing import ExperimentWatcher, Route, choose
 from chatapp.chat.scoring import LiveScorer
+from chatapp.chat.shadow import ShadowRunner
 from chatapp.domain import Arm, Deployment, Exchange, Outcome
 from chatapp.providers import build_chat_model
 from chatapp.providers.base import (
@@ -182,6 +183,10 @@ class ChatService:
             shared)
         self.metrics = ChatMetrics()
         self.scorer = LiveScorer(store)
+        self.shadow = ShadowRunner(store, self._shadow_sample, self.registry.deployment,
+                                   self.scorer.submit, limit=settings.shadow_concurrency,
+                                   idle_wait_s=settings.shadow_idle_wait_s)
+        self.shadow.on_count.append(lambda what: self.metrics.shadow.labels(what).inc())
         self.gate = TurnGate()
         self.watcher.on_change.append(
             lambda exp: self.metrics.fine_tuned_weight.set(
@@ -195,7 +200,10 @@ class ChatService:
 
     async def reply(self, request: TurnRequest, sink: ReplySink | None = None) -> Exchange:
         """Answer one message into `sink` and return its stored record (see the module doc)."""
-        sink = sink or NullSink()
+        with self.shadow.live_turn():
+            return await self._reply(request, sink or NullSink())
+
+    async def _reply(self, request: TurnRequest, sink: ReplySink) -> Exchange:
         started = time.perf_counter()
         # Storable and printable whatever arrived (NUL, lone surrogates, escape sequences).
         user_text = clean_text(request.text)
@@ -306,8 +314,10 @@ class ChatService:
         )
         try:
             await self.store.exchanges.finish(exchange)
-            # Scored in the background once on record (chat/scoring.py): never delays the reply.
+            # Scored in the background once on record (chat/scoring.py), and maybe copied to a
+            # shadow candidate (chat/shadow.py): neither delays the reply.
             self.scorer.submit(exchange)
+            self.shadow.submit(exchange, self.watcher.cached, pinned=pinned)
         except Exception as err:
             # The message is on record (pending) and the traveller has the reply; the next start
             # marks the row interrupted. Nothing to tell the traveller, much to tell operators.
@@ -376,6 +386,11 @@ class ChatService:
                                       messages[-1], NullSink())
         return Sampled(clean_text(attempt.text), attempt.finish_reason,
                        attempt.completion_tokens)
+
+    async def _shadow_sample(self, deployment: str, messages: Sequence[Message]
+                             ) -> tuple[str, str | None, int | None]:
+        out = await self.sample(deployment, messages)
+        return out.text, out.finish_reason, out.completion_tokens
 
     async def _count_input(self, route: Route, text: str) -> Count:
         try:

@@ -42,6 +42,10 @@ class ChatMetrics:
         self.fine_tuned_weight = Gauge("travel_routing_fine_tuned_weight", "The fine-tuned"
                                        " arm's share in the experiment this process follows",
                                        registry=r)
+        self.shadow = Counter("travel_shadow_turns", "Live turns copied to the shadow"
+                              " candidate, by how the copy ended or why there was none"
+                              " (answered, failed, skipped_full, skipped_busy, preempted)",
+                              ["result"], registry=r)
         self.redis_up = Gauge("travel_redis_up", "1 when shared state in Redis is reachable"
                               " (absent without TRAVEL_REDIS_URL)", registry=r)
 

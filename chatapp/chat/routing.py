@@ -87,6 +87,11 @@ class ExperimentWatcher:
                 await self._reload()
         return self._value
 
+    @property
+    def cached(self) -> Experiment | None:
+        """The experiment as last loaded, without a reload (None before the first)."""
+        return self._value
+
     async def refresh(self) -> Experiment | None:
         """Reload now (a pushed change), whatever the poll interval says."""
         async with self._lock:

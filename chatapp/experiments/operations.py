@@ -16,6 +16,7 @@ from typing import Any
 
 from chatapp.domain import Experiment, Source
 from chatapp.experiments.report import DEFAULT_MIN_USERS, Report, summarize
+from chatapp.experiments.shadow import ShadowComparison, compare
 from chatapp.experiments.usage import serving_price
 from chatapp.settings import Settings
 from chatapp.store import Store, StoreError
@@ -63,6 +64,13 @@ def report_of_rows(experiment_id: str, rows: Sequence[Mapping[str, Any]], settin
                                     "every_s": settings.guardrail_interval_s,
                                     "min_users": settings.guardrail_min_users}
     return report
+
+
+async def shadow_comparison(store: Store, experiment_id: str | None) -> ShadowComparison:
+    """`ab shadow`'s and the console's candidate-vs-live comparison of an experiment (default:
+    the running one)."""
+    exp = await find_experiment(store, experiment_id)
+    return compare(exp.id, await store.exchanges.shadow_pairs(exp.id))
 
 
 def report_json(report: Report) -> dict[str, Any]:

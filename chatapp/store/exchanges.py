@@ -165,12 +165,15 @@ class Exchanges:
                 .values(outcome=Outcome.INTERRUPTED, error_kind="process_ended"))
             return int(res.rowcount)
 
-    async def thread(self, thread_id: str) -> list[Exchange]:
-        """A conversation's exchanges in turn order."""
+    async def thread(self, thread_id: str, *, shadow: bool = False) -> list[Exchange]:
+        """A conversation's exchanges in turn order: what the traveller saw, and with
+        `shadow` the candidates' copies too (which the traveller never saw)."""
         ex = t.exchanges
+        query = sa.select(ex).where(ex.c.thread_id == thread_id)
+        if not shadow:
+            query = query.where(ex.c.source != Source.SHADOW)
         async with self._db.read() as conn:
-            rows = await conn.execute(sa.select(ex).where(ex.c.thread_id == thread_id)
-                                      .order_by(ex.c.turn_index, ex.c.created_at))
+            rows = await conn.execute(query.order_by(ex.c.turn_index, ex.c.created_at))
             return [_exchange(r) for r in rows]
 
     async def by_step(self, step_id: str) -> Exchange | None:
@@ -215,6 +218,30 @@ class Exchanges:
             .where(ex.c.experiment_id == exp_id, ex.c.source.in_(list(sources)),
                    # A turn cut short by a crash or a stop button was no arm's reply.
                    ex.c.outcome.not_in(list(UNFINISHED_OUTCOMES))))
+        async with self._db.read() as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
+    async def shadow_pairs(self, exp_id: str) -> list[dict[str, Any]]:
+        """Each shadow reply of an experiment beside the live reply it shadowed, with both
+        automatic scores (`compliant` None when unscored): `ab shadow` and the console."""
+        shadow, live = t.exchanges.alias("shadow"), t.exchanges.alias("live")
+        s_score, l_score = t.auto_scores.alias("s_score"), t.auto_scores.alias("l_score")
+        cols = ("deployment", "outcome", "completion_tokens", "latency_ms")
+        query = (
+            sa.select(live.c.user_id,
+                      *(shadow.c[c].label(f"shadow_{c}") for c in cols),
+                      *(live.c[c].label(f"live_{c}") for c in cols),
+                      s_score.c.compliant.label("shadow_compliant"),
+                      s_score.c.failed_checks.label("shadow_failed"),
+                      l_score.c.compliant.label("live_compliant"),
+                      l_score.c.failed_checks.label("live_failed"))
+            .select_from(shadow.join(live, live.c.id == shadow.c.shadow_of)
+                         .outerjoin(s_score, sa.and_(s_score.c.exchange_id == shadow.c.id,
+                                                     s_score.c.scorer == RULES))
+                         .outerjoin(l_score, sa.and_(l_score.c.exchange_id == live.c.id,
+                                                     l_score.c.scorer == RULES)))
+            .where(shadow.c.source == Source.SHADOW, shadow.c.experiment_id == exp_id)
+            .order_by(shadow.c.created_at))
         async with self._db.read() as conn:
             return [dict(r._mapping) for r in await conn.execute(query)]
 

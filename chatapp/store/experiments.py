@@ -112,6 +112,34 @@ class Experiments:
         await self._changed(exp.id)
         return await self.get(exp.id) or exp
 
+    async def set_shadow(self, deployment: str | None, share: float, actor: str) -> Experiment:
+        """Copy `share` of the running experiment's live turns to `deployment`, a candidate no
+        traveller sees (chatapp/chat/shadow.py); `deployment=None` turns shadow traffic off.
+        In place, like a weight change: nobody is reshuffled, and a new experiment starts
+        without it."""
+        exp = await self.active()
+        if exp is None:
+            raise StoreError("no running experiment")
+        shadow: dict[str, Any] | None = None
+        if deployment is not None:
+            if not 0.0 < share <= 1.0:
+                raise StoreError(f"shadow share must be above 0 and at most 1, not {share}")
+            async with self._db.read() as conn:
+                if await live(conn, deployment) is None:
+                    raise StoreError(f"no deployment {deployment!r}")
+            if deployment == exp.base_deployment:
+                raise StoreError(f"{deployment!r} is the base deployment: its replies are the"
+                                 " live ones already")
+            shadow = {"deployment": deployment, "share": share, "by": actor,
+                      "at": now().isoformat()}
+        async with self._db.write() as conn:
+            await conn.execute(t.experiments.update().where(t.experiments.c.id == exp.id)
+                               .values(shadow=shadow))
+            await audit(conn, actor, "shadow_start" if shadow else "shadow_stop", exp.id,
+                        {"shadow": shadow, "previous": exp.shadow})
+        await self._changed(exp.id)
+        return await self.get(exp.id) or exp
+
     async def guardrail_stop(self, exp_id: str, details: dict[str, Any],
                              actor: str = "guardrail") -> bool:
         """Send the fine-tuned arm's users to base because a guardrail tripped; True only for

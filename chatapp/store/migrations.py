@@ -115,6 +115,21 @@ async def _m9_current_rating(conn: AsyncConnection) -> None:
     await conn.run_sync(apply)
 
 
+async def _m10_shadow(conn: AsyncConnection) -> None:
+    def apply(sync: sa.Connection) -> None:
+        # As in migration 4: a fresh database got the columns from today's schema.
+        inspect = sa.inspect(sync)
+        if "shadow" not in {c["name"] for c in inspect.get_columns("experiments")}:
+            sync.execute(sa.text("ALTER TABLE experiments ADD COLUMN shadow JSON"))
+        if "shadow_of" not in {c["name"] for c in inspect.get_columns("exchanges")}:
+            sync.execute(sa.text("ALTER TABLE exchanges ADD COLUMN shadow_of VARCHAR(36)"))
+        for index in t.exchanges.indexes:
+            if index.name == "ix_exchanges_shadow_of":
+                index.create(sync, checkfirst=True)
+
+    await conn.run_sync(apply)
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial: chainlit tables, accounts, deployments, experiments, exchanges, ratings",
      _m1_initial),
@@ -133,6 +148,8 @@ MIGRATIONS: list[Migration] = [
     (8, "guardrail settings and stops of experiments, automatic scores of live replies",
      _m8_guardrails),
     (9, "the current rating on each exchange, for the review queue's index", _m9_current_rating),
+    (10, "shadow traffic: the candidate of an experiment, the live turn of a shadow reply",
+     _m10_shadow),
 ]
 
 

@@ -222,9 +222,10 @@ def _chainlit_targets(thread_ids: Sequence[str]) -> list[Target]:
 
 async def _thread_rows(conn: AsyncConnection, ids: Sequence[str], chainlit_ids: Sequence[str],
                        *, delete: bool) -> Counter[str]:
-    """Count or delete the rows of these web conversations, children first."""
+    """Count or delete the rows of these web conversations, children first (their shadow
+    copies too: a candidate's reply to a traveller's words goes with the conversation)."""
     ex = t.exchanges
-    web = sa.and_(ex.c.thread_id.in_(list(ids)), ex.c.source == Source.WEB)
+    web = sa.and_(ex.c.thread_id.in_(list(ids)), ex.c.source.in_((Source.WEB, Source.SHADOW)))
     ex_ids = sa.select(ex.c.id).where(web).scalar_subquery()
     targets: list[Target] = [("reviews", t.reviews, t.reviews.c.exchange_id.in_(ex_ids)),
                              ("ratings", t.ratings, t.ratings.c.exchange_id.in_(ex_ids)),

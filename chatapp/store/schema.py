@@ -73,6 +73,8 @@ experiments = sa.Table(
     # guardrail did (metric, estimate, bound, statistic). Last: migration 8 adds both.
     sa.Column("guardrails", sa.JSON),
     sa.Column("guardrail_stop", sa.JSON),
+    # Shadow traffic's candidate and share while the experiment runs; migration 10 adds it.
+    sa.Column("shadow", sa.JSON),
 )
 
 # The audit trail of every routing change: who, when, what.
@@ -125,12 +127,17 @@ exchanges = sa.Table(
     # rating among a million. Migration 9 adds and backfills them.
     sa.Column("current_rating", sa.SmallInteger),
     sa.Column("current_rating_commented", sa.Boolean),
+    # A shadow exchange (source `shadow`) names the live exchange whose prompt it answered;
+    # migration 10 adds it.
+    sa.Column("shadow_of", sa.String(36)),
     # Finding pending turns (at start, and the reaper's sweep) without a scan of all turns.
     sa.Index("ix_exchanges_outcome", "outcome"),
     sa.Index("ix_exchanges_rating", "current_rating", "created_at", "id"),
     # The promotion gate's eval adherence per deployment (`ab promote`, the console's
     # experiments page) without a scan of every turn.
     sa.Index("ix_exchanges_source_deployment", "source", "deployment"),
+    # Live vs shadow replies side by side (`ab shadow`) without a scan of all turns.
+    sa.Index("ix_exchanges_shadow_of", "shadow_of"),
 )
 
 # Append-only: the latest row per exchange is the rating; earlier rows are its history.

@@ -117,9 +117,9 @@ async def _write_as_v3(conn: AsyncConnection) -> None:
         await conn.execute(v3.deployments.insert().values(**asdict(dep)))
     exp = Experiment("exp-old", "old", {"base": 0.5, "fine_tuned": 0.5}, "base-1", "ft-1",
                      started_at=T0, created_by="ops")
-    # Columns added later (migration 8) were not in the v3 table.
+    # Columns added later (migrations 8 and 10) were not in the v3 table.
     old_columns = {k: v for k, v in asdict(exp).items()
-                   if k not in ("guardrails", "guardrail_stop")}
+                   if k not in ("guardrails", "guardrail_stop", "shadow")}
     await conn.execute(v3.experiments.insert().values(**old_columns))
     await conn.execute(v3.experiment_history.insert().values(
         at=T0, actor="ops", action="start", experiment_id=exp.id,
@@ -255,6 +255,10 @@ async def _read_back(store: Store) -> None:
     assert sorted(str(r["compliance"]) for r in rows) == ["None", "True"]
     assert await store.experiments.guardrail_stop("exp-old", {"metric": "error_rate"})
     assert not await store.experiments.guardrail_stop("exp-old", {"metric": "error_rate"})
+    # migration 10: an old experiment has no shadow traffic, and takes it
+    assert exp.shadow is None
+    assert (await store.experiments.set_shadow("ft-1", 0.1, "ops")).shadow is not None
+    assert [e.shadow_of for e in await store.exchanges.thread(THREAD, shadow=True)] == [None] * 3
     # training jobs, their events, datasets
     job = await store.jobs.get("local-1")
     assert job is not None and job.terminal and job.result == {"best_epoch": 1}

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -179,6 +180,35 @@ async def test_overview_shows_automatic_compliance_and_the_guardrail_stop(
     assert "data-guardrail-stop" in after and "worse on the checks" in after
     assert served["automatic_compliance"]["scored"] == {"base": 2, "fine_tuned": 2}
     assert served["guardrail_stop"]["metric"] == "compliance"
+
+
+async def test_overview_shows_the_shadow_comparison_of_ab_shadow(
+        db: Store, settings: Settings, cli_env: Path) -> None:
+    await db.deployments.add(Deployment("cand", "c", "openai_compat", "gpt-4o-mini"))
+    app = console_app(db, settings)
+    async with client(app, ADMIN.username) as boss:
+        off = (await boss.get("/admin")).text
+        assert "data-shadow" in off and "no shadow replies yet" in off
+        exp = await db.experiments.set_shadow("cand", 0.5, "ops")
+        for i in range(6):
+            live = await db.exchanges.add(exchange(exp.id, f"u{i}", "base"))
+            copy = replace(exchange(exp.id, f"u{i}", "fine_tuned", source="shadow",
+                                    deployment="cand"), thread_id=live.thread_id,
+                           shadow_of=live.id)
+            copy = await db.exchanges.add(copy)
+            await db.scores.add(AutoScore(live.id, compliant=i < 3))
+            await db.scores.add(AutoScore(copy.id, compliant=True))
+        page = (await boss.get("/admin")).text
+    result = await asyncio.to_thread(CliRunner().invoke, admin_cli, ["ab", "shadow", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert (doc["pairs"], doc["candidate_only"], doc["live_only"]) == (6, 3, 0)
+    assert "50 % of live turns are copied to <strong>cand</strong>" in page
+    assert doc["verdict"] in page and "3/6" in page and "6/6" in page
+    # Shadow replies are not web traffic: the A/B report does not count them.
+    report = await asyncio.to_thread(CliRunner().invoke, admin_cli, ["ab", "report", "--json"])
+    arms = json.loads(report.output)["arms"]
+    assert {a: arms[a]["replies"] for a in arms} in ({"base": 6}, {"base": 6, "fine_tuned": 0})
 
 
 async def test_every_post_route_refuses_a_missing_or_foreign_csrf_token(

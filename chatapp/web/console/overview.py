@@ -1,5 +1,6 @@
 """The overview page's data: the running experiment, its report, and activity per day.
 
+The shadow comparison is `travel-admin ab shadow`'s, from the same function.
 The report is `travel-admin ab report`'s (chatapp/experiments/operations.py) over web traffic
 with the CLI's defaults, so the chart, the verdict and `ab report --json` are one computation.
 Replies and ratings per arm and day are counted from the same rows the report read.
@@ -19,7 +20,9 @@ from chatapp.experiments.operations import (
     find_experiment,
     report_json,
     report_of_rows,
+    shadow_comparison,
 )
+from chatapp.experiments.shadow import comparison_json
 from chatapp.settings import Settings
 from chatapp.store import Store
 
@@ -55,6 +58,7 @@ class Overview:
     report: dict[str, Any]  # exactly `ab report --json --experiment <id>`
     activity: list[DayArm]
     health: dict[str, Any] | None
+    shadow: dict[str, Any]  # exactly `ab shadow --json --experiment <id>`, less the setting
 
     def activity_dicts(self) -> list[dict[str, Any]]:
         return [asdict(a) for a in self.activity]
@@ -76,4 +80,5 @@ async def overview(store: Store, settings: Settings, experiment_id: str | None =
     if health is not None:
         _, status = await health()
     return Overview(exp, report_json(report_of_rows(exp.id, rows, settings, experiment=exp)),
-                    activity(rows), status)
+                    activity(rows), status,
+                    comparison_json(await shadow_comparison(store, exp.id)))

@@ -27,7 +27,7 @@ RATINGS: dict[str, tuple[int | None, ...]] = {
     "down": (0,), "up": (1,), "unrated": (None,), "any": ()}
 RATING_NAMES: dict[int | None, str] = {1: "up", 0: "down", None: "unrated"}
 # Eval replies never enter a dataset, so the queue never offers them (list_queue refuses them).
-SOURCES = (Source.WEB.value, Source.SIMULATED.value)
+SOURCES = (Source.WEB.value, Source.SIMULATED.value, Source.SHADOW.value)
 ARMS = tuple(a.value for a in Arm)
 COMMENTS = {"": None, "yes": True, "no": False}
 _DATE_FORMATS = ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M")

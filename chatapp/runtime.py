@@ -228,6 +228,8 @@ class Runtime:
         self._background.clear()
         if self._service is not None:
             await self._service.shadow.drain(2.0)  # shadow copies in flight, bounded
+            if self._service.judge is not None:
+                await self._service.judge.drain(2.0)
             await self._service.scorer.drain(2.0)  # scores of the last replies, bounded
         if self._membership is not None:
             try:

@@ -176,6 +176,13 @@ class Settings(BaseSettings):
     # Secret: such URLs often carry a token.
     alert_webhook_url: SecretStr | None = None
     alert_webhook_attempts: int = Field(default=3, ge=1, le=10)
+    # LLM judge (chatapp/chat/judge.py): this deployment reads a share of the scored live replies
+    # against the policy (unset: off); at most this many verdicts per hour across processes,
+    # each at most this many tokens, so its cost has a ceiling.
+    judge_deployment: str | None = None
+    judge_share: float = Field(default=0.05, gt=0, le=1)
+    judge_max_per_hour: int = Field(default=60, ge=1)
+    judge_max_tokens: int = Field(default=120, ge=16, le=1000)
     # Shadow traffic (`travel-admin ab shadow`): at most this many candidate replies in flight
     # per app process (more are skipped, and counted); on the local backend a shadow reply waits
     # at most this long for the app to be idle (no traveller's turn in flight) before it is

@@ -176,6 +176,13 @@ def _print_report(r: Report) -> None:
         console.print(f"compliance difference (fine_tuned - base): {auto.difference:+.1%}"
                       + (f"; always valid {_ci(auto.always_valid_ci, True)}"
                          if auto.always_valid_ci else ""))
+    if sum(r.judge.rated.values()):
+        _per_traveller(r.judge, "LLM judge per traveller (a sample of live replies;"
+                                " an estimate, not a guardrail)", ("judged replies", "compliant"))
+        agree, both = r.judge_agreement
+        if both:
+            console.print(f"the judge agrees with the rule-based checks on {agree}/{both}"
+                          f" replies ({agree / both:.0%})", highlight=False)
     if r.guardrail_stop:
         stop = r.guardrail_stop
         console.print(f"[bold red]guardrail stop[/bold red] at {stop.get('at')}:"

@@ -19,6 +19,7 @@ from typing import Protocol
 from chatapp import policy
 from chatapp.chat.fallback_monitor import FallbackMonitor
 from chatapp.chat.input_guard import Count, clean_text, count_bounded
+from chatapp.chat.judge import LLMJudge
 from chatapp.chat.lifecycle import DRAINING_REPLY, TurnGate
 from chatapp.chat.metrics import ChatMetrics
 from chatapp.chat.ratelimit import limiter_for
@@ -187,6 +188,12 @@ class ChatService:
                                    self.scorer.submit, limit=settings.shadow_concurrency,
                                    idle_wait_s=settings.shadow_idle_wait_s)
         self.shadow.on_count.append(lambda what: self.metrics.shadow.labels(what).inc())
+        self.judge: LLMJudge | None = None
+        if settings.judge_deployment:
+            self.judge = LLMJudge(store, self._judge_sample, share=settings.judge_share,
+                                  max_per_hour=settings.judge_max_per_hour,
+                                  max_tokens=settings.judge_max_tokens, shared=shared)
+            self.judge.on_count.append(lambda what: self.metrics.judge.labels(what).inc())
         self.gate = TurnGate()
         self.watcher.on_change.append(
             lambda exp: self.metrics.fine_tuned_weight.set(
@@ -316,7 +323,8 @@ class ChatService:
             await self.store.exchanges.finish(exchange)
             # Scored in the background once on record (chat/scoring.py), and maybe copied to a
             # shadow candidate (chat/shadow.py): neither delays the reply.
-            self.scorer.submit(exchange)
+            if self.scorer.submit(exchange) is not None and self.judge is not None:
+                self.judge.submit(exchange)
             self.shadow.submit(exchange, self.watcher.cached, pinned=pinned)
         except Exception as err:
             # The message is on record (pending) and the traveller has the reply; the next start
@@ -376,16 +384,27 @@ class ChatService:
         self.metrics.record(refused)
         return refused
 
-    async def sample(self, deployment: str, messages: Sequence[Message]) -> Sampled:
+    async def sample(self, deployment: str, messages: Sequence[Message], *,
+                     temperature: float | None = None, max_tokens: int | None = None
+                     ) -> Sampled:
         """Another reply to a recorded prompt (system, history, user), sampled exactly as the
         chat samples (same deployment, temperature, limits and 429 retries); nothing is
-        recorded or shown. `travel-admin simulate --candidates` compares such replies."""
+        recorded or shown. `travel-admin simulate --candidates` compares such replies; the LLM
+        judge samples its verdicts with its own `temperature` and `max_tokens`."""
         if len(messages) < 2 or messages[0]["role"] != "system" or messages[-1]["role"] != "user":
             raise ValueError("a prompt is system, history..., user")
         attempt = await self._attempt(deployment, messages[0], list(messages[1:-1]),
-                                      messages[-1], NullSink())
+                                      messages[-1], NullSink(), temperature=temperature,
+                                      max_tokens=max_tokens)
         return Sampled(clean_text(attempt.text), attempt.finish_reason,
                        attempt.completion_tokens)
+
+    async def _judge_sample(self, messages: Sequence[Message], temperature: float,
+                            max_tokens: int) -> str:
+        assert self.settings.judge_deployment is not None
+        out = await self.sample(self.settings.judge_deployment, messages,
+                                temperature=temperature, max_tokens=max_tokens)
+        return out.text
 
     async def _shadow_sample(self, deployment: str, messages: Sequence[Message]
                              ) -> tuple[str, str | None, int | None]:
@@ -407,6 +426,9 @@ class ChatService:
         history: Sequence[Message],
         user_msg: Message,
         sink: ReplySink,
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
     ) -> _Attempt:
         """Stream one deployment's reply, retrying 429s as the service asks (bounded)."""
         dep, model = await self.registry.model(deployment)
@@ -418,8 +440,9 @@ class ChatService:
             try:
                 async for chunk in model.stream(
                     messages,
-                    max_tokens=self.settings.max_reply_tokens,
-                    temperature=self.settings.temperature,
+                    max_tokens=max_tokens or self.settings.max_reply_tokens,
+                    temperature=(self.settings.temperature if temperature is None
+                                 else temperature),
                     stop=backend(dep.provider).stop,
                 ):
                     if chunk.text:

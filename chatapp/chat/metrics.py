@@ -46,6 +46,9 @@ class ChatMetrics:
                               " candidate, by how the copy ended or why there was none"
                               " (answered, failed, skipped_full, skipped_busy, preempted)",
                               ["result"], registry=r)
+        self.judge = Counter("travel_judge_verdicts", "Live replies sent to the LLM judge, by"
+                             " how it ended (scored, unparseable, failed, skipped_rate,"
+                             " skipped_full)", ["result"], registry=r)
         self.redis_up = Gauge("travel_redis_up", "1 when shared state in Redis is reachable"
                               " (absent without TRAVEL_REDIS_URL)", registry=r)
 

@@ -39,9 +39,16 @@ def _compliance(row: Row) -> float | None:
     return None if value is None else float(value)
 
 
+def _judge(row: Row) -> float | None:
+    # The LLM judge's verdict (chat/judge.py) on the sample it read; absent elsewhere.
+    value = row.get("judge")
+    return None if value is None else float(value)
+
+
 METRICS: dict[str, Callable[[Row], float | None]] = {
     "thumbs_up": _rating,
     "compliance": _compliance,
+    "judge": _judge,
     "error_rate": lambda r: float(r["outcome"] == "error"),
     "fallback_rate": lambda r: float(r["outcome"] == "fallback"),
 }

@@ -145,6 +145,10 @@ class Report:
     # The policy checks' live scores per traveller, by assigned arm (same estimator as the
     # thumbs-up figures): every reply a model wrote, not only the few travellers rate.
     auto_compliance: UserLevel = field(default_factory=UserLevel)
+    # The LLM judge's verdicts on its sample, per traveller by assigned arm, and how often it
+    # agrees with the rules on the replies both scored (agreeing, both scored).
+    judge: UserLevel = field(default_factory=UserLevel)
+    judge_agreement: tuple[int, int] = (0, 0)
     guardrail_stop: dict[str, Any] | None = None  # what stopped fine_tuned, if a guardrail did
     # Whether the app acts on the verdicts (enforced, every_s, min_users); None: not known here.
     guardrail_enforcement: dict[str, Any] | None = None
@@ -156,6 +160,16 @@ class Report:
                 "users": a.users, "scored": a.rated, "compliant": a.up, "rate": a.rate,
                 "rate_ci95": a.rate_ci95, "difference": a.difference,
                 "difference_ci95": a.difference_ci95, "always_valid_ci": a.always_valid_ci}
+
+    def judge_dict(self) -> dict[str, Any]:
+        j = self.judge
+        agree, both = self.judge_agreement
+        return {"note": "an LLM's verdict on a sample of live replies (TRAVEL_JUDGE_*); per"
+                        " traveller, by assigned arm; an estimate to read, not a guardrail",
+                "users": j.users, "scored": j.rated, "compliant": j.up, "rate": j.rate,
+                "rate_ci95": j.rate_ci95, "difference": j.difference,
+                "agrees_with_rules": agree, "scored_by_both": both,
+                "agreement": agree / both if both else None}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -171,6 +185,7 @@ class Report:
                 "more_ratings_needed": self.more_needed},
             "arms": {a: s.as_dict() for a, s in self.arms.items()},
             "automatic_compliance": self.auto_compliance_dict(),
+            "llm_judge": self.judge_dict(),
             "guardrails": {m: g.as_dict() for m, g in self.guardrails.items()},
             "guardrail_stop": self.guardrail_stop,
             "guardrail_enforcement": self.guardrail_enforcement,
@@ -207,9 +222,14 @@ def summarize(experiment_id: str, rows: Iterable[Mapping[str, Any]],
     decision, reason = _decide(user, min_users)
     verdicts = guardrail_verdicts(sums, min_users=guardrail_min_users or min_users,
                                   specs=specs_for(guardrails))
+    both = [r for r in rows if r.get("judge") is not None and r.get("compliance") is not None]
     return Report(experiment_id, arms, min_users, user, diff, ci, p, needed, more, verdicts,
                   daily_usage(rows, price), decision, reason,
-                  _user_level(sums.get("compliance"), min_users, tau, alpha), guardrail_stop)
+                  auto_compliance=_user_level(sums.get("compliance"), min_users, tau, alpha),
+                  judge=_user_level(sums.get("judge"), min_users, tau, alpha),
+                  judge_agreement=(sum(bool(r["judge"]) == bool(r["compliance"]) for r in both),
+                                   len(both)),
+                  guardrail_stop=guardrail_stop)
 
 
 def _decide(u: UserLevel, min_users: int) -> tuple[str, str]:

@@ -42,7 +42,7 @@ from chatapp.domain import (
 from chatapp.store import schema as t
 from chatapp.store.accounts import trainable_user
 from chatapp.store.database import Database, StoreError, now, record, records, utc
-from chatapp.store.scores import RULES
+from chatapp.store.scores import JUDGE, RULES
 
 AUTO_CHOICES = ("compliant", "failed")
 _EXCHANGE_ENUMS = {"source": Source, "arm_assigned": Arm, "arm_served": Arm, "outcome": Outcome}
@@ -200,13 +200,16 @@ class Exchanges:
     async def experiment_rows(self, exp_id: str,
                               sources: Sequence[str]) -> list[dict[str, Any]]:
         """One row per exchange of an experiment with its current rating and its automatic
-        compliance score (1, 0, or None when unscored), for `ab report` and the guardrails."""
+        compliance score (1, 0, or None when unscored), and the LLM judge's where it judged
+        (`judge`), for `ab report` and the guardrails."""
         ex, r, a = t.exchanges, t.ratings, t.auto_scores
+        j = t.auto_scores.alias("judge_scores")
         query = (
             sa.select(ex.c.thread_id, ex.c.arm_assigned, ex.c.arm_served, ex.c.forced,
                       ex.c.outcome, ex.c.latency_ms, ex.c.prompt_tokens, ex.c.completion_tokens,
                       ex.c.user_id, ex.c.created_at, ex.c.deployment, ex.c.model,
-                      r.c.value.label("rating"), a.c.compliant.label("compliance"))
+                      r.c.value.label("rating"), a.c.compliant.label("compliance"),
+                      j.c.compliant.label("judge"))
             # Each reply's newest rating by an index seek, not by grouping every rating in
             # the database: the report (and the console's overview) costs what the
             # experiment holds, not what the whole history holds. Its live score likewise,
@@ -214,7 +217,9 @@ class Exchanges:
             .select_from(ex.outerjoin(r, sa.and_(r.c.exchange_id == ex.c.id,
                                                  r.c.id == newest_id(t.ratings, ex)))
                          .outerjoin(a, sa.and_(a.c.exchange_id == ex.c.id,
-                                               a.c.scorer == RULES)))
+                                               a.c.scorer == RULES))
+                         .outerjoin(j, sa.and_(j.c.exchange_id == ex.c.id,
+                                               j.c.scorer == JUDGE)))
             .where(ex.c.experiment_id == exp_id, ex.c.source.in_(list(sources)),
                    # A turn cut short by a crash or a stop button was no arm's reply.
                    ex.c.outcome.not_in(list(UNFINISHED_OUTCOMES))))

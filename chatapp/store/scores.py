@@ -18,6 +18,7 @@ from chatapp.store import schema as t
 from chatapp.store.database import Database, now
 
 RULES = "rules"
+JUDGE = "llm_judge"  # chatapp/chat/judge.py: a model's verdict on a sample of replies
 _IDS_PER_QUERY = 500  # bound parameters per IN list, far under SQLite's and PostgreSQL's limits
 
 

@@ -20,77 +20,21 @@ import argparse
 import asyncio
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from bench._apps import PASSWORD, accounts, cpu_s, rss_kib, travel_chat
-from bench._common import fresh_postgres, summary, write
+from bench._apps import accounts, travel_chat
+from bench._common import fresh_postgres, write
+from bench._load import Target, measure
 from bench.fake_upstream import paced_upstream
 from harness.browser_support import ChatApp
-from harness.chainlit_client import ChainlitClient, Reply
-from harness.fakes.openai_chat import paced_text
-
-QUESTION = "What is there to see in Kyoto in autumn?"
 
 
 async def _level(app: ChatApp, users: list[str], expected_tokens: int,
                  upstream_pid: int) -> dict[str, Any]:
     assert app.proc is not None
-    url, pid = app.url, app.proc.pid
-    logged_before = len(app.log_problems())
-    rss_before = rss_kib(pid)
-    clients = [ChainlitClient(url, timeout_s=300) for _ in users]
-    try:
-        # Logins and connections are not timed: a burst of scrypt checks is not the question.
-        for chunk in range(0, len(users), 20):
-            await asyncio.gather(*(c.login(u, PASSWORD)
-                                   for c, u in zip(clients[chunk:chunk + 20],
-                                                   users[chunk:chunk + 20], strict=True)))
-        # In bursts of 20 too: 100 at once once had uvicorn drop a set-session-cookie request
-        # (httpx.ReadError) before any turn started, which is not what is measured here.
-        for chunk in range(0, len(clients), 20):
-            await asyncio.gather(*(c.connect() for c in clients[chunk:chunk + 20]))
-        await asyncio.sleep(1.0)  # let on_chat_start of every session finish
-        rss_connected = rss_kib(pid)
-        cpu0 = (cpu_s(pid), cpu_s(upstream_pid), time.process_time())
-        t0 = time.perf_counter()
-        results = await asyncio.gather(*(c.send(QUESTION) for c in clients),
-                                       return_exceptions=True)
-        wall = time.perf_counter() - t0
-        cpu = (cpu_s(pid) - cpu0[0], cpu_s(upstream_pid) - cpu0[1], time.process_time() - cpu0[2])
-        rss_after = rss_kib(pid)
-    finally:
-        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
-    expected = paced_text(expected_tokens)
-    ttft, total, errors, messages = [], [], [], []
-    for r in results:
-        if isinstance(r, BaseException):
-            errors.append(f"{type(r).__name__}: {r}"[:300])
-        elif not isinstance(r, Reply) or r.text != expected or r.ttft_s is None:
-            errors.append(f"reply of {len(r.text.split())} words: {r.text[:120]!r}")
-        else:
-            ttft.append(r.ttft_s * 1000)
-            total.append(r.total_s * 1000)
-            messages.append(len(r.tokens))
-    n = len(users)
-    # Errors the app logged (Chainlit logs its data layer's failed writes as warnings and goes
-    # on: a message missing from the thread's history later) and tracebacks of failed turns.
-    logged = app.log_problems()[logged_before:]
-    return {
-        "conversations": n, "errors": len(errors), "error_samples": errors[:5],
-        "app_log_problems": len(logged),
-        "app_log_samples": sorted({line[20:180] for line in logged})[:8],
-        "ttft_ms": summary(ttft), "total_ms": summary(total), "wall_s": wall,
-        "rss_mib": {"before": rss_before / 1024, "connected": rss_connected / 1024,
-                    "after_turns": rss_after / 1024},
-        "rss_kib_per_conversation": (rss_after - rss_before) / n,
-        "cpu_s": {"app": cpu[0], "upstream": cpu[1], "clients": cpu[2]},
-        # What the app delivered: model tokens per second of wall time, and its CPU per token.
-        "tokens_per_s": len(ttft) * expected_tokens / wall,
-        "app_cpu_ms_per_token": cpu[0] * 1000 / max(1, len(ttft) * expected_tokens),
-        "socket_messages_per_reply": summary([float(m) for m in messages]),
-    }
+    return await measure(Target(app.url, [app.proc.pid], app.log_problems), users,
+                         expected_tokens, upstream_pid)
 
 
 async def _run(levels: list[int], db_url: str | None, flush_ms: float) -> dict[str, Any]:

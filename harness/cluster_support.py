@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from chatapp.auth import hash_password
-from chatapp.domain import Deployment
+from chatapp.domain import Deployment, Provider
 from chatapp.settings import running_in_ci, test_postgres_url
 from chatapp.store import Store
 from harness.browser_support import REPO, ChatApp, free_port
@@ -118,9 +118,9 @@ async def _seed(db_url: str, users: list[str], model: str) -> None:
         digest = hash_password(PASSWORD)  # one scrypt for everyone: the logins check it
         for user in users:
             await store.accounts.add(user, digest, is_admin=False)
-        await store.deployments.add(Deployment("base", "up", "openai_compat", model))
+        await store.deployments.add(Deployment("base", "up", Provider.OPENAI_COMPAT, model))
         # A fine-tuned deployment the upstream does not serve: every turn on it falls back.
-        await store.deployments.add(Deployment("ft", "up", "openai_compat", "no-such-model"))
+        await store.deployments.add(Deployment("ft", "up", Provider.OPENAI_COMPAT, "no-such-model"))
         await store.experiments.start(name="cluster", base="base", fine_tuned="ft",
                                      fine_tuned_weight=0.0, actor="test")
     finally:
@@ -146,14 +146,18 @@ async def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str,
 
 @asynccontextmanager
 async def cluster(work: Path, upstream_env: Mapping[str, str], model: str, users: list[str],
-                  redis_url: str, prefix: str, **settings: str) -> AsyncIterator[Cluster]:
-    """Start everything, yield it, stop everything (logs stay in `work`)."""
+                  redis_url: str, prefix: str, *, servers: int = len(SERVERS),
+                  **settings: str) -> AsyncIterator[Cluster]:
+    """Start everything, yield it, stop everything (logs stay in `work`). `servers`: how many
+    of the reference deployment's app processes run (the proxy's configuration lists only
+    those; bench/bench_stream.py compares 1 and 2)."""
     db_url = await _create_database()
     await _seed(db_url, users, model)
     env = {"TRAVEL_DATABASE_URL": db_url, "TRAVEL_REDIS_URL": redis_url,
            "TRAVEL_REDIS_PREFIX": prefix, "TRAVEL_AUTH_SECRET": "cluster-" + "s" * 48,
            **upstream_env, **settings}
-    apps = {name: ChatApp(work / name, work / f"{name}.log", env) for name in SERVERS}
+    names = SERVERS[:servers]
+    apps = {name: ChatApp(work / name, work / f"{name}.log", env) for name in names}
     proxy_port = free_port()
     c = Cluster(f"http://127.0.0.1:{proxy_port}", db_url, redis_url, prefix, apps, env, work,
                 users=users)
@@ -163,10 +167,17 @@ async def cluster(work: Path, upstream_env: Mapping[str, str], model: str, users
         await asyncio.gather(*(app.wait_ready() for app in apps.values()))
         proxy_env = {**os.environ, "TRAVEL_PROXY_BIND": f"127.0.0.1:{proxy_port}",
                      **{f"TRAVEL_APP{i + 1}": f"127.0.0.1:{apps[s].port}"
-                        for i, s in enumerate(SERVERS)}}
+                        for i, s in enumerate(names)}}
+        config = DEPLOY / "haproxy.cfg"
+        if servers < len(SERVERS):
+            config = work / "haproxy.cfg"
+            config.write_text("".join(
+                line for line in (DEPLOY / "haproxy.cfg").read_text().splitlines(True)
+                if not any(line.strip().startswith(f"server {s} ")
+                           for s in SERVERS[servers:])))
         with (work / "haproxy.log").open("wb") as log:
             c.proxy = subprocess.Popen(
-                [haproxy_binary(), "-db", "-f", str(DEPLOY / "haproxy.cfg")], env=proxy_env,
+                [haproxy_binary(), "-db", "-f", str(config)], env=proxy_env,
                 stdout=log, stderr=subprocess.STDOUT)
         await _wait_http(f"{c.url}/healthz", c.proxy, "haproxy")
         yield c

@@ -9,4 +9,6 @@
     ratelimit.py        per-traveller limits; fallback_monitor.py the fallback alarm
     metrics.py          the Prometheus counters a turn moves
     scoring.py          the policy checks' live score of each model reply, after it is recorded
+    judge.py            an LLM judge's verdict on a sample of those replies (optional, bounded)
+    shadow.py           copies of live turns answered by a candidate nobody sees (`ab shadow`)
 """

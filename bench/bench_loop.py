@@ -41,25 +41,12 @@ validation losses. A failing command stops the run; the file then holds the phas
 failing phase, its command and the end of its stderr. Load averages are recorded per phase:
 times depend on what else the two cores run; the quality figures do not.
 
-Default sizes (aim: the loop, phases 1, 2 and 4-6, in <= 60 min on 2 cores; eval apart):
-- Training: `bench/results/local_training.json` (the figures of record when this was written)
-  gives 19.2 s per step (batch 4, mean; median 17.7) with other jobs on the cores; a job run
-  beside this one while it was written took 8-22 s per step on the same data at load 3-4.
-- Replies: ~300 tokens each (the smoke run's base and SFT replies were 700-1,800 characters;
-  the limit is 400 tokens) at ~68 tokens/s through the app (`local_chat.json`): ~4.5 s a
-  reply on an idle machine (the smoke run saw 8-23 s at load 5-7).
-- SFT on the whole seed set (361 train examples, 91 steps per epoch at batch 4): ~29 min per
-  epoch at 19 s/step plus ~2 min for loading and the 60-example validation passes. Hence
-  `--epochs 1`: a second epoch alone would take the loop near the hour.
-- Simulate `--users 16 --turns 2 --candidates 4`: 128 replies x 4.5 s ~= 10 min.
-- DPO: each turn whose 4 candidates the checks split both ways gives up to 2 pairs, so <= 64
-  pairs (~40 expected), 90 % for training. A DPO step carries two replies per pair: ~2x an SFT
-  step (~38 s per 4 pairs), plus the once-only reference pass and loading: ~7-12 min for
-  `--dpo-epochs 1`.
-- The loop: ~31 + 10 + 12 + builds and deploys (~1 min) ~= 54 min at most. The evaluation
-  (142 questions x 3 deployments = 426 replies x ~4.5 s) adds ~32 min on an idle machine; it
-  measures the loop rather than being part of it, and is timed apart (`loop_seconds`,
-  `eval_seconds`, `total_seconds`).
+Default sizes (aim: the loop, phases 1, 2 and 4-6, in <= 60 min on 2 cores; eval apart): SFT
+2 epochs of the whole seed set at 5x the product's learning rate (at 1x, one epoch left the
+model far from the seed set's style); 24 simulated travellers x 2 turns x 4 candidates, enough
+turns whose candidates the checks split both ways to make a few tens of pairs; DPO 3 epochs at
+5x its rate from the SFT adapter (a few tens of pairs are only ~16 steps an epoch), the best
+epoch kept by validation preference loss. `bench/results/loop.json` holds the measured times.
 The smoke sizes only prove the commands chain; their figures say nothing about quality.
 """
 

@@ -6,8 +6,8 @@ SQL on them. The pool design, measured in bench/bench_concurrency.py:
 
 - SQLite has one writer at a time: many pooled connections writing at once only take turns on
   its file lock, each polling for it in the driver's busy handler. So on SQLite every write goes
-  through a single connection and writers queue for it in order (the pool's own FIFO wait);
-  readers keep a pool, which WAL lets run beside the writer.
+  through a single connection and writers queue for it (write_gate.py: a turn's pending row
+  first, the rest in order); readers keep a pool, which WAL lets run beside the writer.
 - On PostgreSQL reads and writes share one pool sized by `PoolOptions` (from the settings).
 - Chainlit's data layer runs its SQL on these same connections (see chainlit_layer.py).
 """
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from chatapp.store import migrations
+from chatapp.store.write_gate import WriteGate
 
 T = TypeVar("T")
 
@@ -123,9 +124,11 @@ def _record(cls: type[T], keys: Sequence[str], row: sa.Row[Any],
 class Database:
     """`engine` serves reads; every write goes through `write()` (see the module doc)."""
 
-    def __init__(self, engine: AsyncEngine, writer: AsyncEngine | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, writer: AsyncEngine | None = None,
+                 gate: WriteGate | None = None) -> None:
         self.engine = engine
         self.writer = writer or engine
+        self._gate = gate
 
     @classmethod
     def connect(cls, url: str, pool: PoolOptions | None = None) -> Database:
@@ -142,7 +145,8 @@ class Database:
             return cls(_sqlite_engine(url, None))
         Path(db_file).parent.mkdir(parents=True, exist_ok=True)  # a fresh data folder
         return cls(_sqlite_engine(url, pool),
-                   _sqlite_engine(url, PoolOptions(1, 0, pool.timeout_s)))
+                   _sqlite_engine(url, PoolOptions(1, 0, pool.timeout_s)),
+                   WriteGate(pool.timeout_s))
 
     @property
     def dialect(self) -> str:
@@ -152,9 +156,21 @@ class Database:
     def url(self, *, hide_password: bool = True) -> str:
         return self.engine.url.render_as_string(hide_password=hide_password)
 
-    def write(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        """A transaction on the writer connection (`async with db.write() as conn:`)."""
-        return self.writer.begin()
+    def write(self, *, urgent: bool = False) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A transaction on the writer connection (`async with db.write() as conn:`); `urgent`:
+        someone is waiting on it (a turn's pending row), so it goes first on SQLite."""
+        if self._gate is None:
+            return self.writer.begin()
+        return self._gated(self._gate, urgent)
+
+    @asynccontextmanager
+    async def _gated(self, gate: WriteGate, urgent: bool) -> AsyncIterator[AsyncConnection]:
+        await gate.acquire(urgent=urgent)
+        try:
+            async with self.writer.begin() as conn:
+                yield conn
+        finally:
+            gate.release()
 
     def read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A pooled connection for reads (`async with db.read() as conn:`)."""

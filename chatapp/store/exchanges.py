@@ -110,7 +110,8 @@ class Exchanges:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def add(self, ex: Exchange, owner: str | None = None) -> Exchange:
+    async def add(self, ex: Exchange, owner: str | None = None, *,
+                  urgent: bool = False) -> Exchange:
         """Store a finished exchange (a refused turn, or data a test or benchmark makes); fills
         in its id and time."""
         values = asdict(ex)
@@ -118,7 +119,7 @@ class Exchanges:
         values["owner"] = owner
         values["id"] = ex.id or str(uuid.uuid4())
         values["created_at"] = ex.created_at or now()
-        async with self._db.write() as conn:
+        async with self._db.write(urgent=urgent) as conn:
             await conn.execute(t.exchanges.insert().values(**values))
         ex.id, ex.created_at = values["id"], values["created_at"]
         return ex
@@ -127,7 +128,8 @@ class Exchanges:
         """Record an accepted message before any model call (outcome `pending`), owned by the
         app process `owner` (None: an admin command, which has no heartbeat)."""
         ex.outcome = Outcome.PENDING
-        return await self.add(ex, owner=owner)
+        # Urgent: the traveller's first token waits for this commit (store/write_gate.py).
+        return await self.add(ex, owner=owner, urgent=True)
 
     async def finish(self, ex: Exchange) -> Exchange:
         """Complete a row written by `begin` with the reply, outcome and usage, in one statement."""

@@ -104,6 +104,10 @@ def _side(deployment: str, rows: list[Mapping[str, Any]], prefix: str) -> Side:
                 median(latency) if latency else None)
 
 
+def _names(rows: list[Mapping[str, Any]], key: str) -> str:
+    return ", ".join(sorted({str(r[key]) for r in rows}))
+
+
 def compare(experiment_id: str, rows: Iterable[Mapping[str, Any]]) -> ShadowComparison:
     """The comparison of `Exchanges.shadow_pairs` rows (one per shadow reply)."""
     rows = list(rows)
@@ -119,8 +123,9 @@ def compare(experiment_id: str, rows: Iterable[Mapping[str, Any]]) -> ShadowComp
     return ShadowComparison(
         experiment_id, len(paired), len(rows), len(rows) - len(answered),
         len(answered) - len(paired),
-        live=_side(str(paired[-1]["live_deployment"]), paired, "live"),
-        candidate=_side(str(paired[-1]["shadow_deployment"]), paired, "shadow"),
+        # Live replies come from whichever arm served each traveller: name them all.
+        live=_side(_names(paired, "live_deployment"), paired, "live"),
+        candidate=_side(_names(paired, "shadow_deployment"), paired, "shadow"),
         both=cells[(True, True)], candidate_only=candidate_only, live_only=live_only,
         neither=cells[(False, False)], p_value=mcnemar_exact(candidate_only, live_only),
         errors=dict(errors))

@@ -312,3 +312,18 @@ def test_shadow_replies_are_reviewed_and_built_only_when_asked(settings: Setting
     assert copy_id not in json.dumps(web) and copy_id in json.dumps(shadow)
     res = runner.invoke(app, ["dataset", "build", "--source", "web", "--source", "shadow"])
     assert res.exit_code == 2 and "build them apart" in res.output
+
+
+def test_the_live_side_names_every_deployment_that_served_it() -> None:
+    from chatapp.experiments.shadow import compare
+
+    rows = [{"user_id": "u", "shadow_deployment": "cand", "shadow_outcome": "ok",
+             "shadow_completion_tokens": 5, "shadow_latency_ms": 10.0, "live_deployment": dep,
+             "live_outcome": "ok", "live_completion_tokens": 5, "live_latency_ms": 10.0,
+             "shadow_compliant": True, "shadow_failed": [], "live_compliant": ok,
+             "live_failed": [] if ok else ["ends_with_question"]}
+            for dep, ok in (("base-1", True), ("ft-1", False), ("base-1", False))]
+    c = compare("exp-1", rows)
+    assert c.live is not None and c.live.deployment == "base-1, ft-1"
+    assert c.live.failed_checks == {"ends_with_question": 2}
+    assert (c.pairs, c.candidate_only, c.both) == (3, 2, 1)

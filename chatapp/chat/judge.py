@@ -21,10 +21,10 @@ import hashlib
 import json
 import logging
 import re
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from chatapp.chat.background import BoundedTasks, Tally
 from chatapp.chat.ratelimit import RateLimiter
 from chatapp.chat.scoring import question_of
 from chatapp.domain import Exchange
@@ -111,58 +111,47 @@ def sampled(exchange_id: str, share: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
-class LLMJudge:
+class LLMJudge(Tally):
     def __init__(self, store: Store, sample: Sample, *, share: float, max_per_hour: int,
                  max_tokens: int, shared: SharedRedis | None = None) -> None:
+        super().__init__()
         self._store, self._sample = store, sample
         self._share, self._max_tokens = share, max_tokens
         self._limiter = SharedRateLimiter(RateLimiter({3600.0: max_per_hour}), shared)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.counts: Counter[str] = Counter()
-        self.on_count: list[Callable[[str], None]] = []
+        self._tasks = BoundedTasks(store, MAX_IN_FLIGHT)
 
     def submit(self, exchange: Exchange) -> asyncio.Task[None] | None:
         """Judge a recorded, rule-scored reply if it is in the sample (see the module doc)."""
         if not exchange.id or not sampled(exchange.id, self._share):
             return None
-        if len(self._tasks) >= MAX_IN_FLIGHT:
-            self._count(SKIPPED_FULL)
-            return None
-        task = asyncio.create_task(self._run(exchange), name=f"judge-{exchange.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        self._store.track(task)
+        task = self._tasks.start(lambda: self._run(exchange), f"judge-{exchange.id}")
+        if task is None:
+            self.count(SKIPPED_FULL)
         return task
 
     async def _run(self, exchange: Exchange) -> None:
         try:
             if not (await self._limiter.check("llm-judge")).allowed:
-                self._count(SKIPPED_RATE)
+                self.count(SKIPPED_RATE)
                 return
             answer = await self._sample(judge_messages(exchange), 0.0, self._max_tokens)
             verdict = parse_verdict(answer)
             await self._store.scores.add(AutoScore(exchange.id, verdict.compliant,
                                                    verdict.failed, scorer=JUDGE))
         except VerdictError as err:
-            self._count(UNPARSEABLE)
+            self.count(UNPARSEABLE)
             log.info("LLM judge on exchange %s: %s", exchange.id, err)
             return
         except ProviderError as err:
-            self._count(FAILED)
+            self.count(FAILED)
             log.warning("LLM judge failed on exchange %s: %s", exchange.id, err.kind)
             return
         except Exception as err:  # the judge must never disturb the chat
-            self._count(FAILED)
+            self.count(FAILED)
             log.warning("LLM judge failed on exchange %s: %s: %s", exchange.id,
                         type(err).__name__, err)
             return
-        self._count(SCORED)
-
-    def _count(self, what: str) -> None:
-        self.counts[what] += 1
-        for listener in self.on_count:
-            listener(what)
+        self.count(SCORED)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        await self._tasks.drain(timeout_s)

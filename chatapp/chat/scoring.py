@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from chatapp.chat.background import BoundedTasks
 from chatapp.domain import Exchange, Outcome
 from chatapp.policy.checks import check_reply
 from chatapp.store import AutoScore, Store
@@ -44,8 +45,8 @@ class LiveScorer:
     """Scores recorded replies in the background, at most `limit` at a time."""
 
     def __init__(self, store: Store, limit: int = DEFAULT_LIMIT) -> None:
-        self._store, self._limit = store, limit
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._store = store
+        self._tasks = BoundedTasks(store, limit)
         self.skipped = 0  # replies left unscored because `limit` scores were in flight
 
     @staticmethod
@@ -57,14 +58,9 @@ class LiveScorer:
         """Start scoring a recorded exchange; None when it is not scored (see the module doc)."""
         if not self.wanted(exchange):
             return None
-        if len(self._tasks) >= self._limit:
+        task = self._tasks.start(lambda: self._run(exchange), f"score-{exchange.id}")
+        if task is None:
             self.skipped += 1
-            return None
-        task = asyncio.create_task(self._run(exchange), name=f"score-{exchange.id}")
-        # Referenced until done: the event loop keeps only weak references to tasks.
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        self._store.track(task)
         return task
 
     async def _run(self, exchange: Exchange) -> None:
@@ -77,5 +73,4 @@ class LiveScorer:
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         """Wait (bounded) for the scores in flight: a test, or a process about to exit."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        await self._tasks.drain(timeout_s)

@@ -28,10 +28,10 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
 
+from chatapp.chat.background import BoundedTasks, Tally
 from chatapp.domain import (
     ANSWERED_OUTCOMES,
     Arm,
@@ -67,21 +67,20 @@ def chosen(exchange_id: str, experiment_id: str, share: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
-class ShadowRunner:
+class ShadowRunner(Tally):
     """Copies live turns to the experiment's shadow candidate in the background."""
 
     def __init__(self, store: Store, sample: Sample, lookup: Lookup, scored: Scored, *,
                  limit: int, idle_wait_s: float) -> None:
+        super().__init__()
         self._store, self._sample, self._lookup, self._scored = store, sample, lookup, scored
-        self._limit, self._idle_wait_s = limit, idle_wait_s
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle_wait_s = idle_wait_s
+        self._tasks = BoundedTasks(store, limit)
         self._local: set[asyncio.Task[None]] = set()  # copies on the local backend, running
         self._live = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self.competes: Callable[[Deployment], bool] = competes_for_cores
-        self.counts: Counter[str] = Counter()
-        self.on_count: list[Callable[[str], None]] = []
 
     @contextlib.contextmanager
     def live_turn(self) -> Iterator[None]:
@@ -106,14 +105,10 @@ class ShadowRunner:
                 or live.experiment_id != exp.id
                 or not chosen(live.id, exp.id, float(shadow["share"]))):
             return None
-        if len(self._tasks) >= self._limit:
-            self._count(SKIPPED_FULL)
-            return None
-        task = asyncio.create_task(self._run(live, str(shadow["deployment"])),
-                                   name=f"shadow-{live.id}")
-        self._tasks.add(task)  # the event loop keeps only weak references to tasks
-        task.add_done_callback(self._tasks.discard)
-        self._store.track(task)
+        deployment = str(shadow["deployment"])
+        task = self._tasks.start(lambda: self._run(live, deployment), f"shadow-{live.id}")
+        if task is None:
+            self.count(SKIPPED_FULL)
         return task
 
     async def _run(self, live: Exchange, deployment: str) -> None:
@@ -133,7 +128,7 @@ class ShadowRunner:
         try:
             await asyncio.wait_for(self._idle.wait(), self._idle_wait_s)
         except TimeoutError:
-            self._count(SKIPPED_BUSY)
+            self.count(SKIPPED_BUSY)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -142,7 +137,7 @@ class ShadowRunner:
             await self._answer(live, dep)
         except asyncio.CancelledError:
             if task.cancelling() and self._live:  # a traveller's turn started: make way
-                self._count(PREEMPTED)
+                self.count(PREEMPTED)
                 task.uncancel()
                 return
             raise
@@ -166,15 +161,9 @@ class ShadowRunner:
             record = replace(record, outcome=Outcome.ERROR, error_kind=err.kind)
         record.latency_ms = (time.perf_counter() - started) * 1000
         stored = await self._store.exchanges.add(record)
-        self._count(ANSWERED if stored.outcome == Outcome.OK else FAILED)
+        self.count(ANSWERED if stored.outcome == Outcome.OK else FAILED)
         self._scored(stored)
-
-    def _count(self, what: str) -> None:
-        self.counts[what] += 1
-        for listener in self.on_count:
-            listener(what)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         """Wait (bounded) for the copies in flight: a test, or a process about to exit."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        await self._tasks.drain(timeout_s)

@@ -78,7 +78,7 @@ async def test_scores_in_flight_are_bounded(settings: Settings, store: Store) ->
         return True
 
     store.scores.add = stuck  # type: ignore[method-assign]
-    service.scorer._limit = 2
+    service.scorer._tasks._limit = 2  # the bound of its BoundedTasks (chat/background.py)
     for n in range(4):
         await _turn(service, n)
     assert service.scorer.skipped == 2  # two in flight; the other replies went unscored

@@ -9,7 +9,17 @@ import typer
 from rich.table import Table
 
 from admin.cli import shadow as shadow_cli
-from admin.cli.common import JsonOpt, actor, console, emit, fail, settings, with_store
+from admin.cli.common import (
+    JsonOpt,
+    actor,
+    console,
+    emit,
+    fail,
+    interval,
+    percent,
+    settings,
+    with_store,
+)
 from chatapp.domain import Experiment, Source
 from chatapp.experiments.guardrails import METRICS, parse_guardrails
 from chatapp.experiments.operations import PromotionRefused, experiment_report, report_json
@@ -111,24 +121,14 @@ def history(limit: int = 50, as_json: bool = JsonOpt) -> None:
          title="Routing history")
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{x:.1%}"
-
-
-def _ci(ci: tuple[float, float] | None, signed: bool = False) -> str:
-    if ci is None:
-        return "–"
-    return f"[{ci[0]:+.1%}, {ci[1]:+.1%}]" if signed else f"[{ci[0]:.1%}, {ci[1]:.1%}]"
-
-
 def _per_traveller(u: UserLevel, title: str, counted: tuple[str, str]) -> None:
     """One per-traveller table (users, what was counted, its rate and one-look interval)."""
     table = Table(title=title)
     for col in ("arm (assigned)", "users", *counted, "95% CI (one look)"):
         table.add_column(col)
     for arm in u.users:
-        table.add_row(arm, str(u.users[arm]), str(u.rated[arm]), _pct(u.rate.get(arm)),
-                      _ci(u.rate_ci95.get(arm)))
+        table.add_row(arm, str(u.users[arm]), str(u.rated[arm]), percent(u.rate.get(arm)),
+                      interval(u.rate_ci95.get(arm)))
     console.print(table)
 
 
@@ -138,10 +138,11 @@ def _print_report(r: Report) -> None:
                    ("rated", "thumbs up"))
     if u.difference is not None:
         console.print(f"difference (fine_tuned - base), per traveller: {u.difference:+.1%};"
-                      f" 95% CI if this were the one planned look {_ci(u.difference_ci95, True)}")
+                      " 95% CI if this were the one planned look"
+                      f" {interval(u.difference_ci95, True)}")
         if u.always_valid_ci is not None and u.always_valid_p is not None:
             console.print(f"[bold]always valid[/bold] (mixture SPRT, tau {u.tau:g}):"
-                          f" {1 - u.alpha:.0%} CI {_ci(u.always_valid_ci, True)},"
+                          f" {1 - u.alpha:.0%} CI {interval(u.always_valid_ci, True)},"
                           f" p = {u.always_valid_p:.3g}; holds however often this is read")
     table = Table(title="Per reply, each rating counted as independent (too narrow when"
                         " travellers rate several replies; not the decision)")
@@ -153,8 +154,8 @@ def _print_report(r: Report) -> None:
         lat = d["mean_latency_ms"]
         tin, tout = d["mean_prompt_tokens"], d["mean_completion_tokens"]
         table.add_row(
-            a.arm, str(a.conversations), str(a.replies), str(a.rated), _pct(a.up_rate),
-            _ci(a.interval), str(a.fallbacks), str(a.errors),
+            a.arm, str(a.conversations), str(a.replies), str(a.rated), percent(a.up_rate),
+            interval(a.interval), str(a.fallbacks), str(a.errors),
             "–" if lat is None else f"{lat:.0f}",
             "–" if tin is None else f"{tin:.0f}/{tout or 0:.0f}")
     console.print(table)
@@ -167,14 +168,14 @@ def _print_report(r: Report) -> None:
                           highlight=False)
     if r.difference is not None and r.difference_ci is not None:
         console.print(f"difference per reply: {r.difference:+.1%}, 95% CI"
-                      f" {_ci(r.difference_ci, True)}, p = {r.p_value:.3g}")
+                      f" {interval(r.difference_ci, True)}, p = {r.p_value:.3g}")
     auto = r.auto_compliance
     _per_traveller(auto, "Automatic policy compliance per traveller (the rule-based checks on"
                          " every live reply; not travellers' ratings)",
                    ("scored replies", "compliant"))
     if auto.difference is not None:
         console.print(f"compliance difference (fine_tuned - base): {auto.difference:+.1%}"
-                      + (f"; always valid {_ci(auto.always_valid_ci, True)}"
+                      + (f"; always valid {interval(auto.always_valid_ci, True)}"
                          if auto.always_valid_ci else ""))
     if sum(r.judge.rated.values()):
         _per_traveller(r.judge, "LLM judge per traveller (a sample of live replies;"

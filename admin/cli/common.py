@@ -91,3 +91,15 @@ def emit(rows: Sequence[dict[str, Any]], columns: Iterable[str], *, as_json: boo
 
 
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
+
+
+def percent(x: float | None) -> str:
+    """A rate for a table: "12.3%", or "–" when there is none."""
+    return "–" if x is None else f"{x:.1%}"
+
+
+def interval(ci: tuple[float, float] | None, signed: bool = False) -> str:
+    """A 95 % interval for a table ("[a, b]", signed for differences), or "–"."""
+    if ci is None:
+        return "–"
+    return f"[{ci[0]:+.1%}, {ci[1]:+.1%}]" if signed else f"[{ci[0]:.1%}, {ci[1]:.1%}]"

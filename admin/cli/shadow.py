@@ -9,7 +9,17 @@ import sys
 import typer
 from rich.table import Table
 
-from admin.cli.common import JsonOpt, actor, console, fail, say, warn, with_store
+from admin.cli.common import (
+    JsonOpt,
+    actor,
+    console,
+    fail,
+    interval,
+    percent,
+    say,
+    warn,
+    with_store,
+)
 from chatapp.domain import Experiment, Provider
 from chatapp.experiments.operations import shadow_comparison
 from chatapp.experiments.shadow import ShadowComparison, Side, comparison_json
@@ -24,10 +34,6 @@ def _state(exp: Experiment) -> str:
             f" {s['deployment']} (set by {s.get('by')} at {s.get('at')})")
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{x:.1%}"
-
-
 def _print(c: ShadowComparison) -> None:
     say(f"shadow replies: {c.copies} ({c.failed} failed, {c.unscored} waiting for a score);"
         f" paired prompts: {c.pairs}")
@@ -40,9 +46,8 @@ def _print(c: ShadowComparison) -> None:
         table.add_column(col)
 
     def row(label: str, s: Side) -> None:
-        ci = s.interval
-        table.add_row(label, s.deployment, f"{s.compliant}/{s.n}", _pct(s.rate),
-                      f"[{ci[0]:.1%}, {ci[1]:.1%}]" if ci else "–",
+        table.add_row(label, s.deployment, f"{s.compliant}/{s.n}", percent(s.rate),
+                      interval(s.interval),
                       ", ".join(f"{k} {v}" for k, v in sorted(s.failed_checks.items())) or "–",
                       "–" if s.mean_tokens is None else f"{s.mean_tokens:.0f}",
                       "–" if s.median_latency_ms is None else f"{s.median_latency_ms:.0f} ms")

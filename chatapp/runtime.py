@@ -231,6 +231,7 @@ class Runtime:
             if self._service.judge is not None:
                 await self._service.judge.drain(2.0)
             await self._service.scorer.drain(2.0)  # scores of the last replies, bounded
+            await self._service.watcher.aclose()
         if self._membership is not None:
             try:
                 await self._membership.leave()

@@ -63,6 +63,12 @@ class ExperimentWatcher:
     Admin commands write experiments to the database; polling is what lets the running app
     follow them within seconds. With TRAVEL_REDIS_URL each change is also pushed
     (chatapp/shared/feed.py calls `refresh`), and polling stays as the fallback.
+
+    A turn that finds the cache older than `poll_s` is routed on it while a reload runs in the
+    background (the database read is not added to its time to first token); the next turns get
+    the reloaded value. Only a cache older than twice `poll_s` (an idle process), or any cache
+    with `poll_s` 0, is reloaded before the turn goes on, so a change is never followed later
+    than 2 x `poll_s` after it, and with steady traffic within `poll_s` and one turn.
     """
 
     def __init__(
@@ -77,15 +83,29 @@ class ExperimentWatcher:
         self._value: Experiment | None = None
         self._loaded_at: float | None = None
         self._lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None
         self.on_change: list[Callable[[Experiment], None]] = []
 
     async def current(self) -> Experiment | None:
-        if self._loaded_at is not None and self._clock() - self._loaded_at < self._poll_s:
+        age = None if self._loaded_at is None else self._clock() - self._loaded_at
+        if age is not None and age < self._poll_s:
             return self._value
+        if age is not None and age < 2 * self._poll_s:
+            if self._background is None or self._background.done():
+                self._background = asyncio.create_task(self._reload_if_stale())
+            return self._value
+        await self._reload_if_stale()
+        return self._value
+
+    async def aclose(self) -> None:
+        """Let a background reload finish (it reads the store, which is closed next)."""
+        if self._background is not None:
+            await asyncio.gather(self._background, return_exceptions=True)
+
+    async def _reload_if_stale(self) -> None:
         async with self._lock:
             if self._loaded_at is None or self._clock() - self._loaded_at >= self._poll_s:
                 await self._reload()
-        return self._value
 
     @property
     def cached(self) -> Experiment | None:

@@ -61,7 +61,7 @@ def test_forced_arm() -> None:
 
 async def test_watcher_polls_and_survives_errors() -> None:
     now = [0.0]
-    values: list[object] = [exp(0.1), exp(0.9), RuntimeError("db down")]
+    values: list[object] = [exp(0.1), exp(0.9), RuntimeError("db down"), exp(0.5)]
     loads = 0
 
     async def load() -> Experiment | None:
@@ -78,8 +78,27 @@ async def test_watcher_polls_and_survives_errors() -> None:
     now[0] = 2.0
     assert (await w.current()) is first and loads == 1  # cached within the poll interval
     now[0] = 3.5
+    # Stale: this turn is routed on the cache while the reload runs behind it.
+    assert (await w.current()) is first
+    await w.aclose()
     second = await w.current()
-    assert second and second.weights["fine_tuned"] == 0.9
+    assert second and second.weights["fine_tuned"] == 0.9 and loads == 2
     now[0] = 7.0
+    assert (await w.current()) is second
+    await w.aclose()
     assert (await w.current()) is second  # a failed reload keeps the last known config
     assert loads == 3
+    now[0] = 14.0  # older than twice the interval (an idle process): reloaded before the turn
+    third = await w.current()
+    assert third and third.weights["fine_tuned"] == 0.5 and loads == 4
+
+
+async def test_watcher_with_no_interval_reloads_every_time() -> None:
+    values = [exp(0.1), exp(0.9)]
+
+    async def load() -> Experiment | None:
+        return values.pop(0)
+
+    w = ExperimentWatcher(load, poll_s=0)
+    assert (await w.current()) is not (await w.current())
+    assert not values

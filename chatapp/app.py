@@ -5,6 +5,7 @@ Started by `travel-chat` (see chatapp/cli.py), which bootstraps the data folder 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import chainlit as cl
@@ -160,16 +161,21 @@ async def on_chat_resume(thread: ThreadDict) -> None:
 
 
 class _MessageSink:
-    def __init__(self, msg: cl.Message) -> None:
-        self.msg = msg
+    """The reply's Chainlit message as a ReplySink. The message is made in a worker thread
+    while the model is asked: Chainlit's Message() sleeps 1 ms (time.sleep, to order
+    timestamps), which on the event loop would be added to the time to first token."""
+
+    def __init__(self) -> None:
+        self.made = asyncio.ensure_future(asyncio.to_thread(cl.Message, content=""))
 
     async def token(self, text: str) -> None:
-        await self.msg.stream_token(text)
+        await (await self.made).stream_token(text)
 
     async def reset(self) -> None:
         # A fallback or a filtered reply replaces what was streamed so far.
-        self.msg.content = ""
-        await self.msg.update()
+        msg = await self.made
+        msg.content = ""
+        await msg.update()
 
 
 @cl.on_message
@@ -190,9 +196,9 @@ async def _answer(service: ChatService, message: cl.Message) -> None:
     choice = cl.user_session.get("arm_choice") or "auto"
     forced = Arm(choice) if _is_admin() and choice != "auto" else None
     run = cl.context.current_run
-    reply = cl.Message(content="")
+    target = _MessageSink()
     # TRAVEL_STREAM_FLUSH_MS=0 sends every token as it comes (each is then flushed at once).
-    sink = BatchingSink(_MessageSink(reply), settings.stream_flush_ms / 1000)
+    sink = BatchingSink(target, settings.stream_flush_ms / 1000)
     exchange = await service.reply(TurnRequest(
         user_id=_user().identifier,
         thread_id=cl.context.session.thread_id,
@@ -206,6 +212,7 @@ async def _answer(service: ChatService, message: cl.Message) -> None:
         is_admin=_is_admin(),
     ), sink)
     await sink.aclose()
+    reply = await target.made
     if _is_admin():
         reply.content = exchange.reply + (
             f"\n\n`arm {exchange.arm_served}` · `{exchange.deployment}` · `{exchange.model}`"

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from admin.datasets import examples as ex
+from admin.datasets.checking import BackgroundChecks
 from admin.datasets.files import JsonlWriter, Spool, dumps_line, read_seed, sha256_file
 from admin.datasets.manifest import Manifests
 from admin.datasets.pairs import CorrectionLookup
@@ -179,7 +180,7 @@ class BuildResult:
         return all(f.report.ok for f in self.files)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Record:
     at: int
     length: int
@@ -333,14 +334,15 @@ class Builder:
 
     def _admit(self, c: ex.Candidate) -> bytes | None:
         """Scrub, then dedupe: the bytes to spool, or None when the example is left out."""
-        found: Counter[str] = Counter()
+        found: Counter[str] | None = None  # made only when something is found
         for m in c.messages:
             if m["role"] in ("user", "assistant"):
                 result: ScrubResult = _scrub(m["content"])
                 if result.found:
+                    found = found or Counter()
                     found.update(result.counts)
                     m["content"] = result.text
-        if self.pii_dropped(found):
+        if found and self.pii_dropped(found):
             return None
         try:
             line = dumps_line({"messages": c.messages})
@@ -430,23 +432,33 @@ class Builder:
         strata: dict[str, str] = {}  # group -> the arm of its first example
         info = model_info(self.opts.model, self.settings)
         counter, limit = counter_for_info(info, self.settings), info.training_example_limit
-        async for c in self._candidates():
-            self.counts.candidates += 1
-            line = self._admit(c)
-            if line is None:
-                continue
-            # Validated here, once, as the example is made (the validator's own checks, added
-            # to the report in file order when written): not by reading every file back.
-            if c.fixed_kind is not None or len(line) > MAX_LINE_BYTES + 1:
-                check = check_line(line, counter, self.opts.model, limit)  # a seed: as read
-            else:
-                # Made from the store's rows: str roles and texts, int weights, which JSON gives
-                # back unchanged, so checking the object is checking the line.
-                check = check_chat({"messages": c.messages}, counter, self.opts.model, limit)
-            at, length = spool.put(line)
-            strata.setdefault(c.group, c.stratum)
-            records.append(_Record(at, length, c.group, c.fixed_kind, c.exchange_ids,
-                                   check=check))
+
+        def check(example: dict[str, Any]) -> LineCheck:
+            return check_chat(example, counter, self.opts.model, limit)
+
+        # Validated here, once, as the example is made (the validator's own checks, added to
+        # the report in file order when written): not by reading every file back.
+        checks = BackgroundChecks(check)
+        try:
+            async for c in self._candidates():
+                self.counts.candidates += 1
+                line = self._admit(c)
+                if line is None:
+                    continue
+                at, length = spool.put(line)
+                strata.setdefault(c.group, c.stratum)
+                record = _Record(at, length, c.group, c.fixed_kind, c.exchange_ids)
+                if c.fixed_kind is not None or len(line) > MAX_LINE_BYTES + 1:
+                    record.check = check_line(line, counter, self.opts.model, limit)  # as read
+                else:
+                    # Made from the store's rows: str roles and texts, int weights, which JSON
+                    # gives back unchanged, so checking the object is checking the line.
+                    checks.add(record, {"messages": c.messages})
+                records.append(record)
+            for record, result in checks.done():
+                record.check = result
+        finally:
+            checks.close()
         self.counts.kept = len(records)
         return records, strata
 

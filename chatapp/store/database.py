@@ -82,6 +82,7 @@ def utc(value: datetime) -> datetime:
 
 
 _FIELD_NAMES: dict[type[Any], frozenset[str]] = {}
+_DATETIME_FIELDS: dict[type[Any], frozenset[str]] = {}
 
 
 def _field_names(cls: type[Any]) -> frozenset[str]:
@@ -92,32 +93,53 @@ def _field_names(cls: type[Any]) -> frozenset[str]:
     return names
 
 
+def _datetime_fields(cls: type[Any]) -> frozenset[str]:
+    """The fields that may hold a datetime (SQLite hands them back naive)."""
+    names = _DATETIME_FIELDS.get(cls)
+    if names is None:
+        names = _DATETIME_FIELDS[cls] = frozenset(
+            f.name for f in fields(cls)
+            if "datetime" in str(f.type) or str(f.type) in ("Any", "object"))
+    return names
+
+
+# Per column of a result, what `record` does with it: (position, field, converter, datetime?)
+_Plan = list[tuple[int, str, Callable[[Any], Any] | None, bool]]
+
+
+def _plan(cls: type[Any], keys: Sequence[str],
+          convert: dict[str, Callable[[Any], Any]]) -> _Plan:
+    names, times = _field_names(cls), _datetime_fields(cls)
+    return [(i, k, convert.get(k), k in times) for i, k in enumerate(keys) if k in names]
+
+
 def record(cls: type[T], row: sa.Row[Any], **convert: Callable[[Any], Any]) -> T:
     """A row as the record `cls` (a dataclass): its fields only, times made UTC-aware (SQLite
     returns naive ones), and the named columns passed through `convert` (str -> enum)."""
-    return _record(cls, row._fields, row, convert)
+    return _record(cls, _plan(cls, row._fields, convert), row)
 
 
 def records(cls: type[T], rows: Sequence[sa.Row[Any]],
             **convert: Callable[[Any], Any]) -> list[T]:
-    """`record` of each row of one result (the column names looked up once, not per row: a
-    Row rebuilds its `_fields` on every access)."""
+    """`record` of each row of one result (what to do with each column is worked out once,
+    not per row: a Row even rebuilds its `_fields` on every access)."""
     if not rows:
         return []
-    keys = rows[0]._fields
-    return [_record(cls, keys, row, convert) for row in rows]
+    plan = _plan(cls, rows[0]._fields, convert)
+    return [_record(cls, plan, row) for row in rows]
 
 
-def _record(cls: type[T], keys: Sequence[str], row: sa.Row[Any],
-            convert: dict[str, Callable[[Any], Any]]) -> T:
-    names = _field_names(cls)
-    # zip over the plain tuple: row._mapping builds a mapping view per row
-    data = {k: v for k, v in zip(keys, row, strict=True) if k in names}
-    for k, v in data.items():
-        if isinstance(v, datetime) and v.tzinfo is None:
-            data[k] = v.replace(tzinfo=UTC)
-        elif k in convert and v is not None:
-            data[k] = convert[k](v)
+def _record(cls: type[T], plan: _Plan, row: sa.Row[Any]) -> T:
+    data: dict[str, Any] = {}
+    for i, k, conv, is_time in plan:
+        v = row[i]
+        if v is not None:
+            if is_time:
+                if isinstance(v, datetime) and v.tzinfo is None:
+                    v = v.replace(tzinfo=UTC)
+            elif conv is not None:
+                v = conv(v)
+        data[k] = v
     return cls(**data)
 
 

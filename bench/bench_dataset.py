@@ -174,6 +174,13 @@ async def filled(folder: Path, n: int) -> tuple[Path, float]:
         await store.close()
 
 
+def _commit(tree: Path) -> str:
+    """The commit a baseline tree is checked out at (its path is this machine's, not a fact)."""
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
 async def main(n: int, baseline: Path | None) -> None:
     tree = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="bench-dataset-") as tmp:
@@ -229,7 +236,7 @@ async def main(n: int, baseline: Path | None) -> None:
             "ratio_build_over_fastest_bare": round(build_s / fastest, 2),
             "build_in_fresh_process_by_exchanges": memory,
             "baseline": None if before is None else {
-                "tree": str(baseline), **before,
+                "commit": _commit(baseline), **before,
                 "ratio_build_over_fastest_bare": round(before["build_s"] / fastest, 2)},
             "note": "build includes validating its outputs once (each example as it is made);"
                     " validate is a second, separate pass as `dataset validate` runs it;"

@@ -7,6 +7,7 @@ existing hashes.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -35,6 +36,13 @@ def verify_password(password: str, stored: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(digest, expected)
+
+
+@functools.cache
+def unknown_user_hash() -> str:
+    """A hash no password matches in practice, with the current parameters: checked when a
+    login names no account, so that answer takes the time of a wrong password."""
+    return hash_password(secrets.token_urlsafe(32))
 
 
 def random_password() -> str:

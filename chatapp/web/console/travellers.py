@@ -8,6 +8,7 @@ beside built datasets, as the CLI does.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -45,14 +46,15 @@ def _check_name(username: str) -> str:
 async def add(store: Store, actor: str, username: str, *, is_admin: bool) -> str:
     """Create the account; return its generated password (to show once)."""
     password = random_password()
-    await store.accounts.add(_check_name(username), hash_password(password), is_admin=is_admin,
-                             actor=actor)
+    hashed = await asyncio.to_thread(hash_password, password)  # scrypt: off the event loop
+    await store.accounts.add(_check_name(username), hashed, is_admin=is_admin, actor=actor)
     return password
 
 
 async def reset_password(store: Store, actor: str, username: str) -> str:
     password = random_password()
-    await store.accounts.update(username, password_hash=hash_password(password), actor=actor)
+    hashed = await asyncio.to_thread(hash_password, password)  # scrypt: off the event loop
+    await store.accounts.update(username, password_hash=hashed, actor=actor)
     return password
 
 

@@ -45,5 +45,12 @@ def unknown_user_hash() -> str:
     return hash_password(secrets.token_urlsafe(32))
 
 
+def check_password(password: str, stored: str | None) -> bool:
+    """`verify_password`, where `stored` None (no such account) is checked against a stand-in
+    hash and is never a match: an unknown name takes the time of a wrong password."""
+    matches = verify_password(password, stored if stored is not None else unknown_user_hash())
+    return matches and stored is not None
+
+
 def random_password() -> str:
     return secrets.token_urlsafe(12)

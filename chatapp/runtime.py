@@ -15,7 +15,7 @@ from datetime import timedelta
 from types import FrameType
 from typing import Any
 
-from chatapp.auth import hash_password, random_password, unknown_user_hash, verify_password
+from chatapp.auth import check_password, hash_password, random_password
 from chatapp.chat.conversation import ChatService
 from chatapp.domain import SMOLLM2, Deployment, Provider
 from chatapp.guard import guard_once
@@ -243,10 +243,9 @@ class Runtime:
     async def check_login(self, username: str, password: str) -> dict[str, bool] | None:
         account = await (await self.store()).accounts.get(username)
         # scrypt is tens of ms of CPU: on the event loop it would stall every reply streaming
-        # in this process. An unknown name is checked against a stand-in hash, so that it
-        # takes as long as a wrong password.
-        stored = account["password_hash"] if account is not None else unknown_user_hash()
-        matches = await asyncio.to_thread(verify_password, password, stored)
+        # in this process.
+        stored = account["password_hash"] if account is not None else None
+        matches = await asyncio.to_thread(check_password, password, stored)
         if account is None or not matches:
             return None
         return {"is_admin": bool(account["is_admin"]) or self.settings.is_admin(username)}

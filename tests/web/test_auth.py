@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-import chatapp.runtime as runtime_module
+from chatapp import auth
 from chatapp.auth import hash_password, random_password, verify_password
 from chatapp.runtime import Runtime
 from chatapp.settings import load_settings
@@ -34,7 +34,7 @@ async def test_login_checks_the_password_off_the_event_loop(
         threads.append(threading.current_thread().name)
         return verify_password(password, stored)
 
-    monkeypatch.setattr(runtime_module, "verify_password", spying)
+    monkeypatch.setattr(auth, "verify_password", spying)
     runtime = Runtime(load_settings(data_dir=data_dir, _env_file=None))
     store = await runtime.store()
     try:
@@ -46,3 +46,9 @@ async def test_login_checks_the_password_off_the_event_loop(
         await store.close()
     loop_thread = threading.current_thread().name
     assert len(threads) == 3 and loop_thread not in threads
+
+
+def test_no_account_never_matches_whatever_the_password() -> None:
+    assert not auth.check_password("", None)
+    assert not auth.check_password("anything", None)
+    assert auth.check_password("right", hash_password("right"))

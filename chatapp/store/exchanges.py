@@ -42,6 +42,7 @@ from chatapp.domain import (
 from chatapp.store import schema as t
 from chatapp.store.accounts import trainable_user
 from chatapp.store.database import Database, StoreError, now, record, records, utc
+from chatapp.store.group_insert import GroupInsert
 from chatapp.store.scores import JUDGE, RULES
 
 AUTO_CHOICES = ("compliant", "failed")
@@ -109,16 +110,19 @@ class RatedFilter:
 class Exchanges:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # SQLite's one writer: pending rows that arrive together share a commit.
+        self._pending = (GroupInsert(self._insert_pending, _row_error) if db.single_writer
+                         else None)
+
+    async def _insert_pending(self, rows: Sequence[dict[str, Any]]) -> None:
+        async with self._db.write(urgent=True) as conn:
+            await conn.execute(t.exchanges.insert(), list(rows))
 
     async def add(self, ex: Exchange, owner: str | None = None, *,
                   urgent: bool = False) -> Exchange:
         """Store a finished exchange (a refused turn, or data a test or benchmark makes); fills
         in its id and time."""
-        values = asdict(ex)
-        values.pop("extra")
-        values["owner"] = owner
-        values["id"] = ex.id or str(uuid.uuid4())
-        values["created_at"] = ex.created_at or now()
+        values = _row(ex, owner)
         async with self._db.write(urgent=urgent) as conn:
             await conn.execute(t.exchanges.insert().values(**values))
         ex.id, ex.created_at = values["id"], values["created_at"]
@@ -128,8 +132,13 @@ class Exchanges:
         """Record an accepted message before any model call (outcome `pending`), owned by the
         app process `owner` (None: an admin command, which has no heartbeat)."""
         ex.outcome = Outcome.PENDING
+        if self._pending is None:
+            return await self.add(ex, owner=owner, urgent=True)
         # Urgent: the traveller's first token waits for this commit (store/write_gate.py).
-        return await self.add(ex, owner=owner, urgent=True)
+        values = _row(ex, owner)
+        await self._pending.add(values)
+        ex.id, ex.created_at = values["id"], values["created_at"]
+        return ex
 
     async def finish(self, ex: Exchange) -> Exchange:
         """Complete a row written by `begin` with the reply, outcome and usage, in one statement."""
@@ -297,6 +306,23 @@ class Exchanges:
                 if not ahead.done():  # the caller stopped early: let the fetch end first
                     with contextlib.suppress(Exception):
                         await ahead
+
+
+def _row_error(err: Exception) -> bool:
+    """Refused for what is in a row (a constraint, a value), not for the database's state."""
+    if isinstance(err, sa.exc.IntegrityError | sa.exc.DataError):
+        return True
+    return isinstance(err, sa.exc.StatementError) and not isinstance(err, sa.exc.DBAPIError)
+
+
+def _row(ex: Exchange, owner: str | None) -> dict[str, Any]:
+    """An exchange as the values of its insert, with its id and time filled in."""
+    values = asdict(ex)
+    values.pop("extra")
+    values["owner"] = owner
+    values["id"] = ex.id or str(uuid.uuid4())
+    values["created_at"] = ex.created_at or now()
+    return values
 
 
 def _exchange(row: sa.Row[Any]) -> Exchange:

@@ -1,0 +1,84 @@
+"""GroupInsert: rows that arrive while a commit runs go together in the next one; a bad row
+fails only its own caller."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from chatapp.store.group_insert import GroupInsert
+
+
+class Table:
+    def __init__(self) -> None:
+        self.commits: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def insert(self, rows: Sequence[dict[str, Any]]) -> None:
+        await self.gate.wait()
+        if any(r["n"] < 0 for r in rows):
+            raise ValueError("negative n")  # the whole transaction fails, as in a database
+        if any(r["n"] > 99 for r in rows):
+            raise TimeoutError("busy")
+        self.commits.append([r["n"] for r in rows])
+
+
+async def test_rows_arriving_during_a_commit_share_the_next_one() -> None:
+    table = Table()
+    table.gate.clear()
+    group = GroupInsert(table.insert, lambda e: isinstance(e, ValueError))
+    first = asyncio.ensure_future(group.add({"n": 0}))
+    await asyncio.sleep(0)  # its commit starts and waits
+    rest = [asyncio.ensure_future(group.add({"n": i})) for i in range(1, 6)]
+    await asyncio.sleep(0)
+    table.gate.set()
+    await asyncio.gather(first, *rest)
+    assert table.commits == [[0], [1, 2, 3, 4, 5]]
+
+
+async def test_a_bad_row_fails_only_its_own_turn() -> None:
+    table = Table()
+    table.gate.clear()
+    group = GroupInsert(table.insert, lambda e: isinstance(e, ValueError))
+    first = asyncio.ensure_future(group.add({"n": 0}))
+    await asyncio.sleep(0)
+    rest = [asyncio.ensure_future(group.add({"n": n})) for n in (1, -2, 3)]
+    await asyncio.sleep(0)
+    table.gate.set()
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert results[:2] == [None, None] and results[3] is None
+    assert isinstance(results[2], ValueError)
+    assert table.commits == [[0], [1], [3]]  # the batch failed, then one by one
+
+
+async def test_a_caller_that_gives_up_does_not_stop_the_commit() -> None:
+    table = Table()
+    table.gate.clear()
+    group = GroupInsert(table.insert, lambda e: isinstance(e, ValueError))
+    waiting = asyncio.ensure_future(group.add({"n": 7}))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    table.gate.set()
+    await group.add({"n": 8})
+    assert table.commits == [[7], [8]]
+
+
+async def test_a_database_failure_fails_the_whole_batch_without_retries() -> None:
+    table = Table()
+    table.gate.clear()
+    group = GroupInsert(table.insert, lambda e: isinstance(e, ValueError))
+    first = asyncio.ensure_future(group.add({"n": 0}))
+    await asyncio.sleep(0)
+    rest = [asyncio.ensure_future(group.add({"n": n})) for n in (1, 100, 3)]
+    await asyncio.sleep(0)
+    table.gate.set()
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert results[0] is None
+    assert all(isinstance(r, TimeoutError) for r in results[1:])
+    assert table.commits == [[0]]

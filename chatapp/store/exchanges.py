@@ -115,15 +115,15 @@ class Exchanges:
                          else None)
 
     async def _insert_pending(self, rows: Sequence[dict[str, Any]]) -> None:
+        # Urgent: the travellers' first tokens wait for this commit (store/write_gate.py).
         async with self._db.write(urgent=True) as conn:
             await conn.execute(t.exchanges.insert(), list(rows))
 
-    async def add(self, ex: Exchange, owner: str | None = None, *,
-                  urgent: bool = False) -> Exchange:
+    async def add(self, ex: Exchange, owner: str | None = None) -> Exchange:
         """Store a finished exchange (a refused turn, or data a test or benchmark makes); fills
         in its id and time."""
         values = _row(ex, owner)
-        async with self._db.write(urgent=urgent) as conn:
+        async with self._db.write() as conn:
             await conn.execute(t.exchanges.insert().values(**values))
         ex.id, ex.created_at = values["id"], values["created_at"]
         return ex
@@ -132,9 +132,8 @@ class Exchanges:
         """Record an accepted message before any model call (outcome `pending`), owned by the
         app process `owner` (None: an admin command, which has no heartbeat)."""
         ex.outcome = Outcome.PENDING
-        if self._pending is None:
-            return await self.add(ex, owner=owner, urgent=True)
-        # Urgent: the traveller's first token waits for this commit (store/write_gate.py).
+        if self._pending is None:  # a pool of writers: each turn inserts its own
+            return await self.add(ex, owner=owner)
         values = _row(ex, owner)
         await self._pending.add(values)
         ex.id, ex.created_at = values["id"], values["created_at"]

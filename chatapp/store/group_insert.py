@@ -22,16 +22,14 @@ class GroupInsert:
         self._insert = insert  # one transaction for all the rows given
         self._row_error = row_error
         self._queue: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self._draining = False
-        self._task: asyncio.Task[None] | None = None  # the drain running now (kept referenced)
+        self._drain_task: asyncio.Task[None] | None = None  # the drain running now, if any
 
     async def add(self, row: dict[str, Any]) -> None:
         """Return once `row` is committed (with whichever rows went with it)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((row, done))
-        if not self._draining:
-            self._draining = True
-            self._task = asyncio.ensure_future(self._drain())
+        if self._drain_task is None or self._drain_task.done():
+            self._drain_task = asyncio.ensure_future(self._drain())
         await asyncio.shield(done)  # a caller that gives up does not take the batch with it
 
     async def _drain(self) -> None:
@@ -46,8 +44,6 @@ class GroupInsert:
                 _settle(done, err)
             self._queue = []
             raise
-        finally:
-            self._draining = False
 
     async def _commit(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
         try:

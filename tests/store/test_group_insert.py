@@ -27,38 +27,41 @@ class Table:
         self.commits.append([r["n"] for r in rows])
 
 
-async def test_rows_arriving_during_a_commit_share_the_next_one() -> None:
+def busy_table() -> tuple[Table, GroupInsert]:
+    """A table whose commits wait until `gate` is set; ValueError is a row's fault."""
     table = Table()
     table.gate.clear()
-    group = GroupInsert(table.insert, lambda e: isinstance(e, ValueError))
+    return table, GroupInsert(table.insert, lambda e: isinstance(e, ValueError))
+
+
+async def while_first_commits(table: Table, group: GroupInsert,
+                              later: Sequence[int]) -> list[object]:
+    """Add row 0, then the `later` rows while its commit waits, then let the table answer:
+    each caller's result (None) or error, row 0 first."""
     first = asyncio.ensure_future(group.add({"n": 0}))
     await asyncio.sleep(0)  # its commit starts and waits
-    rest = [asyncio.ensure_future(group.add({"n": i})) for i in range(1, 6)]
+    rest = [asyncio.ensure_future(group.add({"n": n})) for n in later]
     await asyncio.sleep(0)
     table.gate.set()
-    await asyncio.gather(first, *rest)
+    return list(await asyncio.gather(first, *rest, return_exceptions=True))
+
+
+async def test_rows_arriving_during_a_commit_share_the_next_one() -> None:
+    table, group = busy_table()
+    assert await while_first_commits(table, group, range(1, 6)) == [None] * 6
     assert table.commits == [[0], [1, 2, 3, 4, 5]]
 
 
 async def test_a_bad_row_fails_only_its_own_turn() -> None:
-    table = Table()
-    table.gate.clear()
-    group = GroupInsert(table.insert, lambda e: isinstance(e, ValueError))
-    first = asyncio.ensure_future(group.add({"n": 0}))
-    await asyncio.sleep(0)
-    rest = [asyncio.ensure_future(group.add({"n": n})) for n in (1, -2, 3)]
-    await asyncio.sleep(0)
-    table.gate.set()
-    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    table, group = busy_table()
+    results = await while_first_commits(table, group, (1, -2, 3))
     assert results[:2] == [None, None] and results[3] is None
     assert isinstance(results[2], ValueError)
     assert table.commits == [[0], [1], [3]]  # the batch failed, then one by one
 
 
 async def test_a_caller_that_gives_up_does_not_stop_the_commit() -> None:
-    table = Table()
-    table.gate.clear()
-    group = GroupInsert(table.insert, lambda e: isinstance(e, ValueError))
+    table, group = busy_table()
     waiting = asyncio.ensure_future(group.add({"n": 7}))
     await asyncio.sleep(0)
     waiting.cancel()
@@ -70,15 +73,8 @@ async def test_a_caller_that_gives_up_does_not_stop_the_commit() -> None:
 
 
 async def test_a_database_failure_fails_the_whole_batch_without_retries() -> None:
-    table = Table()
-    table.gate.clear()
-    group = GroupInsert(table.insert, lambda e: isinstance(e, ValueError))
-    first = asyncio.ensure_future(group.add({"n": 0}))
-    await asyncio.sleep(0)
-    rest = [asyncio.ensure_future(group.add({"n": n})) for n in (1, 100, 3)]
-    await asyncio.sleep(0)
-    table.gate.set()
-    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    table, group = busy_table()
+    results = await while_first_commits(table, group, (1, 100, 3))
     assert results[0] is None
     assert all(isinstance(r, TimeoutError) for r in results[1:])
     assert table.commits == [[0]]

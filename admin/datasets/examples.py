@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from chatapp.store import RatedExchange
+from chatapp.store import RatedTurn
 
 Message = dict[str, Any]
 _ROLES = ("system", "user", "assistant")
@@ -49,7 +49,7 @@ class Skip(Exception):
         self.reason, self.detail = reason, detail
 
 
-def sent_messages(row: RatedExchange) -> list[Message]:
+def sent_messages(row: RatedTurn) -> list[Message]:
     """The stored prompt of an exchange, checked: bad rows are skipped with the field named."""
     messages = row.messages
     if not isinstance(messages, list) or not messages:
@@ -72,7 +72,7 @@ def sent_messages(row: RatedExchange) -> list[Message]:
     return out
 
 
-def _reply(row: RatedExchange) -> Message:
+def _reply(row: RatedTurn) -> Message:
     reply = row.final_reply
     if not isinstance(reply, str) or not reply.strip():
         raise Skip("empty_reply", f"exchange {row.id}: reply: empty")
@@ -86,7 +86,7 @@ def _turns(messages: Sequence[Message]) -> int:
     return sum(m["role"] == "assistant" for m in messages)
 
 
-def from_exchange(row: RatedExchange, *, min_turns: int) -> Candidate:
+def from_exchange(row: RatedTurn, *, min_turns: int) -> Candidate:
     """The prefix example of one exchange: what the model saw, then its (rated) reply."""
     history = [({**m, "weight": 0} if m["role"] == "assistant" else m)
                for m in sent_messages(row)]
@@ -96,7 +96,7 @@ def from_exchange(row: RatedExchange, *, min_turns: int) -> Candidate:
     return Candidate(messages, str(row.thread_id), str(row.arm_served), None, (str(row.id),))
 
 
-def from_thread(rows: Sequence[RatedExchange], *,
+def from_thread(rows: Sequence[RatedTurn], *,
                 min_turns: int) -> tuple[Candidate, int]:
     """The whole conversation of a thread (its last exchange's prompt and reply), with weight 0
     on every assistant turn not trainable and corrections in place of the replies they
@@ -151,7 +151,7 @@ def exact_key(line: bytes) -> bytes:
     return hashlib.sha256(line).digest()[:16]
 
 
-def near_key(messages: Sequence[Message]) -> bytes:
+def near_key(messages: Sequence[Mapping[str, Any]]) -> bytes:
     """Roles and normalised text only: weights and formatting do not make a new example."""
     # The sha256 of "role\x1ftext" pieces joined by \x1e, fed piece by piece (the same digest):
     # each piece is encoded once per text, not once per example it appears in.

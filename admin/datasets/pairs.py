@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from admin.datasets.examples import Message, near_key, normalise
-from chatapp.store import RatedExchange, ReplyCandidate
+from chatapp.store import RatedTurn, ReplyCandidate
 
 PairSource = Literal["correction", "candidates", "opposite_ratings"]
 SOURCES: tuple[PairSource, ...] = ("correction", "candidates", "opposite_ratings")
@@ -108,7 +108,7 @@ class OppositeRatings:
     def __init__(self) -> None:
         self._prompts: dict[bytes, _Prompt] = {}
 
-    def add(self, row: RatedExchange, prompt: list[Message]) -> None:
+    def add(self, row: RatedTurn, prompt: list[Message]) -> None:
         if row.rating not in (0, 1) or not row.reply.strip():
             return
         slot = self._prompts.setdefault(near_key(prompt), _Prompt(prompt))
@@ -127,7 +127,7 @@ def candidate_pairs(prompt: list[Message], candidates: Sequence[ReplyCandidate])
     return list(_pairs(prompt, good, bad, "candidates"))
 
 
-def correction_pair(row: RatedExchange, prompt: list[Message], corrected: str) -> Pair | None:
+def correction_pair(row: RatedTurn, prompt: list[Message], corrected: str) -> Pair | None:
     """The corrected reply preferred to the one it corrects (None when they do not differ)."""
     if not corrected.strip() or normalise(corrected) == normalise(row.reply):
         return None

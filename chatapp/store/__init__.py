@@ -36,7 +36,7 @@ from chatapp.store.chainlit import ChainlitTables
 from chatapp.store.database import Database, PoolOptions, StoreError, async_url, now
 from chatapp.store.datasets import Datasets
 from chatapp.store.deployments import Deployments
-from chatapp.store.exchanges import Exchanges, ExchangeScope, RatedExchange, RatedFilter
+from chatapp.store.exchanges import Exchanges, ExchangeScope, RatedFilter, RatedTurn
 from chatapp.store.experiments import Experiments
 from chatapp.store.jobs import Jobs
 from chatapp.store.privacy import Privacy
@@ -53,7 +53,7 @@ from chatapp.store.reviews import (
 from chatapp.store.scores import AutoScore, Scores
 
 __all__ = ["AutoScore", "Correction", "ExchangeScope", "PoolOptions", "QueueFilter", "QueueItem",
-           "QueuePage", "RatedExchange", "RatedFilter", "ReplyCandidate", "Review", "Store",
+           "QueuePage", "RatedFilter", "RatedTurn", "ReplyCandidate", "Review", "Store",
            "StoreError", "Subject", "async_url", "now"]
 
 

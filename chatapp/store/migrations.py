@@ -130,6 +130,15 @@ async def _m10_shadow(conn: AsyncConnection) -> None:
     await conn.run_sync(apply)
 
 
+async def _m11_thread_order(conn: AsyncConnection) -> None:
+    def apply(sync: sa.Connection) -> None:
+        for index in t.exchanges.indexes:  # a fresh database has it from today's schema
+            if index.name == "ix_exchanges_source_thread":
+                index.create(sync, checkfirst=True)
+
+    await conn.run_sync(apply)
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial: chainlit tables, accounts, deployments, experiments, exchanges, ratings",
      _m1_initial),
@@ -150,6 +159,7 @@ MIGRATIONS: list[Migration] = [
     (9, "the current rating on each exchange, for the review queue's index", _m9_current_rating),
     (10, "shadow traffic: the candidate of an experiment, the live turn of a shadow reply",
      _m10_shadow),
+    (11, "exchanges of a source in thread order, for dataset builds", _m11_thread_order),
 ]
 
 

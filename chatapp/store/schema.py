@@ -138,6 +138,11 @@ exchanges = sa.Table(
     sa.Index("ix_exchanges_source_deployment", "source", "deployment"),
     # Live vs shadow replies side by side (`ab shadow`) without a scan of all turns.
     sa.Index("ix_exchanges_shadow_of", "shadow_of"),
+    # `dataset build` reads a source's turns in thread order: in index order, rows stream from
+    # the first one, where a sort of every selected row (whole prompts) ran before the first
+    # (migration 11).
+    sa.Index("ix_exchanges_source_thread", "source", "thread_id", "turn_index", "created_at",
+             "id"),
 )
 
 # Append-only: the latest row per exchange is the rating; earlier rows are its history.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,24 @@ async def test_datasets_jobs_and_events(store: Store) -> None:
     with pytest.raises(StoreError):
         await store.jobs.update("nope", status="failed")
     assert [j.id for j in await store.jobs.recent()] == ["local-1"]
+
+
+@pytest.mark.parametrize("whole_threads", [False, True])
+async def test_the_training_read_streams_in_thread_order_on_sqlite(
+        data_dir: Path, whole_threads: bool) -> None:
+    """A dataset build's read comes in thread order from ix_exchanges_source_thread: no sort
+    of every selected row (whole prompts) runs before the first row arrives."""
+    from sqlalchemy.dialects import sqlite
+
+    from chatapp.store.exchanges import _rated_query
+
+    store = await Store.open(f"sqlite+aiosqlite:///{data_dir / 'plan.db'}")
+    try:
+        query = _rated_query(RatedFilter(ratings=(1, 0), whole_threads=whole_threads))
+        sql = str(query.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+        async with store.db.engine.connect() as conn:
+            plan = [row[-1] for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+    finally:
+        await store.close()
+    assert any("USING INDEX ix_exchanges_source_thread" in step for step in plan), plan
+    assert not any("TEMP B-TREE FOR ORDER BY" in step for step in plan), plan

@@ -207,6 +207,14 @@ async def _read_back(store: Store) -> None:
 
     assert await _on(store.db.url(hide_password=False), versions) == [m[0] for m in MIGRATIONS]
     assert await store.db.migrate() == []
+
+    async def exchange_indexes(conn: AsyncConnection) -> set[str]:
+        return await conn.run_sync(
+            lambda c: {i["name"] for i in sa.inspect(c).get_indexes("exchanges")})
+
+    # migration 11: dataset builds read a source's turns in thread order from an index
+    assert "ix_exchanges_source_thread" in await _on(store.db.url(hide_password=False),
+                                                      exchange_indexes)
     # accounts, deployments, experiments and their audit trail
     account = await store.accounts.get("alice")
     assert account and account["password_hash"] == "scrypt$old" and account["is_admin"]

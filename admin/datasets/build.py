@@ -7,8 +7,11 @@ Pipeline (streaming; memory holds keys and offsets, not examples):
    examples by `admin.datasets.examples`;
 2. PII scrubbed in user and assistant text (or the example dropped) before anything is written,
    even the spool;
-3. exact and near duplicates removed (first seen wins: the seed set, then older threads);
-4. the survivors parked in a spool file next to the outputs;
+3. each line parked in a spool file next to the outputs, and examined beside the build (on a
+   worker thread, or a process for a large build: admin/datasets/checking.py): the validator's
+   checks and token counts, and its exact and near duplicate keys; duplicates are dropped as the
+   results come back in order (first seen wins: the seed set, then older threads);
+4. the survivors' records (offsets in the spool, group, findings) kept in memory;
 5. the split: per arm (stratum), conversations in the order of a seeded hash go to validation
    while that brings it closer to the ratio, so both files keep the arm mix and a conversation
    never straddles the two;
@@ -37,26 +40,22 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from admin.datasets import examples as ex
-from admin.datasets.checking import BackgroundChecks
-from admin.datasets.files import JsonlWriter, Spool, dumps_line, read_seed, sha256_file
+from admin.datasets.checking import PROCESS_FROM, Examiner, Seen, start_checks
+from admin.datasets.files import JsonlWriter, Spool, dumps_example, read_seed, sha256_file
 from admin.datasets.manifest import Manifests
 from admin.datasets.pairs import CorrectionLookup
 from admin.datasets.validate import (
-    MAX_LINE_BYTES,
     Kind,
     LineCheck,
     ValidationReport,
-    check_chat,
-    check_line,
     finish_report,
     start_report,
     validate_file,
 )
 from chatapp.domain import Source
-from chatapp.model_table import counter_for_info, model_info
 from chatapp.pii import ScrubResult, scrub
 from chatapp.settings import Settings
-from chatapp.store import ExchangeScope, RatedExchange, RatedFilter, Store
+from chatapp.store import ExchangeScope, RatedFilter, RatedTurn, Store
 
 DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
 RatingMode = Literal["up", "up+down"]
@@ -64,6 +63,7 @@ MultiTurn = Literal["prefix", "whole"]
 PiiMode = Literal["scrub", "drop"]
 DatasetFormat = Literal["sft", "preference"]
 MAX_NOTES = 20
+WRITE_CHUNK = 1 << 20  # bytes of lines per write to an output file
 # A thread's history repeats in each of its prefix examples: scrub each text once (results are
 # only read, never changed).
 _scrub = lru_cache(maxsize=8192)(scrub)
@@ -270,7 +270,8 @@ class Builder:
         if len(self.notes) < MAX_NOTES:
             self.notes.append(text)
 
-    async def _candidates(self) -> AsyncIterator[ex.Candidate]:
+    async def _candidates(self, rows: int) -> AsyncIterator[ex.Candidate]:
+        """The seed set's examples, then those of the `rows` selected exchanges."""
         for path in self.opts.seed_files:
             kind = "validation" if "valid" in path.name.lower() else "train"
             for number, messages in read_seed(path):
@@ -278,10 +279,9 @@ class Builder:
                 yield ex.Candidate([ex.canonical(m) for m in messages],
                                    f"seed:{path.name}:{number}", "seed", kind, ())
         sel = self.opts.selection
-        which = sel.filter()
-        self.progress.stage("reading exchanges", await self.store.exchanges.count_rated(which))
-        thread: list[RatedExchange] = []
-        async for batch in self.store.exchanges.rated(which, self.opts.batch):
+        self.progress.stage("reading exchanges", rows)
+        thread: list[RatedTurn] = []
+        async for batch in self.store.exchanges.rated(sel.filter(), self.opts.batch):
             for row in batch:
                 self.counts.exchanges_read += 1
                 if row.review is not None:
@@ -299,14 +299,14 @@ class Builder:
         if thread and (c := self._whole(thread)) is not None:
             yield c
 
-    def _prefix(self, row: RatedExchange) -> ex.Candidate | None:
+    def _prefix(self, row: RatedTurn) -> ex.Candidate | None:
         try:
             return ex.from_exchange(row, min_turns=self.opts.selection.min_turns)
         except ex.Skip as skip:
             self._skipped(skip)
             return None
 
-    def _whole(self, rows: list[RatedExchange]) -> ex.Candidate | None:
+    def _whole(self, rows: list[RatedTurn]) -> ex.Candidate | None:
         try:
             candidate, trimmed = ex.from_thread(rows, min_turns=self.opts.selection.min_turns)
         except ex.Skip as skip:
@@ -332,8 +332,9 @@ class Builder:
             return True
         return False
 
-    def _admit(self, c: ex.Candidate) -> bytes | None:
-        """Scrub, then dedupe: the bytes to spool, or None when the example is left out."""
+    def _line(self, c: ex.Candidate) -> bytes | None:
+        """Scrubbed and written as a line: the bytes to spool, or None when the example is
+        left out."""
         found: Counter[str] | None = None  # made only when something is found
         for m in c.messages:
             if m["role"] in ("user", "assistant"):
@@ -345,27 +346,26 @@ class Builder:
         if found and self.pii_dropped(found):
             return None
         try:
-            line = dumps_line({"messages": c.messages})
+            return dumps_example(c.messages)
         except UnicodeEncodeError:
             # A lone surrogate (SQLite keeps JSON "\\ud800" escapes from before the chat cleaned
             # its input): not text any service would accept.
             self.counts.skipped["invalid_unicode"] += 1
             self._note(f"skipped: {c.group}: text holding a lone UTF-16 surrogate")
             return None
-        key = ex.exact_key(line)
-        if key in self._seen_exact:
+
+    def _admit(self, seen: Seen) -> bool:
+        """False for a duplicate of an example kept before it (counted)."""
+        if seen.exact in self._seen_exact:
             self.counts.exact_duplicates += 1
-            return None
-        self._seen_exact.add(key)
-        if self.opts.near_dedupe:
-            near = ex.near_key(c.messages)
-            if near in self._seen_near:
+            return False
+        self._seen_exact.add(seen.exact)
+        if self.opts.near_dedupe and seen.near is not None:
+            if seen.near in self._seen_near:
                 self.counts.near_duplicates += 1
-                return None
-            self._seen_near.add(near)
-        if ex.trains_nothing(c.messages):
-            self.counts.weight_zero_examples += 1
-        return line
+                return False
+            self._seen_near.add(seen.near)
+        return True
 
     async def run(self) -> BuildResult:
         with _no_full_collections():
@@ -407,14 +407,8 @@ class Builder:
                     writers[kind] = self.writer(opts.target(kind))
             reports = {kind: self._report(kind, assigned[kind]) for kind in writers
                        if opts.format == "sft"}
-            for kind, members in assigned.items():
-                for number, r in enumerate(members, 1):
-                    w = writers[kind]
-                    if kind in reports:
-                        assert r.check is not None, "every chat example is checked when spooled"
-                        reports[kind].add_line(number, w.n_bytes, r.check)
-                    w.write(spool.get(r.at, r.length))
-                    self.progress.advance()
+            for kind, w in writers.items():
+                self._write(spool, assigned[kind], w, reports.get(kind))
             for w in writers.values():
                 w.close()
             if "validation" in kinds and "validation" not in writers:
@@ -427,36 +421,53 @@ class Builder:
             for w in writers.values():
                 w.discard()  # no-op for committed files (their temp name is gone)
 
+    def _write(self, spool: Spool, members: list[_Record], w: JsonlWriter,
+               report: ValidationReport | None) -> None:
+        """Members' lines from the spool into `w` in order, written a chunk at a time (one
+        write and one hash update per MiB, not per line); each line's findings are added to
+        the report at its line number and offset."""
+        chunk: list[bytes] = []
+        size = 0
+        for number, r in enumerate(members, 1):
+            if report is not None:
+                assert r.check is not None, "every chat example is checked when spooled"
+                report.add_line(number, w.n_bytes + size, r.check)
+            line = spool.get(r.at, r.length)
+            chunk.append(line)
+            size += len(line)
+            if size >= WRITE_CHUNK:
+                w.write(b"".join(chunk))
+                self.progress.advance(len(chunk))
+                chunk, size = [], 0
+        if chunk:
+            w.write(b"".join(chunk))
+            self.progress.advance(len(chunk))
+
     async def _spool(self, spool: Spool) -> tuple[list[_Record], dict[str, str]]:
         records: list[_Record] = []
         strata: dict[str, str] = {}  # group -> the arm of its first example
-        info = model_info(self.opts.model, self.settings)
-        counter, limit = counter_for_info(info, self.settings), info.training_example_limit
-
-        def check(example: dict[str, Any]) -> LineCheck:
-            return check_chat(example, counter, self.opts.model, limit)
-
-        # Validated here, once, as the example is made (the validator's own checks, added to
-        # the report in file order when written): not by reading every file back.
-        checks = BackgroundChecks(check)
+        rows = await self.store.exchanges.count_rated(self.opts.selection.filter())
+        # Every line is validated here, once, as it is made (the validator's own checks, added
+        # to the report in file order when written), not by reading every file back; its
+        # duplicate keys are made beside it, and duplicates dropped when the results come back
+        # in order (first seen wins, as if decided line by line).
+        checks = start_checks(Examiner(self.opts.model, self.settings, self.opts.near_dedupe),
+                              spool, in_process=rows >= PROCESS_FROM)
         try:
-            async for c in self._candidates():
+            async for c in self._candidates(rows):
                 self.counts.candidates += 1
-                line = self._admit(c)
+                line = self._line(c)
                 if line is None:
                     continue
-                at, length = spool.put(line)
-                strata.setdefault(c.group, c.stratum)
-                record = _Record(at, length, c.group, c.fixed_kind, c.exchange_ids)
-                if c.fixed_kind is not None or len(line) > MAX_LINE_BYTES + 1:
-                    record.check = check_line(line, counter, self.opts.model, limit)  # as read
-                else:
-                    # Made from the store's rows: str roles and texts, int weights, which JSON
-                    # gives back unchanged, so checking the object is checking the line.
-                    checks.add(record, {"messages": c.messages})
-                records.append(record)
-            for record, result in checks.done():
-                record.check = result
+                at, length = spool.put(line)  # a duplicate's line too: a few unread bytes
+                checks.add((_Record(at, length, c.group, c.fixed_kind, c.exchange_ids),
+                            c.stratum, ex.trains_nothing(c.messages)), at, length, c.messages)
+            for (record, stratum, trains_nothing), seen in checks.done():
+                if self._admit(seen):
+                    record.check = seen.check
+                    strata.setdefault(record.group, stratum)
+                    self.counts.weight_zero_examples += trains_nothing
+                    records.append(record)
         finally:
             checks.close()
         self.counts.kept = len(records)
@@ -509,7 +520,11 @@ async def build_dataset(store: Store, opts: BuildOptions, *, settings: Settings,
                         corrections: CorrectionLookup | None = None) -> BuildResult:
     """Build, validate, write and record a dataset (see the module doc). `corrections`: where
     reviewers' corrected replies come from for preference pairs (default: the store's reviews,
-    `travel-admin review correct`; see admin.datasets.pairs)."""
+    `travel-admin review correct`; see admin.datasets.pairs).
+
+    A large build examines its lines in a spawned process (admin.datasets.checking), which
+    imports the caller's main module again: a script calling this must keep its own work under
+    `if __name__ == "__main__":`, as with any multiprocessing code."""
 
     async def reviewed(ids: Sequence[str]) -> dict[str, str]:
         return {k: c.text for k, c in (await store.reviews.latest_corrections(ids)).items()}

@@ -195,15 +195,16 @@ def check_example(obj: object) -> Iterator[tuple[str, str]]:
     roles: list[object] = []
     weights: list[object] = []
     for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
         if not isinstance(msg, dict):
-            yield "data_type", f"{where}: a JSON {_kind_of(msg)}, not an object"
+            yield "data_type", f"messages[{i}]: a JSON {_kind_of(msg)}, not an object"
             continue
-        missing = [k for k in ("role", "content") if k not in msg]
-        if missing:
+        # The names and sets below are made only for a message with a problem: most have none.
+        where = f"messages[{i}]"
+        if "role" not in msg or "content" not in msg:
+            missing = [k for k in ("role", "content") if k not in msg]
             yield "message_missing_key", f"{where}: no {' and no '.join(missing)} key"
-        unknown = sorted(set(msg) - ALLOWED_KEYS)
-        if unknown:
+        if not ALLOWED_KEYS.issuperset(msg):
+            unknown = sorted(set(msg) - ALLOWED_KEYS)
             yield ("message_unrecognized_key",
                    f"{where}: unrecognized key(s) {', '.join(unknown)}"
                    f" (allowed: {', '.join(sorted(ALLOWED_KEYS))})")
@@ -371,12 +372,19 @@ def _check_line(report: ValidationReport, number: int, offset: int, body: bytes,
 def check_line(line: bytes, counter: TokenCounter, model: str, limit: int) -> LineCheck:
     """The checks of one chat-example line that a build writes (with its newline): UTF-8 with
     no byte-order mark and not blank, as `dumps_line` makes it."""
+    obj, refused = read_line(line)
+    return refused if refused is not None else check_chat(obj, counter, model, limit)
+
+
+def read_line(line: bytes) -> tuple[object, LineCheck | None]:
+    """A build's line parsed as `validate_file` reads it: (the object, None), or (None, the
+    findings when it cannot be read)."""
     if len(line) > MAX_LINE_BYTES + 1:  # as _lines reads it: the newline fits in the read
-        return _TOO_LONG
+        return None, _TOO_LONG
     obj, error = _parse(line.decode("utf-8"))
     if error is not None:
-        return LineCheck((("invalid_json", error),))
-    return check_chat(obj, counter, model, limit)
+        return None, LineCheck((("invalid_json", error),))
+    return obj, None
 
 
 def check_chat(obj: object, counter: TokenCounter, model: str, limit: int) -> LineCheck:

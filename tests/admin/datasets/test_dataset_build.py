@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from admin.cli import app
+from admin.datasets import build as build_module
 from admin.datasets.build import BuildError, BuildOptions, Selection, build_dataset, split_groups
 from admin.datasets.files import JsonlWriter
 from admin.datasets.validate import validate_file
@@ -247,16 +248,18 @@ async def test_build_is_deterministic_per_seed(store: Store, settings: Settings,
 
 
 class FailingWriter(JsonlWriter):
-    """Raises after `n` lines, like a full disk midway."""
+    """Writes the first `n` bytes, then raises, like a full disk midway."""
 
-    def __init__(self, target: Path, n: int = 3) -> None:
+    def __init__(self, target: Path, n: int = 1500) -> None:
         super().__init__(target)
         self.left = n
 
     def write(self, data: bytes) -> None:
-        if self.left == 0:
+        if len(data) > self.left:
+            super().write(data[:self.left])
+            self.left = 0
             raise OSError("disk full (injected)")
-        self.left -= 1
+        self.left -= len(data)
         super().write(data)
 
 
@@ -343,3 +346,30 @@ async def test_build_report_equals_dataset_validate_on_its_files(
         assert sum(r.counts["over_token_limit"] for r in reports) >= 1  # the long Sintra reply
         if multi_turn == "whole":
             assert sum(r.counts["no_trained_assistant_message"] for r in reports) == 1  # Oslo
+
+
+async def test_a_large_build_examines_in_a_process_with_the_same_result(
+        store: Store, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From PROCESS_FROM rows the checks and duplicate keys are made in a spawned process: the
+    files, counts and reports are exactly those of a build that makes them on a thread."""
+    await converse(store, [("Hi, I'm jane@example.com. Lisbon?", LISBON, 1),
+                           ("Sintra?", "Palaces. " + "Very green hills. " * 20000, 1)])
+    await converse(store, [("Hi, I'm jane@example.com. Lisbon?", LISBON, 1)], user="bob")
+    await converse(store, [("hi i'm JANE@example.com -- Lisbon", LISBON, 1)], user="cat")
+    for i in range(12):
+        await converse(store, [(f"Kyoto in month {i}?", "Temples and moss. Spring?", 1)],
+                       user=f"u{i}", arm="base" if i % 2 else "fine_tuned")
+    results = {}
+    for mode, threshold in (("thread", 10**9), ("process", 0)):
+        monkeypatch.setattr(build_module, "PROCESS_FROM", threshold)
+        results[mode] = await build_dataset(
+            store, opts(tmp_path / mode, seed_files=SEEDS, validation_ratio=0.3),
+            settings=settings, actor="t")
+    on_thread, in_process = results["thread"], results["process"]
+    assert in_process.counts == on_thread.counts
+    assert (on_thread.counts.exact_duplicates, on_thread.counts.near_duplicates) == (1, 1)
+    assert [f.sha256 for f in in_process.files] == [f.sha256 for f in on_thread.files]
+    somewhere = tmp_path / "report.jsonl"
+    assert [f.report.at_path(somewhere) for f in in_process.files] == [
+        f.report.at_path(somewhere) for f in on_thread.files]
+    assert sum(f.report.counts["over_token_limit"] for f in in_process.files) == 1

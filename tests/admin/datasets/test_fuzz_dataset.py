@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from admin.datasets import examples as ex
 from admin.datasets.build import BuildError, BuildOptions, build_dataset
-from admin.datasets.files import SeedError, read_seed
+from admin.datasets.files import SeedError, dumps_example, dumps_line, read_seed
 from admin.datasets.validate import CATEGORIES, validate_file
 from chatapp.domain import Exchange
 from chatapp.settings import Settings, load_settings
@@ -228,3 +228,26 @@ def test_build_over_arbitrary_stored_rows_never_crashes(
             await store.close()
 
     asyncio.run(run())
+
+
+@FUZZ
+@given(rest=st.lists(message, max_size=4),
+       system=text | st.sampled_from(["You plan trips. é ✈", "lone \ud800 surrogate"]),
+       keys=st.sampled_from([("role", "content"), ("content", "role"), ("role", "content", "x")]),
+       role_name=st.sampled_from(["system", "user"]))
+@example(rest=[], system="You plan trips.", keys=("role", "content"), role_name="system")
+def test_an_example_line_is_dumps_line_byte_for_byte(
+        rest: list[dict[str, Any]], system: str, keys: tuple[str, ...], role_name: str) -> None:
+    """The build splices a cached system message into each line: the bytes must be exactly
+    what encoding the whole example gives, whatever follows it and whatever the first message
+    looks like."""
+    first = {k: {"role": role_name, "content": system}.get(k, 1) for k in keys}
+    msgs = [first, *rest]
+    try:
+        whole = dumps_line({"messages": msgs})
+    except UnicodeEncodeError:  # a lone surrogate: both must refuse it
+        with pytest.raises(UnicodeEncodeError):
+            dumps_example(msgs)
+        return
+    assert dumps_example(msgs) == whole
+    assert dumps_example([]) == dumps_line({"messages": []})

@@ -6,9 +6,10 @@ about a line is computed here from the line itself, as `dataset validate` reads 
 builds use a thread: tiktoken releases the GIL while it encodes, and a process would cost more
 to start than it saves. From PROCESS_FROM rows the work goes to one spawned process, where the
 checks and the keys (pure Python, so they held the GIL the build's thread needed) run on the
-second core. Lines go over in batches, at most a few batches in flight, so memory stays flat
-however large the build. Results come back in the order the lines were added; a worker's error
-is raised in the build.
+second core. The worker reads each batch of lines from the spool file the build writes them to
+anyway (a span of bytes; no copy through a pipe); at most a bounded number of batches are in
+flight, so memory stays flat however large the build. Results come back in the order the lines
+were added; a worker's error is raised in the build.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from chatapp.tokens import TokenCounter
 
 BATCH = 256  # lines per batch
 IN_FLIGHT = 4  # batches on a thread; beyond that `add` waits for the oldest
-# A process is still importing and loading its tokenizer while the first batches arrive: enough
-# room that the build reads on meanwhile (bounded all the same: a few MB of lines).
+# A process is still importing and loading its tokenizer while the first batches arrive: room
+# for the build to read on meanwhile. A batch in flight holds its keys only (its lines are in
+# the spool file), so this costs little memory.
 IN_FLIGHT_PROCESS = 32
 PROCESS_FROM = 10_000  # rows to read; below this a process costs more to start than it saves
 

@@ -132,6 +132,7 @@ class Runtime:
         self._spawn(members.beat(), "heartbeat")
         self._spawn(once.every("reap-turns", members.stale_s, members.reap, ttl_s=60.0,
                                check_s=self.settings.heartbeat_s), "reap-turns")
+        self._spawn(service.watcher.keep_fresh(), "routing-poll")
         if self.shared is not None:
             self._spawn(feed.follow(self.shared, service.watcher), "routing-feed")
         if self.settings.guardrails_enforce:

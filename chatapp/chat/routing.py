@@ -64,11 +64,13 @@ class ExperimentWatcher:
     follow them within seconds. With TRAVEL_REDIS_URL each change is also pushed
     (chatapp/shared/feed.py calls `refresh`), and polling stays as the fallback.
 
-    A turn that finds the cache older than `poll_s` is routed on it while a reload runs in the
-    background (the database read is not added to its time to first token); the next turns get
-    the reloaded value. Only a cache older than twice `poll_s` (an idle process), or any cache
-    with `poll_s` 0, is reloaded before the turn goes on, so a change is never followed later
-    than 2 x `poll_s` after it, and with steady traffic within `poll_s` and one turn.
+    The app runs `keep_fresh`, which reloads whenever the cache turns `poll_s` old, so turns
+    find it fresh even after a quiet spell: after one, a burst of travellers all waited for one
+    reload that queued behind their own Chainlit writes (hundreds of ms to the first token at
+    100 at once, bench/bench_stream.py). Without it (or if it falls behind), a turn that finds
+    the cache older than `poll_s` is routed on it while a reload runs in the background; only a
+    cache older than twice `poll_s`, or any cache with `poll_s` 0, is reloaded before the turn
+    goes on, so a change is never followed later than 2 x `poll_s` after it.
     """
 
     def __init__(
@@ -96,6 +98,21 @@ class ExperimentWatcher:
             return self._value
         await self._reload_if_stale()
         return self._value
+
+    async def keep_fresh(self) -> None:
+        """Reload whenever the cache turns `poll_s` old, until cancelled (a background task of
+        the app). A failed reload keeps the last value (see `_reload`) and is tried again a
+        poll later."""
+        if self._poll_s <= 0:
+            return
+        while True:
+            age = None if self._loaded_at is None else self._clock() - self._loaded_at
+            await asyncio.sleep(self._poll_s if age is None else max(0.0, self._poll_s - age))
+            try:
+                await self._reload_if_stale()
+            except Exception as err:  # before the first load only: the next poll tries again
+                log.warning("could not load the experiment: %s: %s", type(err).__name__, err)
+                await asyncio.sleep(self._poll_s)
 
     async def aclose(self) -> None:
         """Let a background reload finish (it reads the store, which is closed next)."""

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import Counter
 
 import pytest
@@ -102,3 +104,41 @@ async def test_watcher_with_no_interval_reloads_every_time() -> None:
     w = ExperimentWatcher(load, poll_s=0)
     assert (await w.current()) is not (await w.current())
     assert not values
+
+
+async def test_keep_fresh_reloads_each_poll_without_a_turn_asking() -> None:
+    """The app's poller: after a quiet spell the cache is still fresh, so a burst of turns
+    never waits for the read; a failed load (even the first) is tried again a poll later."""
+    values: list[object] = [RuntimeError("db starting"), exp(0.1), exp(0.9), exp(0.9)]
+    loads = 0
+
+    async def load() -> Experiment | None:
+        nonlocal loads
+        loads += 1
+        v = values.pop(0) if values else exp(0.9)
+        if isinstance(v, Exception):
+            raise v
+        return v  # type: ignore[return-value]
+
+    w = ExperimentWatcher(load, poll_s=0.05)
+    poller = asyncio.create_task(w.keep_fresh())
+    try:
+        deadline = asyncio.get_running_loop().time() + 5
+        while loads < 4 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert loads >= 4  # the failed first load, then one per poll, with no turn at all
+        cached = w.cached
+        assert cached is not None and cached.weights["fine_tuned"] == 0.9
+        before = loads
+        assert (await w.current()) is cached and loads == before  # a turn finds it fresh
+    finally:
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+
+
+async def test_keep_fresh_with_no_interval_leaves_it_to_each_turn() -> None:
+    async def load() -> Experiment | None:
+        raise AssertionError("not polled")
+
+    await asyncio.wait_for(ExperimentWatcher(load, poll_s=0).keep_fresh(), 1)

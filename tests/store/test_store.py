@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,3 +183,41 @@ async def test_the_training_read_streams_in_thread_order_on_sqlite(
         await store.close()
     assert any("USING INDEX ix_exchanges_source_thread" in step for step in plan), plan
     assert not any("TEMP B-TREE FOR ORDER BY" in step for step in plan), plan
+
+
+async def test_the_sqlite_writer_ends_its_own_transactions(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write on SQLite takes the one writer connection in turn, and each call into the
+    driver's thread is a wait on the event loop: under load, the pool's reset rollback when the
+    writer came back (after a commit, a no-op for SQLite) made every other write wait longer.
+    A committed write makes no rollback call; a failed one still rolls back."""
+    import aiosqlite.core
+    import sqlalchemy as sa
+
+    from chatapp.store.database import Database
+
+    calls: list[str] = []
+    through = aiosqlite.core.Connection._execute
+
+    async def spy(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(getattr(fn, "__name__", "?"))
+        return await through(self, fn, *args, **kwargs)
+
+    db = Database.connect(f"sqlite+aiosqlite:///{data_dir / 'w.db'}")
+    try:
+        async with db.write() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (x INTEGER)"))
+        monkeypatch.setattr(aiosqlite.core.Connection, "_execute", spy)
+        async with db.write() as conn:
+            await conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+        assert "commit" in calls and "rollback" not in calls
+        calls.clear()
+        with pytest.raises(ZeroDivisionError):
+            async with db.write() as conn:
+                await conn.execute(sa.text("INSERT INTO t VALUES (2)"))
+                1 / 0  # noqa: B018
+        assert "rollback" in calls and "commit" not in calls
+        async with db.read() as conn:
+            assert (await conn.execute(sa.text("SELECT x FROM t"))).scalars().all() == [1]
+    finally:
+        await db.close()

@@ -53,6 +53,7 @@ class DataLayer(SQLAlchemyDataLayer):
         super().__init__(conninfo, **kwargs)
         self._store, self._clean = store, clean
         self._in_flight = 0
+        self._ensuring: dict[str, asyncio.Future[None]] = {}  # thread id -> its row being made
 
     async def wait_idle(self, timeout_s: float) -> None:
         """Return once no statement has run for a moment, or after `timeout_s`.
@@ -115,8 +116,23 @@ class DataLayer(SQLAlchemyDataLayer):
     async def update_thread(self, thread_id: str, name: str | None = None,
                             user_id: str | None = None, metadata: dict[str, Any] | None = None,
                             tags: list[str] | None = None) -> None:
+        if name is None and user_id is None and metadata is None and tags is None:
+            await self._ensure_thread(thread_id)
+            return
         await super().update_thread(thread_id, name=self._clean(name) if name else name,
                                     user_id=user_id, metadata=metadata, tags=tags)
+
+    async def _ensure_thread(self, thread_id: str) -> None:
+        """Chainlit's `create_step` makes sure the thread has a row before each step (a read,
+        then an insert if there is none). A new conversation's first steps are written at once,
+        so each found no row and each wrote one, one after another on the single writer: the
+        calls for one thread that overlap share one now. A call after it ends reads again."""
+        running = self._ensuring.get(thread_id)
+        if running is None:
+            running = asyncio.ensure_future(super().update_thread(thread_id))
+            self._ensuring[thread_id] = running
+            running.add_done_callback(lambda _: self._ensuring.pop(thread_id, None))
+        await asyncio.shield(running)  # a caller that gives up leaves it to the others
 
     async def get_thread_author(self, thread_id: str) -> str:
         if as_uuid(thread_id) is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from pathlib import Path
@@ -221,3 +222,38 @@ async def test_the_sqlite_writer_ends_its_own_transactions(
             assert (await conn.execute(sa.text("SELECT x FROM t"))).scalars().all() == [1]
     finally:
         await db.close()
+
+
+async def test_steps_of_a_new_thread_written_at_once_make_its_row_once(store: Store) -> None:
+    """Chainlit makes sure a thread has a row before each step; a new conversation's first
+    steps come together, and each used to find no row and write one (on SQLite, one after
+    another on the single writer). Overlapping calls for one thread now share one."""
+    from chainlit.context import init_http_context
+    from sqlalchemy import event
+
+    from chatapp.store.chainlit_layer import DataLayer
+
+    async def the_store() -> Store:
+        return store
+
+    layer = DataLayer(conninfo=async_url(store.db.url(hide_password=False)), store=the_store,
+                      clean=lambda text: text)
+    inserts: list[str] = []
+    event.listen(store.db.writer.sync_engine, "before_cursor_execute",
+                 lambda *a: inserts.append(a[2]) if "INTO threads" in a[2] else None)
+    thread_id = str(uuid.uuid4())
+    init_http_context(thread_id=thread_id)
+    steps = [str(uuid.uuid4()) for _ in range(3)]
+    await asyncio.gather(*(layer.create_step({
+        "id": step, "threadId": thread_id, "name": f"step {i}", "type": "run",
+        "streaming": False, "output": "hello", "createdAt": f"2026-01-01T00:00:0{i}Z",
+    }) for i, step in enumerate(steps)))
+    assert len(inserts) == 1
+    thread = await layer.get_thread(thread_id)
+    assert thread is not None and sorted(s["id"] for s in thread["steps"]) == sorted(steps)
+    # later steps read the row again (it could have been deleted meanwhile): no new insert
+    await layer.create_step({"id": str(uuid.uuid4()), "threadId": thread_id, "name": "late",
+                             "type": "run", "streaming": False, "output": "more",
+                             "createdAt": "2026-01-01T00:00:09Z"})
+    assert len(inserts) == 1
+    await layer.engine.dispose()

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
+
+import httpx
 
 from bench._apps import PASSWORD, cpu_s, rss_kib
 from bench._common import summary
@@ -34,16 +37,31 @@ async def measure(target: Target, users: list[str], expected_tokens: int,
     logged_before = len(target.log_problems())
     rss_before = sum(rss_kib(p) for p in target.pids)
     clients = [ChainlitClient(target.url, timeout_s=300) for _ in users]
+    retries = [0]
+
+    async def setup(step: Callable[[], Awaitable[Any]]) -> None:
+        # A request the server or proxy dropped before answering (a keep-alive connection
+        # closed just as it was reused: once in a full matrix, behind haproxy) is made again,
+        # at most twice, and counted: logins and connections are not what is measured.
+        for attempt in range(3):
+            try:
+                await step()
+                return
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+                retries[0] += 1
+
     try:
         # Logins and connections are not timed: a burst of scrypt checks is not the question.
         for chunk in range(0, len(users), 20):
-            await asyncio.gather(*(c.login(u, target.password)
+            await asyncio.gather(*(setup(partial(c.login, u, target.password))
                                    for c, u in zip(clients[chunk:chunk + 20],
                                                    users[chunk:chunk + 20], strict=True)))
         # In bursts of 20 too: 100 at once once had uvicorn drop a set-session-cookie request
         # (httpx.ReadError) before any turn started, which is not what is measured here.
         for chunk in range(0, len(clients), 20):
-            await asyncio.gather(*(c.connect() for c in clients[chunk:chunk + 20]))
+            await asyncio.gather(*(setup(c.connect) for c in clients[chunk:chunk + 20]))
         await asyncio.sleep(1.0)  # let on_chat_start of every session finish
         rss_connected = sum(rss_kib(p) for p in target.pids)
         app_cpu0 = sum(cpu_s(p) for p in target.pids)
@@ -75,6 +93,7 @@ async def measure(target: Target, users: list[str], expected_tokens: int,
     tokens = len(ttft) * expected_tokens
     return {
         "conversations": n, "errors": len(errors), "error_samples": errors[:5],
+        "setup_retries": retries[0],
         "app_log_problems": len(logged),
         "app_log_samples": sorted({line[20:180] for line in logged})[:8],
         "ttft_ms": summary(ttft), "total_ms": summary(total), "wall_s": wall,

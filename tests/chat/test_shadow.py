@@ -184,8 +184,12 @@ async def test_a_local_candidate_waits_for_idle_and_makes_way_for_travellers(
     await turn
     other = asyncio.create_task(_turn(service, 0, user="cy"))
     live.release.clear()
-    await asyncio.sleep(0)
-    await asyncio.sleep(0.3)
+    # cy's turn is held until ann's copy has given up waiting for idle: however long its own
+    # database reads take first (a fixed 0.3 s once ran out on a loaded CI machine)
+    deadline = asyncio.get_running_loop().time() + 10
+    while (service.shadow.counts[SKIPPED_BUSY] == 0
+           and asyncio.get_running_loop().time() < deadline):
+        await asyncio.sleep(0.02)
     live.release.set()
     await other
     # Idle again: cy's copy runs to the end.

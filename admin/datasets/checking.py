@@ -25,7 +25,7 @@ from typing import Any
 
 from admin.datasets.examples import exact_key, near_key
 from admin.datasets.files import Spool
-from admin.datasets.validate import CATEGORIES, LineCheck, check_chat, read_line
+from admin.datasets.validate import LineCheck, check_chat, read_line
 from chatapp.model_table import counter_for_info, model_info
 from chatapp.settings import Settings
 from chatapp.tokens import TokenCounter
@@ -79,15 +79,11 @@ def examine(lines: Sequence[bytes], examiner: Examiner, counter: TokenCounter, l
             continue
         check = check_chat(obj, counter, examiner.model, limit)
         key = None
-        if near and examiner.near and not _refused(check.problems):
+        if near and examiner.near and check.counted is not None:  # counted: no errors
             assert isinstance(obj, Mapping)
             key = near_key(obj["messages"])  # checked: a list of messages with role, content
         out.append((check.problems, check.counted, False, exact_key(line), key))
     return out
-
-
-def _refused(problems: Sequence[tuple[str, str]]) -> bool:
-    return any(CATEGORIES[c][0] == "error" for c, _ in problems)
 
 
 def examine_span(span: Span, near: bool, examiner: Examiner, counter: TokenCounter,
@@ -102,8 +98,8 @@ def examine_span(span: Span, near: bool, examiner: Examiner, counter: TokenCount
         os.close(fd)
     if len(data) != length:
         raise OSError(f"{path}: {length} bytes at {at} expected, {len(data)} read")
-    lines = data.split(b"\n")[:-1]  # every line ends with its newline; no line holds another
-    return examine([line + b"\n" for line in lines], examiner, counter, limit, near)
+    # Every line ends with its newline, and JSON escapes any newline or CR inside a string.
+    return examine(data.splitlines(keepends=True), examiner, counter, limit, near)
 
 
 class BackgroundChecks:
@@ -160,7 +156,7 @@ class BackgroundChecks:
         keys, nears, future = self._running.popleft()
         rows = future.result()  # re-raises the worker's error
         if nears is not None:  # as the worker does: no near key for a line the checks refuse
-            rows = [(p, c, t, e, None if _refused(p) else nears[i])
+            rows = [(p, c, t, e, None if c is None else nears[i])
                     for i, (p, c, t, e, _) in enumerate(rows)]
         self._ready.extend((k, Seen(LineCheck(p, c, t), e, n))
                            for k, (p, c, t, e, n) in zip(keys, rows, strict=True))

@@ -198,7 +198,7 @@ def check_example(obj: object) -> Iterator[tuple[str, str]]:
         if not isinstance(msg, dict):
             yield "data_type", f"messages[{i}]: a JSON {_kind_of(msg)}, not an object"
             continue
-        # The names and sets below are made only for a message with a problem: most have none.
+        # The key lists and sets below are made only for a message with a problem: most have none.
         where = f"messages[{i}]"
         if "role" not in msg or "content" not in msg:
             missing = [k for k in ("role", "content") if k not in msg]

@@ -112,7 +112,6 @@ class ExperimentWatcher:
                 await self._reload_if_stale()
             except Exception as err:  # before the first load only: the next poll tries again
                 log.warning("could not load the experiment: %s: %s", type(err).__name__, err)
-                await asyncio.sleep(self._poll_s)
 
     async def aclose(self) -> None:
         """Let a background reload finish (it reads the store, which is closed next)."""

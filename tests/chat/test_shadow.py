@@ -84,7 +84,9 @@ async def test_a_copy_answers_the_live_prompt_and_stays_out_of_what_travellers_s
     second = await _turn(service, 1)
     await _settled(service)
     # The candidate got exactly the prompt each live reply answered (system, history, message).
-    assert cand.calls == live.calls
+    # Copies run concurrently in the background, so they may reach the candidate in any order.
+    assert sorted(cand.calls, key=repr) == sorted(live.calls, key=repr)
+    assert len(cand.calls) == 2
     everything = await store.exchanges.thread("t-ann", shadow=True)
     copies = [e for e in everything if e.source == Source.SHADOW]
     assert sorted(c.shadow_of or "" for c in copies) == sorted([first.id, second.id])

@@ -15,7 +15,6 @@ import json
 import tempfile
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,9 +25,9 @@ from admin.datasets import examples as ex
 from admin.datasets.build import BuildError, BuildOptions, build_dataset
 from admin.datasets.files import SeedError, dumps_example, dumps_line, read_seed
 from admin.datasets.validate import CATEGORIES, validate_file
-from chatapp.domain import Exchange
+from chatapp.domain import Arm, Exchange
 from chatapp.settings import Settings, load_settings
-from chatapp.store import Store
+from chatapp.store import RatedTurn, Store
 
 MODEL = "gpt-4o-mini-2024-07-18"
 # database=None: no .hypothesis/ folder in the repo; a failure prints its falsifying example.
@@ -172,9 +171,11 @@ def test_seed_files_fail_with_their_line_or_are_read(tmp_path_factory: pytest.Te
 
 @FUZZ
 @given(messages=json_value | st.lists(message, max_size=4), reply=json_value | text)
+@example(messages=[{"role": "user", "content": ""}], reply="")
+@example(messages=[{"role": "user", "content": "Oslo?"}], reply="Fjords! When do you go?")
 def test_exchange_rows_become_examples_or_named_skips(messages: Any, reply: Any) -> None:
-    row = SimpleNamespace(id="ex-1", thread_id="th-1", arm_served="base", messages=messages,
-                          reply=reply, rating=1)
+    row = RatedTurn(id="ex-1", thread_id="th-1", turn_index=0, arm_served=Arm.BASE,
+                    messages=messages, reply=reply, rating=1)
     for build in (lambda: ex.from_exchange(row, min_turns=1),
                   lambda: ex.from_thread([row], min_turns=1)[0]):
         try:

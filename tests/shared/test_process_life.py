@@ -88,7 +88,8 @@ async def test_a_periodic_job_runs_once_across_processes(store: Store) -> None:
 
     a, b = RunOnce(store, "proc-a"), RunOnce(store, "proc-b")
     first = asyncio.create_task(a.run("purge", 3600, job, ttl_s=60))
-    await asyncio.sleep(0.2)
+    while not runs:  # a has claimed the job and is running it
+        await asyncio.sleep(0.01)
     assert await b.run("purge", 3600, job, ttl_s=60) == (False, None)  # a holds it
     gate.set()
     assert await first == (True, "done")

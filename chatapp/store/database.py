@@ -178,11 +178,6 @@ class Database:
     def url(self, *, hide_password: bool = True) -> str:
         return self.engine.url.render_as_string(hide_password=hide_password)
 
-    @property
-    def single_writer(self) -> bool:
-        """Every write goes through one connection (SQLite)."""
-        return self._gate is not None
-
     def write(self, *, urgent: bool = False) -> AbstractAsyncContextManager[AsyncConnection]:
         """A transaction on the writer connection (`async with db.write() as conn:`); `urgent`:
         someone is waiting on it (a turn's pending row), so it goes first on SQLite."""

@@ -119,9 +119,8 @@ class RatedFilter:
 class Exchanges:
     def __init__(self, db: Database) -> None:
         self._db = db
-        # SQLite's one writer: pending rows that arrive together share a commit.
-        self._pending = (GroupInsert(self._insert_pending, _row_error) if db.single_writer
-                         else None)
+        # Pending rows that arrive together share a commit (group_insert.py).
+        self._pending = GroupInsert(self._insert_pending, _row_error)
 
     async def _insert_pending(self, rows: Sequence[dict[str, Any]]) -> None:
         # Urgent: the travellers' first tokens wait for this commit (store/write_gate.py).
@@ -141,8 +140,6 @@ class Exchanges:
         """Record an accepted message before any model call (outcome `pending`), owned by the
         app process `owner` (None: an admin command, which has no heartbeat)."""
         ex.outcome = Outcome.PENDING
-        if self._pending is None:  # a pool of writers: each turn inserts its own
-            return await self.add(ex, owner=owner)
         values = _row(ex, owner)
         await self._pending.add(values)
         ex.id, ex.created_at = values["id"], values["created_at"]

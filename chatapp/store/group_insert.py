@@ -1,9 +1,12 @@
-"""Pending rows of turns that arrive together, inserted in one transaction (SQLite).
+"""Pending rows of turns that arrive together, inserted in one transaction.
 
-SQLite has one writer (write_gate.py), and a traveller's first token waits for the turn's
-pending row to be committed. When many travellers send at once, one commit per row made the
-last of them wait for all the others' commits in turn. Here rows that arrive while a commit is
-under way go together in the next one. A batch refused for what is in a row (`row_error`) is
+A traveller's first token waits for the turn's pending row to be committed. When many
+travellers send at once, one commit per row made them queue: on SQLite, which has one writer
+(write_gate.py), the last waited for all the others' commits in turn; on PostgreSQL each row
+took a connection of the pool, so a burst of turns emptied the pool and their rows waited in
+line with Chainlit's step writes, which gave the first token its long tail behind the proxy
+(`bench/bench_stream.py`, haproxy_1). Here rows that arrive while a commit is under way go
+together in the next one, on one connection. A batch refused for what is in a row (`row_error`) is
 retried row by row, so one bad row fails only its own turn; any other failure (the database
 busy past its timeout, gone) fails the whole batch, as it would have failed each row.
 """

@@ -8,8 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from chatapp.domain import Exchange
+from chatapp.store import Store
 from chatapp.store.group_insert import GroupInsert
+from tests.store.test_store import make_exchange
 
 
 class Table:
@@ -78,3 +82,34 @@ async def test_a_database_failure_fails_the_whole_batch_without_retries() -> Non
     assert results[0] is None
     assert all(isinstance(r, TimeoutError) for r in results[1:])
     assert table.commits == [[0]]
+
+
+# -- on the real databases ---------------------------------------------------------------------
+
+
+async def test_turns_begun_together_share_commits_on_both_databases(store: Store) -> None:
+    commits: list[int] = []
+    engine = store.db.writer.sync_engine
+    listener = lambda conn: commits.append(1)  # noqa: E731
+    sa.event.listen(engine, "commit", listener)
+    try:
+        begun = await asyncio.gather(*(store.exchanges.begin(
+            make_exchange(thread_id="th-g", turn_index=n)) for n in range(20)))
+    finally:
+        sa.event.remove(engine, "commit", listener)
+    assert len({e.id for e in begun}) == 20
+    assert 1 <= len(commits) < 20  # the first row alone, the others together
+    stored = await store.exchanges.thread("th-g")
+    assert [(e.id, e.outcome) for e in stored] == [(e.id, "pending") for e in begun]
+
+
+async def test_a_row_the_database_refuses_fails_only_its_own_turn(store: Store) -> None:
+    taken = await store.exchanges.add(make_exchange())
+    clash = make_exchange(id=taken.id)  # the primary key is taken: an IntegrityError
+    others = [make_exchange(thread_id="th-ok", turn_index=n) for n in range(5)]
+    results = await asyncio.gather(*(store.exchanges.begin(e) for e in [*others[:2], clash,
+                                                                         *others[2:]]),
+                                   return_exceptions=True)
+    assert isinstance(results[2], sa.exc.IntegrityError)
+    assert all(isinstance(r, Exchange) for r in results[:2] + results[3:])
+    assert [e.id for e in await store.exchanges.thread("th-ok")] == [e.id for e in others]

@@ -40,7 +40,7 @@ BASE, BETTER, HORIZON = 0.60, 0.70, 2000
 GUARD_RATES = {"thumbs_up": 0.60, "compliance": 0.90, "error_rate": 0.02, "fallback_rate": 0.03}
 
 
-def share(flags: np.ndarray[Any, Any]) -> dict[str, float]:
+def share(flags: np.ndarray[Any, Any]) -> dict[str, Any]:
     k, n = int(flags.sum()), int(flags.size)
     lo, hi = wilson(k, n, Z95)
     return {"share": k / n, "ci95": [round(lo, 4), round(hi, 4)], "count": k, "runs": n}

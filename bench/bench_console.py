@@ -70,7 +70,7 @@ async def seed(store: Store, n_exp: int, n_audit: int, n_exchanges: int, running
     await _insert(store, t.accounts, [{
         "username": f"user{i:06d}", "password_hash": "scrypt$x", "is_admin": i == 0,
         "created_at": NOW, "updated_at": NOW} for i in range(n_accounts)])
-    running_id = exps[-1]["id"]
+    running_id = str(exps[-1]["id"])
     batch_ex: list[dict[str, Any]] = []
     batch_rt: list[dict[str, Any]] = []
     for i in range(n_exchanges + running):

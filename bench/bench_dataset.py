@@ -16,7 +16,10 @@ Peak memory: the build is run again in a fresh process per size (20k and N excha
 same kind of database) and its peak RSS reported: flat memory means the two stay close. With
 --baseline TREE (a checkout of an older commit), that tree's build runs in a fresh process on
 the same N-exchange database too: before/after from the same run.
+With --postgres URL (a server, e.g. postgresql://127.0.0.1:5432/test), every database is a
+fresh one made on that server for the run and dropped after; figures to dataset_postgres.json.
 Usage: .venv/bin/python bench/bench_dataset.py [--exchanges 100000] [--baseline /path/to/tree]
+                                               [--postgres URL]
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from admin.datasets.build import BuildOptions, build_dataset
 from admin.datasets.validate import validate_file
-from bench._common import write
+from bench._common import fresh_postgres, write
 from chatapp import policy
 from chatapp.settings import load_settings
 from chatapp.store import Store
@@ -128,7 +133,7 @@ def contents(paths: list[Path]) -> list[str]:
     return texts
 
 
-# Run in a fresh process (argv: source tree, database, output folder): the build alone, timed,
+# Run in a fresh process (argv: source tree, database URL, output folder): the build alone, timed,
 # with the process's peak RSS after it (imports and the o200k load included, no benchmark data).
 CHILD = """
 import asyncio, json, os, sys, threading, time
@@ -155,7 +160,7 @@ def watch(stop):
 
 async def run():
     out = Path(sys.argv[3])
-    store = await Store.open(f"sqlite+aiosqlite:///{sys.argv[2]}")
+    store = await Store.open(sys.argv[2])
     get_encoding("o200k_base")
     stop = threading.Event()
     watcher = threading.Thread(target=watch, args=(stop,))
@@ -177,20 +182,25 @@ if __name__ == "__main__":
 """
 
 
-def child_build(tree: Path, db: Path, out: Path) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(tree), str(db), str(out), MODEL],
+def child_build(tree: Path, db: str, out: Path) -> dict[str, float]:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(tree), db, str(out), MODEL],
                           check=True, capture_output=True, text=True)
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
-async def filled(folder: Path, n: int) -> tuple[Path, float]:
-    db = folder / f"bench-{n}.db"
-    store = await Store.open(f"sqlite+aiosqlite:///{db}")
-    try:
-        return db, await fill(store, n)
-    finally:
-        await store.close()
+@asynccontextmanager
+async def filled(folder: Path, n: int, postgres: str | None) -> AsyncIterator[tuple[str, float]]:
+    """A database holding n synthetic exchanges (its URL) and how long filling it took."""
+    async with AsyncExitStack() as stack:
+        url = (await stack.enter_async_context(fresh_postgres(postgres)) if postgres
+               else f"sqlite+aiosqlite:///{folder / f'bench-{n}.db'}")
+        store = await Store.open(url)
+        try:
+            fill_s = await fill(store, n)
+        finally:
+            await store.close()
+        yield url, fill_s
 
 
 def _commit(tree: Path) -> str:
@@ -200,69 +210,79 @@ def _commit(tree: Path) -> str:
     return done.stdout.strip() or "unknown"
 
 
-async def main(n: int, baseline: Path | None) -> None:
+async def main(n: int, baseline: Path | None, postgres: str | None) -> None:
     tree = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="bench-dataset-") as tmp:
-        folder = Path(tmp)
-        settings = load_settings(data_dir=folder, _env_file=None)
-        db, fill_s = await filled(folder, n)
-        store = await Store.open(f"sqlite+aiosqlite:///{db}")
-        try:
-            get_encoding("o200k_base")  # load once, outside every timing
-            started = time.perf_counter()
-            result = await build_dataset(
-                store, BuildOptions(out_dir=folder / "out", name="bench", model=MODEL,
-                                    validation_ratio=0.1), settings=settings, actor="bench")
-            build_s = time.perf_counter() - started
-        finally:
-            await store.close()
-        paths = [f.path for f in result.files]
+        async with filled(Path(tmp), n, postgres) as (db, fill_s):
+            await measure(tree, Path(tmp), n, db, fill_s, baseline, postgres)
+
+
+async def measure(tree: Path, folder: Path, n: int, db: str, fill_s: float,
+                  baseline: Path | None, postgres: str | None) -> None:
+    settings = load_settings(data_dir=folder, _env_file=None)
+    store = await Store.open(db)
+    try:
+        get_encoding("o200k_base")  # load once, outside every timing
         started = time.perf_counter()
-        reports = [validate_file(f.path, model=MODEL, kind=f.kind, settings=settings)
-                   for f in result.files]
-        validate_s = time.perf_counter() - started
-        texts = contents(paths)
-        enc = get_encoding("o200k_base")
-        started = time.perf_counter()
-        n_tokens = sum(len(enc.encode_ordinary(x)) for x in texts)
-        bare_loop_s = time.perf_counter() - started
-        started = time.perf_counter()
-        enc.encode_ordinary_batch(texts)
-        bare_batch_s = time.perf_counter() - started
-        fastest = min(bare_loop_s, bare_batch_s)
-        memory = {}
-        for size in sorted({20_000, n}):
-            size_db = db if size == n else (await filled(folder, size))[0]
+        result = await build_dataset(
+            store, BuildOptions(out_dir=folder / "out", name="bench", model=MODEL,
+                                validation_ratio=0.1), settings=settings, actor="bench")
+        build_s = time.perf_counter() - started
+    finally:
+        await store.close()
+    paths = [f.path for f in result.files]
+    started = time.perf_counter()
+    reports = [validate_file(f.path, model=MODEL, kind=f.kind, settings=settings)
+               for f in result.files]
+    validate_s = time.perf_counter() - started
+    texts = contents(paths)
+    enc = get_encoding("o200k_base")
+    started = time.perf_counter()
+    n_tokens = sum(len(enc.encode_ordinary(x)) for x in texts)
+    bare_loop_s = time.perf_counter() - started
+    started = time.perf_counter()
+    enc.encode_ordinary_batch(texts)
+    bare_batch_s = time.perf_counter() - started
+    fastest = min(bare_loop_s, bare_batch_s)
+    memory = {}
+    for size in sorted({20_000, n}):
+        if size == n:
+            memory[f"{size}"] = child_build(tree, db, folder / f"child-{size}")
+            continue
+        async with filled(folder, size, postgres) as (size_db, _):
             memory[f"{size}"] = child_build(tree, size_db, folder / f"child-{size}")
-        before = (child_build(baseline, db, folder / "baseline") if baseline else None)
-        c = result.counts
-        write("dataset", {
-            "exchanges": n, "fill_db_s": round(fill_s, 2),
-            "examples_written": {f.kind: f.n_examples for f in result.files},
-            "exchanges_read": c.exchanges_read, "exact_duplicates": c.exact_duplicates,
-            "near_duplicates": c.near_duplicates, "pii_examples": c.pii_examples,
-            "files_mb": round(sum(p.stat().st_size for p in paths) / 2**20, 1),
-            "messages_encoded": len(texts), "content_tokens": n_tokens,
-            "all_valid": all(r.ok for r in reports),
-            "build_s": round(build_s, 2),
-            "validate_s": round(validate_s, 2),
-            "bare_tiktoken_loop_s": round(bare_loop_s, 2),
-            "bare_tiktoken_batch_s": round(bare_batch_s, 2),
-            "ratio_build_over_bare_loop": round(build_s / bare_loop_s, 1),
-            "ratio_validate_over_bare_loop": round(validate_s / bare_loop_s, 1),
-            "ratio_build_over_bare_batch": round(build_s / bare_batch_s, 1),
-            "ratio_validate_over_bare_batch": round(validate_s / bare_batch_s, 1),
-            "ratio_build_over_fastest_bare": round(build_s / fastest, 2),
-            "build_in_fresh_process_by_exchanges": memory,
-            "baseline": None if before is None else {
-                "commit": _commit(baseline), **before,
-                "ratio_build_over_fastest_bare": round(before["build_s"] / fastest, 2)},
-            "note": "build includes validating its outputs once (each example as it is made);"
-                    " validate is a second, separate pass as `dataset validate` runs it;"
-                    " peak_rss_mb: the whole build process (imports and tokenizer included);"
-                    " worker_peak_rss_mb: the process a large build examines its lines in"
-                    " (0: none, the build was below admin.datasets.checking.PROCESS_FROM)",
-        })
+    before: dict[str, Any] | None = None
+    if baseline:
+        built = child_build(baseline, db, folder / "baseline")
+        before = {"commit": _commit(baseline), **built,
+                  "ratio_build_over_fastest_bare": round(built["build_s"] / fastest, 2)}
+    c = result.counts
+    write("dataset_postgres" if postgres else "dataset", {
+        "database": "postgresql" if postgres else "sqlite", "exchanges": n,
+        "fill_db_s": round(fill_s, 2),
+        "examples_written": {f.kind: f.n_examples for f in result.files},
+        "exchanges_read": c.exchanges_read, "exact_duplicates": c.exact_duplicates,
+        "near_duplicates": c.near_duplicates, "pii_examples": c.pii_examples,
+        "files_mb": round(sum(p.stat().st_size for p in paths) / 2**20, 1),
+        "messages_encoded": len(texts), "content_tokens": n_tokens,
+        "all_valid": all(r.ok for r in reports),
+        "build_s": round(build_s, 2),
+        "validate_s": round(validate_s, 2),
+        "bare_tiktoken_loop_s": round(bare_loop_s, 2),
+        "bare_tiktoken_batch_s": round(bare_batch_s, 2),
+        "ratio_build_over_bare_loop": round(build_s / bare_loop_s, 1),
+        "ratio_validate_over_bare_loop": round(validate_s / bare_loop_s, 1),
+        "ratio_build_over_bare_batch": round(build_s / bare_batch_s, 1),
+        "ratio_validate_over_bare_batch": round(validate_s / bare_batch_s, 1),
+        "ratio_build_over_fastest_bare": round(build_s / fastest, 2),
+        "build_in_fresh_process_by_exchanges": memory,
+        "baseline": before,
+        "note": "build includes validating its outputs once (each example as it is made);"
+                " validate is a second, separate pass as `dataset validate` runs it;"
+                " peak_rss_mb: the whole build process (imports and tokenizer included);"
+                " worker_peak_rss_mb: the process a large build examines its lines in"
+                " (0: none, the build was below admin.datasets.checking.PROCESS_FROM)",
+    })
 
 
 if __name__ == "__main__":
@@ -271,5 +291,7 @@ if __name__ == "__main__":
                         help="synthetic exchanges")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="a source tree (older commit) to build the same database with")
+    parser.add_argument("--postgres", default=None, metavar="URL",
+                        help="a PostgreSQL server to make the run's databases on (not SQLite)")
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.baseline))
+    asyncio.run(main(args.n, args.baseline, args.postgres))

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatapp.domain import (
     GOOD_DECISIONS,
@@ -293,6 +294,7 @@ class Exchanges:
         in batches: a large table is never loaded into memory."""
         query = _rated_query(which).execution_options(yield_per=batch)
         async with self._db.read() as conn:
+            await stream_in_index_order(conn)
             result = await conn.stream(query)
             parts = aiter(result.partitions(batch))
 
@@ -311,6 +313,21 @@ class Exchanges:
                 if not ahead.done():  # the caller stopped early: let the fetch end first
                     with contextlib.suppress(Exception):
                         await ahead
+
+
+async def stream_in_index_order(conn: AsyncConnection) -> None:
+    """Have this transaction's next query read in the order of an index, not sort first.
+
+    PostgreSQL plans a streamed read (asyncpg fetches from a protocol-level portal, not a
+    DECLAREd cursor) for the time to its last row: it scans the table and sorts every
+    selected row, whole prompts included, spilling to disk, before sending the first one, and
+    a dataset build waits that long before it can start. Walking ix_exchanges_source_thread
+    sends the first batch at once and the whole read sooner too (`bench/bench_dataset.py
+    --postgres`). SET LOCAL ends with the transaction, which ends when the read does. SQLite
+    already reads through the index (its plan is checked in tests).
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.text("SET LOCAL enable_sort = off"))
 
 
 def _row_error(err: Exception) -> bool:

@@ -186,6 +186,30 @@ async def test_the_training_read_streams_in_thread_order_on_sqlite(
     assert not any("TEMP B-TREE FOR ORDER BY" in step for step in plan), plan
 
 
+@pytest.mark.parametrize("whole_threads", [False, True])
+async def test_the_training_read_streams_in_thread_order_on_postgres(
+        postgres_url: str, whole_threads: bool) -> None:
+    """On PostgreSQL a streamed read is planned for its last row: a scan, then a sort of every
+    selected row (spilled to disk at 100k exchanges) before the first is sent. The build's
+    read walks ix_exchanges_source_thread instead, with no sort of the exchanges."""
+    import sqlalchemy as sa
+
+    from chatapp.store.exchanges import _rated_query, stream_in_index_order
+
+    store = await Store.open(postgres_url)
+    try:
+        query = _rated_query(RatedFilter(ratings=(1, 0), whole_threads=whole_threads))
+        sql = str(query.compile(dialect=store.db.engine.dialect,
+                                compile_kwargs={"literal_binds": True}))
+        async with store.db.read() as conn:
+            await stream_in_index_order(conn)
+            plan = [row[0] for row in await conn.execute(sa.text("EXPLAIN " + sql))]
+    finally:
+        await store.close()
+    assert any("ix_exchanges_source_thread" in step for step in plan), plan
+    assert not any(step.lstrip(" ->").startswith("Sort") for step in plan), plan
+
+
 async def test_the_sqlite_writer_ends_its_own_transactions(
         data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every write on SQLite takes the one writer connection in turn, and each call into the

@@ -45,6 +45,16 @@ class Gated(FakeChatModel):
             yield chunk
 
 
+class Reading(FakeChatModel):
+    """A judge that names the hotel when the reply under judgement does: judgements run in the
+    background, so they may reach the model in either order."""
+
+    async def stream(self, messages, **kw):  # type: ignore[no-untyped-def,override]
+        self.push(BUSINESS if BAD in messages[-1]["content"] else COMPLIANT)
+        async for chunk in super().stream(messages, **kw):
+            yield chunk
+
+
 async def _service(settings: Settings, store: Store, live: FakeChatModel, judge: FakeChatModel,
                    **overrides: Any) -> ChatService:
     conf = settings.model_copy(update={"judge_deployment": "judge", "judge_share": 1.0,
@@ -67,7 +77,7 @@ async def _settled(service: ChatService) -> None:
 
 async def test_verdicts_are_stored_beside_the_rules_and_reported_per_arm(
         settings: Settings, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
-    judge = FakeChatModel().push(COMPLIANT, BUSINESS)
+    judge = Reading()
     service = await _service(settings, store, FakeChatModel().push(GOOD, BAD), judge)
     good, bad = await _turn(service, 0), await _turn(service, 1, user="bo")
     await _settled(service)
@@ -75,7 +85,8 @@ async def test_verdicts_are_stored_beside_the_rules_and_reported_per_arm(
     assert verdicts[good.id].compliant and not verdicts[bad.id].compliant
     assert verdicts[bad.id].failed_checks == ("no_business",)
     # The judge read the policy and the exchange, at temperature 0 within its token bound.
-    [first, _] = judge.calls
+    assert len(judge.calls) == 2
+    [first] = [call for call in judge.calls if GOOD in call[1]["content"]]
     assert first[0]["role"] == "system" and "no_business" in first[0]["content"]
     assert GOOD in first[1]["content"] and "What is Kyoto like in autumn?" in first[1]["content"]
     raw = await experiment_report(store, service.settings, None)
